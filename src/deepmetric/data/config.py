@@ -1,0 +1,69 @@
+"""Typed parameters of the data side (``conf/base/parameters_ingest.yml``, key ``data``).
+
+Pydantic models with ``extra="forbid"``: a misspelt key or a wrong value fails before any work starts, with
+a message that names it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from deepmetric.data.contract import DATASETS
+
+__all__ = ["DataParams", "ParamsError", "parse_params"]
+
+
+class ParamsError(ValueError):
+    """Invalid parameters; the message names each wrong key and why."""
+
+
+class DataParams(BaseModel):
+    """``data:`` — which dataset, where it is, and how ingest treats it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Literal["glyphs", "cub", "cars196", "sop", "inshop"] = "glyphs"
+    root: str = "data/01_raw/glyphs"
+    # Validation slice of the training classes for model selection: a fraction (0 < x < 1) of the train
+    # classes, or a count (integer >= 0). The last classes of the training split (by label) become `val`.
+    val_classes: float = Field(default=0.1, ge=0)
+    # What ingest does with an unreadable image: "fail" (stop, listing every bad file) or "drop" (warn,
+    # leave it out and count it in data/08_reporting/ingest.json).
+    bad_files: Literal["fail", "drop"] = "fail"
+    # Images with more pixels than this are refused as decompression bombs.
+    max_pixels: int = Field(default=40_000_000, gt=0)
+    # Parallel decode workers for ingest (0: one per CPU core).
+    workers: int = Field(default=0, ge=0)
+
+    @field_validator("val_classes")
+    @classmethod
+    def _fraction_or_count(cls, v: float) -> float:
+        if v >= 1 and v != int(v):
+            raise ValueError(f"must be a fraction in [0, 1) or a whole number of classes, got {v}")
+        return v
+
+
+def parse_params(model: type[BaseModel], params: Mapping[str, Any] | BaseModel | None, key: str) -> Any:
+    """Validate ``params`` (the ``key:`` block of the parameters) into ``model``, or raise
+    :class:`ParamsError` naming every wrong entry as ``key.field``."""
+    if isinstance(params, model):
+        return params
+    if isinstance(params, BaseModel):
+        params = params.model_dump()
+    try:
+        return model.model_validate(dict(params or {}))
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = ".".join(str(p) for p in (key, *err["loc"]))
+            if err["type"] == "extra_forbidden":
+                lines.append(f"  {loc}: unknown parameter (allowed: {', '.join(model.model_fields)})")
+            else:
+                lines.append(f"  {loc} = {err.get('input')!r}: {err['msg']}")
+        raise ParamsError(f"invalid parameters in `{key}` (conf/base/parameters_*.yml):\n" + "\n".join(lines)) from None
+
+
+assert set(DATASETS) == {"glyphs", "cub", "cars196", "sop", "inshop"}

@@ -1,0 +1,179 @@
+"""Decode one image file into an RGB ``PIL.Image``, or fail with a message naming the file and the reason.
+
+Shared by ingest, training, evaluation and the inference server, so it depends on Pillow only. It handles the
+mess found in real downloads: zero-byte, truncated and non-image files (:class:`ImageDecodeError`),
+decompression bombs (refused above ``max_pixels``), EXIF orientation, and grayscale / CMYK / palette /
+16-bit / alpha images (converted to 8-bit RGB; transparency composited on white).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+from pathlib import Path, PurePosixPath
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Default pixel limit (width × height) above which a file is treated as a decompression bomb.
+DEFAULT_MAX_PIXELS = 40_000_000
+
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "ImageDecodeError",
+    "PathEscapeError",
+    "image_size",
+    "open_image",
+    "safe_join",
+]
+
+
+class ImageDecodeError(ValueError):
+    """A file that is not a usable image. ``path`` names it, ``reason`` says why."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, reason: str) -> None:
+        self.path = None if path is None else str(path)
+        self.reason = reason
+        super().__init__(f"{self.path or '<bytes>'}: {reason}")
+
+
+class PathEscapeError(ValueError):
+    """A relative path that would leave the dataset root (``..``, absolute path, symlink out)."""
+
+
+def safe_join(root: str | os.PathLike[str], rel: str) -> Path:
+    """``root / rel``, refusing a ``rel`` that is absolute or resolves outside ``root`` (also via symlinks)."""
+    if not isinstance(rel, str) or not rel:
+        raise PathEscapeError(f"empty or non-string path {rel!r} under {root}")
+    if "\x00" in rel:
+        raise PathEscapeError(f"path {rel!r} contains a NUL byte")
+    p = PurePosixPath(rel.replace("\\", "/"))
+    if p.is_absolute() or ".." in p.parts or (p.parts and ":" in p.parts[0]):
+        raise PathEscapeError(f"path {rel!r} escapes the dataset root {root}")
+    root_path = Path(root)
+    joined = root_path.joinpath(*p.parts)
+    real_root = os.path.realpath(root_path)
+    real = os.path.realpath(joined)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise PathEscapeError(f"path {rel!r} resolves to {real}, outside the dataset root {root}")
+    return joined
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        # 16/32-bit integer or float grayscale: scale the type's range to 8 bit instead of clipping at 255.
+        img32 = img.convert("F") if mode == "F" else img.convert("I")
+        if mode.startswith("I;16"):
+            lo, hi = 0.0, 65535.0
+        else:
+            lo, hi = img32.getextrema()
+            if mode == "I" and lo >= 0 and hi <= 255:
+                lo, hi = 0.0, 255.0
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        return img32.point(lambda v: v * scale - lo * scale).convert("L").convert("RGB")
+    if mode == "P" or mode == "PA":
+        img = img.convert("RGBA") if ("transparency" in img.info or mode == "PA") else img.convert("RGB")
+        mode = img.mode
+    elif mode in ("L", "1", "CMYK", "YCbCr", "LAB", "HSV") and "transparency" not in img.info:
+        return img.convert("RGB")
+    if mode in ("LA", "La", "RGBa", "RGBA") or "transparency" in img.info:
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def _read(path_or_bytes, name: str | None) -> tuple[bytes, str]:
+    if isinstance(path_or_bytes, (bytes, bytearray, memoryview)):
+        return bytes(path_or_bytes), name or "<bytes>"
+    label = str(path_or_bytes)
+    try:
+        return Path(path_or_bytes).read_bytes(), label
+    except FileNotFoundError:
+        raise ImageDecodeError(label, "file not found") from None
+    except IsADirectoryError:
+        raise ImageDecodeError(label, "is a directory, not an image file") from None
+    except OSError as e:
+        raise ImageDecodeError(label, f"cannot read file ({e.strerror or e})") from None
+
+
+def _decode(data: bytes, label: str, max_pixels: int | None) -> Image.Image:
+    """Open and fully decode ``data`` (catches truncation), refusing bombs before decoding."""
+    if not data:
+        raise ImageDecodeError(label, "empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow only *warns* between MAX_IMAGE_PIXELS and 2x that; make every bomb an error.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise ImageDecodeError(
+                    label,
+                    f"refused as a decompression bomb: {w}x{h} = {w * h:,} pixels exceeds the limit of "
+                    f"{max_pixels:,} (parameter max_pixels)",
+                )
+            img.load()  # full decode: catches truncated data
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(label, f"not an image file (unrecognised format, {len(data)} bytes)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageDecodeError(label, f"refused as a decompression bomb: {e}") from None
+    except OSError as e:
+        msg = str(e)
+        if "truncated" in msg.lower() or "end of file" in msg.lower():
+            raise ImageDecodeError(label, f"truncated image data ({msg})") from None
+        raise ImageDecodeError(label, f"corrupt image data ({msg})") from None
+    except (ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError) as e:
+        raise ImageDecodeError(label, f"corrupt image data ({type(e).__name__}: {e})") from None
+    return img
+
+
+_SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+
+
+def image_size(
+    path_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    *,
+    name: str | None = None,
+) -> tuple[int, int]:
+    """``(width, height)`` after EXIF orientation, after fully decoding the file (same checks and errors
+    as :func:`open_image`, without the cost of rotating and converting the pixels)."""
+    data, label = _read(path_or_bytes, name)
+    img = _decode(data, label, max_pixels)
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # unreadable EXIF is not fatal for the size; open_image applies what it can
+        orientation = 1
+    return (h, w) if orientation in _SWAPS_AXES else (w, h)
+
+
+def open_image(
+    path_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    *,
+    name: str | None = None,
+) -> Image.Image:
+    """Decode a file path or raw bytes into an RGB image, EXIF orientation applied.
+
+    ``max_pixels`` (``None``: no limit) refuses images with more pixels as decompression bombs, before
+    decoding them. ``name`` is used in error messages for bytes input (e.g. an upload's file name).
+    Raises :class:`ImageDecodeError` for missing, empty, truncated and non-image input.
+    """
+    data, label = _read(path_or_bytes, name)
+    img = _decode(data, label, max_pixels)
+    try:
+        img = ImageOps.exif_transpose(img) or img
+        out = _to_rgb(img)
+        out.load()
+    except (OSError, ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError) as e:
+        raise ImageDecodeError(label, f"corrupt image data ({type(e).__name__}: {e})") from None
+    return out
+

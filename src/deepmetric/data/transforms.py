@@ -1,0 +1,109 @@
+"""The one definition of the model's input: :class:`InputSpec`, the evaluation transform and the training one.
+
+``eval_image`` is *the* evaluation transform (evaluation, ONNX parity, index building and the server all call
+it): resize the shorter side to ``resize`` with PIL bilinear, then centre-crop ``crop``; it returns ``uint8``
+pixels, normalisation happens inside the model (``mean``/``std`` of the spec).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "eval_image", "resize_shorter", "train_transform"]
+
+
+class InputSpec(BaseModel):
+    """What the model expects: shorter side resized to ``resize``, centre ``crop`` × ``crop``, RGB ``uint8``
+    in, normalised inside the model by ``(x / 255 - mean) / std``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    resize: int = 64
+    crop: int = 64
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    @field_validator("resize", "crop")
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(f"must be a positive pixel count, got {v}")
+        return v
+
+    @field_validator("std")
+    @classmethod
+    def _std_positive(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(s <= 0 for s in v):
+            raise ValueError(f"std values must be > 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> InputSpec:
+        if self.crop > self.resize:
+            raise ValueError(f"crop ({self.crop}) must not exceed resize ({self.resize})")
+        return self
+
+
+def resize_shorter(img: Image.Image, size: int) -> Image.Image:
+    """Resize so the shorter side is ``size`` (aspect kept, longer side truncated like torchvision)."""
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = size, int(size * h / w)
+    else:
+        new_w, new_h = int(size * w / h), size
+    if (new_w, new_h) == (w, h):
+        return img
+    return img.resize((new_w, new_h), Image.BILINEAR)
+
+
+def eval_image(img: Image.Image, spec: InputSpec) -> np.ndarray:
+    """Evaluation transform: RGB ``PIL.Image`` → ``uint8`` array of shape ``(crop, crop, 3)``."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    img = resize_shorter(img, spec.resize)
+    w, h = img.size
+    c = spec.crop
+    left = int(round((w - c) / 2.0))
+    top = int(round((h - c) / 2.0))
+    if (left, top, w, h) != (0, 0, c, c):
+        img = img.crop((left, top, left + c, top + c))
+    return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def train_transform(
+    spec: InputSpec,
+    scale: tuple[float, float] = (0.5, 1.0),
+    hflip: bool = True,
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+) -> Callable[[Image.Image], object]:
+    """Training augmentation: ``RandomResizedCrop(spec.crop, scale, ratio)`` + optional horizontal flip.
+
+    Returns a callable ``PIL.Image -> torch.uint8 tensor (3, crop, crop)``. Randomness comes from torch's
+    global generator (seed it). Pass ``hflip=False`` for glyphs (a mirrored b is a d).
+    """
+    import torch
+    from torchvision.transforms import v2
+
+    lo, hi = scale
+    if not 0 < lo <= hi <= 1:
+        raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+    # Crop and flip on the PIL image (same bilinear resampling as eval_image), then to a uint8 tensor.
+    steps: list = [v2.RandomResizedCrop(spec.crop, scale=(lo, hi), ratio=ratio, antialias=True)]
+    if hflip:
+        steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.PILToTensor(), v2.ToDtype(torch.uint8)]
+    pipeline = v2.Compose(steps)
+
+    def apply(img: Image.Image):
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        return pipeline(img)
+
+    return apply
