@@ -1,0 +1,1 @@
+"""One Kedro pipeline package per stage; each `pipeline.py` defines `create_pipeline()`."""

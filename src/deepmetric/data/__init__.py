@@ -1,0 +1,1 @@
+"""Dataset readers, the manifest (data contract), image decoding, transforms and batch samplers."""

@@ -1,0 +1,1 @@
+"""Atomic file writing and the Kedro datasets the catalog uses."""

@@ -1,0 +1,177 @@
+"""The method interface: everything the training loop, evaluation and export need from a DML method.
+
+A method is one module in this package declaring its typed hyper-parameters (`Params`, with its paper's
+defaults), its heads, its batch composition, its loss for a batch, optional per-epoch hooks, and which
+embedding is the test/export embedding. The training loop (`deepmetric.training.loop`) knows nothing else
+about it. Register a method with `@register("name")`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from deepmetric.models.backbones import Backbone
+
+
+class MethodParams(BaseModel):
+    """Base of every method's hyper-parameter block (`train.methods.<name>`). Unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class BatchConfig(BaseModel):
+    """`train.batch`: class-balanced batches of P classes × K images (a method may override)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    classes_per_batch: int = 16
+    samples_per_class: int = 4
+
+    @property
+    def size(self) -> int:
+        return self.classes_per_batch * self.samples_per_class
+
+
+class TrainContext(Protocol):
+    """What the training loop offers a method during `training_step` and `on_epoch_start`."""
+
+    device: torch.device
+    epoch: int  # 0-based
+    epochs: int
+    step: int  # global iteration count
+    seed: int
+    labels: np.ndarray  # labels of the training images, in dataset order
+    optimizer: torch.optim.Optimizer
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        """zero_grad → backward (AMP-scaled where enabled) → step."""
+
+    def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training-augmented, normalised images and their labels, on `device`."""
+
+    def extract(self, fn: Any, batch_size: int | None = None) -> np.ndarray:
+        """Run `fn(images)` without gradients over every training image (evaluation transform), in order."""
+
+    def set_lr_scale(self, group: str, scale: float) -> None:
+        """Scale the learning rate of the optimiser group named `group` (0 freezes it for now)."""
+
+
+def class_balanced_batches(
+    labels: np.ndarray, batch: BatchConfig, seed: int, num_batches: int
+) -> Iterator[list[int]]:
+    """P classes × K samples per batch, via pytorch-metric-learning's `MPerClassSampler`.
+
+    Classes with fewer than K images are sampled with replacement (the sampler's own rule). Seeded so that a
+    resumed epoch draws the same batches.
+    """
+    from pytorch_metric_learning.samplers import MPerClassSampler
+
+    k = batch.samples_per_class
+    size = batch.size
+    n_classes = len(np.unique(labels))
+    if n_classes * k < size:
+        raise ValueError(
+            f"a batch of {batch.classes_per_batch} classes × {k} needs {batch.classes_per_batch} classes, "
+            f"the training split has {n_classes}"
+        )
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        sampler = MPerClassSampler(labels, m=k, batch_size=size, length_before_new_iter=size * num_batches)
+        order = list(iter(sampler))
+    finally:
+        torch.random.set_rng_state(gen_state)
+    for b in range(num_batches):
+        yield order[b * size : (b + 1) * size]
+
+
+class Method(nn.Module):
+    """Base class: a backbone + a linear embedding head; subclasses add their loss and hooks."""
+
+    name: ClassVar[str] = ""
+    Params: ClassVar[type[MethodParams]] = MethodParams
+
+    def __init__(self, params: MethodParams, backbone: Backbone, embedding_dim: int, num_classes: int) -> None:
+        super().__init__()
+        self.params = params
+        self.backbone = backbone
+        self.embedding_dim = embedding_dim
+        self.num_classes = num_classes
+        self.head = nn.Linear(backbone.feature_dim, embedding_dim)
+
+    # --- declarations -------------------------------------------------------------------------------
+    @classmethod
+    def backbone_options(cls, params: MethodParams) -> dict[str, Any]:
+        """Backbone settings the paper uses (pool, frozen_bn); applied unless the user sets them."""
+        return {}
+
+    def batch_sampler(self, labels: np.ndarray, batch: BatchConfig, seed: int, num_batches: int) -> Iterator[list[int]]:
+        """Indices of each training batch for one epoch."""
+        return class_balanced_batches(labels, batch, seed, num_batches)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimiser groups, each with a unique ``name`` (the loop can rescale a group by name)."""
+        return [
+            {"name": "backbone", "params": list(self.backbone.parameters()), "lr": lr, "weight_decay": weight_decay},
+            {"name": "head", "params": list(self.head.parameters()), "lr": lr, "weight_decay": weight_decay},
+        ]
+
+    # --- training -----------------------------------------------------------------------------------
+    def on_epoch_start(self, ctx: TrainContext) -> None:  # noqa: B027 - optional hook
+        """Per-epoch hook (re-clustering, freezing…)."""
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError(f"method {self.name!r} defines no loss")
+
+    def training_step(self, images: torch.Tensor, labels: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
+        """One iteration. The default: one forward, `loss`, one optimiser step."""
+        loss = self.loss(self(images), labels)
+        ctx.optimizer_step(loss)
+        return {"loss": float(loss.detach())}
+
+    # --- inference ----------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training embedding (not normalised) from normalised images."""
+        return self.head(self.backbone(x))
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """The test embedding, L2-normalised. Evaluation and ONNX export use exactly this."""
+        return F.normalize(self(x), dim=-1)
+
+    def export_module(self) -> nn.Module:
+        """A module computing `embed` (what ONNX export traces); override to drop training-only parts."""
+        return _Embedder(self)
+
+    @property
+    def test_embedding_dim(self) -> int:
+        return self.embedding_dim
+
+
+class _Embedder(nn.Module):
+    def __init__(self, method: Method) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.embed(x)
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(name: str):
+    def deco(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return deco

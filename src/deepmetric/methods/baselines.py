@@ -1,0 +1,140 @@
+"""Baselines from pytorch-metric-learning (a well-kept, tested implementation of each loss and miner).
+
+Each wraps a PML loss (and miner) behind the method interface: `margin` (margin loss + distance-weighted
+sampling, Wu et al. 2017), `triplet` (semi-hard mining), `multi_similarity`, `proxy_anchor`, `contrastive`.
+Embeddings are L2-normalised before every loss (PML's default `LpDistance` normalises too).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from pytorch_metric_learning import losses, miners
+
+from deepmetric.methods.base import Method, MethodParams, register
+
+
+class MarginParams(MethodParams):
+    margin: float = Field(0.2, gt=0, description="γ, the margin around the boundary β")
+    beta: float = Field(1.2, gt=0, description="β, initial boundary between positives and negatives")
+    learn_beta: bool = Field(True, description="learn one β per class (Wu et al.); lr = optimizer lr × beta_lr_mult")
+    beta_lr_mult: float = Field(1.0, gt=0)
+    dw_cutoff: float = Field(0.5, gt=0, description="lower distance cut-off of distance-weighted sampling")
+    dw_nonzero_loss_cutoff: float = Field(1.4, gt=0, description="negatives farther than this get no weight")
+
+
+@register("margin")
+class MarginMethod(Method):
+    Params = MarginParams
+
+    def __init__(self, params: MarginParams, backbone, embedding_dim: int, num_classes: int) -> None:
+        super().__init__(params, backbone, embedding_dim, num_classes)
+        self.criterion = losses.MarginLoss(
+            margin=params.margin,
+            nu=0,
+            beta=params.beta,
+            learn_beta=params.learn_beta,
+            num_classes=num_classes if params.learn_beta else None,
+        )
+        self.miner = miners.DistanceWeightedMiner(
+            cutoff=params.dw_cutoff, nonzero_loss_cutoff=params.dw_nonzero_loss_cutoff
+        )
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        groups = super().param_groups(lr, weight_decay)
+        extra = list(self.criterion.parameters())
+        if extra:
+            groups.append({"name": "loss", "params": extra, "lr": lr * self.params.beta_lr_mult, "weight_decay": 0.0})
+        return groups
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        emb = F.normalize(embeddings, dim=-1)
+        return self.criterion(emb, labels, self.miner(emb, labels))
+
+
+class TripletParams(MethodParams):
+    margin: float = Field(0.2, gt=0)
+    mining: str = Field("semihard", pattern="^(all|hard|semihard|easy)$")
+
+
+@register("triplet")
+class TripletMethod(Method):
+    Params = TripletParams
+
+    def __init__(self, params: TripletParams, backbone, embedding_dim: int, num_classes: int) -> None:
+        super().__init__(params, backbone, embedding_dim, num_classes)
+        self.criterion = losses.TripletMarginLoss(margin=params.margin)
+        self.miner = miners.TripletMarginMiner(margin=params.margin, type_of_triplets=params.mining)
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        emb = F.normalize(embeddings, dim=-1)
+        return self.criterion(emb, labels, self.miner(emb, labels))
+
+
+class MultiSimilarityParams(MethodParams):
+    alpha: float = Field(2.0, gt=0)
+    beta: float = Field(50.0, gt=0)
+    base: float = Field(0.5)
+    miner_epsilon: float = Field(0.1, ge=0)
+
+
+@register("multi_similarity")
+class MultiSimilarityMethod(Method):
+    Params = MultiSimilarityParams
+
+    def __init__(self, params: MultiSimilarityParams, backbone, embedding_dim: int, num_classes: int) -> None:
+        super().__init__(params, backbone, embedding_dim, num_classes)
+        self.criterion = losses.MultiSimilarityLoss(alpha=params.alpha, beta=params.beta, base=params.base)
+        self.miner = miners.MultiSimilarityMiner(epsilon=params.miner_epsilon)
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        emb = F.normalize(embeddings, dim=-1)
+        return self.criterion(emb, labels, self.miner(emb, labels))
+
+
+class ProxyAnchorParams(MethodParams):
+    margin: float = Field(0.1, ge=0)
+    alpha: float = Field(32.0, gt=0)
+    proxy_lr_mult: float = Field(100.0, gt=0, description="proxies learn this much faster (paper: ×100)")
+
+
+@register("proxy_anchor")
+class ProxyAnchorMethod(Method):
+    Params = ProxyAnchorParams
+
+    def __init__(self, params: ProxyAnchorParams, backbone, embedding_dim: int, num_classes: int) -> None:
+        super().__init__(params, backbone, embedding_dim, num_classes)
+        self.criterion = losses.ProxyAnchorLoss(
+            num_classes=num_classes, embedding_size=embedding_dim, margin=params.margin, alpha=params.alpha
+        )
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        groups = super().param_groups(lr, weight_decay)
+        groups.append(
+            {"name": "proxies", "params": list(self.criterion.parameters()), "lr": lr * self.params.proxy_lr_mult,
+             "weight_decay": 0.0}
+        )
+        return groups
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.criterion(F.normalize(embeddings, dim=-1), labels)
+
+
+class ContrastiveParams(MethodParams):
+    pos_margin: float = Field(0.0, ge=0)
+    neg_margin: float = Field(1.0, gt=0)
+
+
+@register("contrastive")
+class ContrastiveMethod(Method):
+    Params = ContrastiveParams
+
+    def __init__(self, params: ContrastiveParams, backbone, embedding_dim: int, num_classes: int) -> None:
+        super().__init__(params, backbone, embedding_dim, num_classes)
+        self.criterion = losses.ContrastiveLoss(pos_margin=params.pos_margin, neg_margin=params.neg_margin)
+
+    def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.criterion(F.normalize(embeddings, dim=-1), labels)

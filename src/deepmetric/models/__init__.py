@@ -1,0 +1,1 @@
+"""Backbones, embedding heads and the in-model preprocessing."""

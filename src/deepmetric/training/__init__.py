@@ -1,0 +1,1 @@
+"""The training loop: seeding, class-balanced batches, AMP, checkpoint/resume, validation, progress."""
