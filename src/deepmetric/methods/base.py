@@ -60,7 +60,8 @@ class TrainContext(Protocol):
         """Run `fn(images)` without gradients over every training image (evaluation transform), in order."""
 
     def set_lr_scale(self, group: str, scale: float) -> None:
-        """Scale the learning rate of the optimiser group named `group` (0 freezes it for now)."""
+        """Scale the learning rate of the optimiser group named `group` (0 freezes it). Scales reset to 1
+        at the start of every epoch, before `on_epoch_start`."""
 
 
 def class_balanced_batches(

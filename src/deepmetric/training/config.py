@@ -4,14 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from deepmetric.data.config import ParamsError, parse_params
+
+from deepmetric.data.transforms import InputSpec
 from deepmetric.methods import METHODS, BatchConfig, MethodParams
 from deepmetric.models.backbones import BackboneConfig
 
 
-class ParameterError(ValueError):
-    """A parameter block is wrong; the message names every bad key and why."""
+# One parameter-error type and parser for the whole project (message names every bad key).
+ParameterError = ParamsError
+parse = parse_params
 
 
 class OptimizerConfig(BaseModel):
@@ -33,21 +37,8 @@ class AugmentConfig(BaseModel):
     hflip: bool = Field(False, description="horizontal flips (off for glyphs: b vs d)")
 
 
-class InputConfig(BaseModel):
-    """`model` parameters: the evaluation transform (resize shorter side, centre crop) and normalisation."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    resize: int = Field(64, gt=0)
-    crop: int = Field(64, gt=0)
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
-
-    @model_validator(mode="after")
-    def _crop(self) -> InputConfig:
-        if self.crop > self.resize:
-            raise ValueError(f"crop {self.crop} is larger than resize {self.resize}")
-        return self
+# The `model` parameters are the data module's `InputSpec` (one definition of the input).
+InputConfig = InputSpec
 
 
 class TrainConfig(BaseModel):
@@ -81,28 +72,7 @@ class TrainConfig(BaseModel):
         return self
 
     def method_params(self) -> MethodParams:
-        cls = METHODS[self.method].Params
-        try:
-            return cls(**self.methods.get(self.method, {}))
-        except ValidationError as exc:
-            raise ParameterError(_explain(exc, f"train.methods.{self.method}")) from None
-
-
-def _explain(exc: ValidationError, prefix: str) -> str:
-    lines = [f"invalid parameters in {prefix}:"]
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        where = f"{prefix}.{loc}" if loc else prefix
-        lines.append(f"  - {where}: {err['msg']}" + (f" (got {err['input']!r})" if "input" in err and err["type"] != "missing" else ""))
-    return "\n".join(lines)
-
-
-def parse(model_cls: type[BaseModel], data: dict[str, Any] | None, prefix: str):
-    """Validate a parameter block, raising `ParameterError` with every problem listed."""
-    try:
-        return model_cls(**(data or {}))
-    except ValidationError as exc:
-        raise ParameterError(_explain(exc, prefix)) from None
+        return parse_params(METHODS[self.method].Params, self.methods.get(self.method), f"train.methods.{self.method}")
 
 
 def parse_train(train: dict[str, Any] | None) -> tuple[TrainConfig, MethodParams]:

@@ -1,0 +1,16 @@
+from kedro.pipeline import Node, Pipeline
+
+from pipelines.evaluate.nodes import evaluate
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    return Pipeline(
+        [
+            Node(
+                evaluate,
+                inputs=["trained_model", "validated_manifest", "params:data", "params:evaluate"],
+                outputs=["metrics", "baseline_metrics", "retrieval_grid"],
+                name="evaluate",
+            )
+        ]
+    )

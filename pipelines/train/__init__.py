@@ -1,0 +1,1 @@
+"""`train`: one DML method on the validated manifest's training classes."""

@@ -1,0 +1,22 @@
+"""Thin nodes: parameters → typed configs → `deepmetric.training.loop.fit`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from deepmetric.data.config import DataParams, parse_params
+from deepmetric.training.config import InputConfig, parse_train
+from deepmetric.training.loop import fit
+
+
+def train_model(
+    manifest: pd.DataFrame, data: dict[str, Any], train: dict[str, Any], model: dict[str, Any], checkpoint_dir: str
+) -> tuple[dict[str, Any], str]:
+    data_cfg = parse_params(DataParams, data, "data")
+    cfg, params = parse_train(train)
+    spec = parse_params(InputConfig, model, "model")
+    result = fit(manifest, data_cfg.root, cfg, params, spec, checkpoint_dir=checkpoint_dir,
+                 max_pixels=data_cfg.max_pixels)
+    return result.payload, result.log_csv()

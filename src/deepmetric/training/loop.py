@@ -1,0 +1,292 @@
+"""The training loop. Method-agnostic: everything method-specific goes through `deepmetric.methods.base.Method`.
+
+Per epoch: seed (so a resumed epoch is the epoch it would have been) → ``method.on_epoch_start(ctx)`` →
+``method.batch_sampler(...)`` → ``method.training_step(images, labels, ctx)`` per batch → validation on the
+validation classes (MAP@R by default picks the best epoch) → checkpoint (atomic), which a rerun resumes from.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from deepmetric.data.dataset import ManifestImages
+from deepmetric.data.transforms import InputSpec, train_transform
+from deepmetric.evaluation.embed import embed_dataset, method_embedder
+from deepmetric.evaluation.metrics import evaluate_embeddings
+from deepmetric.io.atomic import atomic_path
+from deepmetric.methods import Method, MethodParams
+from deepmetric.models.preprocess import to_model_input
+from deepmetric.training.config import TrainConfig
+from deepmetric.training.model_io import build_method, make_payload
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "last.pt"
+# Settings that may change between a run and its resumption without invalidating the checkpoint.
+_RESUMABLE_KEYS = ("epochs", "progress", "num_workers", "device", "eval_batch_size", "cache_images")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"train.device={name!r} but no CUDA device is available")
+    return dev
+
+
+@dataclass
+class _Context:
+    """The `TrainContext` the loop hands to a method."""
+
+    method: Method
+    optimizer: torch.optim.Optimizer
+    device: torch.device
+    labels: np.ndarray
+    seed: int
+    epochs: int
+    train_images: ManifestImages
+    eval_images: ManifestImages
+    spec: InputSpec
+    eval_batch_size: int
+    scaler: Any = None
+    epoch: int = 0
+    step: int = 0
+    lr_scales: dict[str, float] = field(default_factory=dict)
+    base_lrs: dict[str, float] = field(default_factory=dict)
+    lr_factor: float = 1.0
+
+    def optimizer_step(self, loss: torch.Tensor) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {float(loss)} at epoch {self.epoch}, step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            loss.backward()
+            self.optimizer.step()
+
+    def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = torch.stack([self.train_images[int(i)] for i in indices]).to(self.device)
+        labels = torch.as_tensor(self.labels[np.asarray(indices, dtype=np.int64)], device=self.device)
+        return to_model_input(images, self.spec.mean, self.spec.std), labels
+
+    def extract(self, fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int | None = None) -> np.ndarray:
+        was = self.method.training
+        self.method.eval()
+        try:
+            return embed_dataset(
+                lambda x: fn(to_model_input(x, self.spec.mean, self.spec.std)),
+                self.eval_images,
+                batch_size or self.eval_batch_size,
+                self.device,
+            )
+        finally:
+            self.method.train(was)
+
+    def set_lr_scale(self, group: str, scale: float) -> None:
+        if group not in self.base_lrs:
+            raise KeyError(f"no optimiser group named {group!r}; groups: {sorted(self.base_lrs)}")
+        self.lr_scales[group] = scale
+        self._apply_lrs()
+
+    def _apply_lrs(self) -> None:
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.base_lrs[g["name"]] * self.lr_factor * self.lr_scales.get(g["name"], 1.0)
+
+
+def _make_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = [g for g in method.param_groups(cfg.optimizer.lr, cfg.optimizer.weight_decay) if g["params"]]
+    names = [g["name"] for g in groups]
+    if len(set(names)) != len(names):
+        raise ValueError(f"method {method.name!r} returned duplicate optimiser group names {names}")
+    for g in groups:
+        g["params"] = [p for p in g["params"] if p.requires_grad]
+    groups = [g for g in groups if g["params"]]
+    o = cfg.optimizer
+    if o.name == "adam":
+        return torch.optim.Adam(groups, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "adamw":
+        return torch.optim.AdamW(groups, lr=o.lr, weight_decay=o.weight_decay)
+    if o.name == "radam":
+        return torch.optim.RAdam(groups, lr=o.lr, weight_decay=o.weight_decay)
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+
+
+def fingerprint(cfg: TrainConfig, params: MethodParams, spec: InputSpec, train: pd.DataFrame) -> str:
+    """What a checkpoint is valid for: every setting that changes the training trajectory, and the data."""
+    blob = {
+        "train": {k: v for k, v in cfg.model_dump(mode="json").items() if k not in _RESUMABLE_KEYS},
+        "params": params.model_dump(mode="json"),
+        "model": spec.model_dump(mode="json"),
+        "data": hashlib.sha256(
+            pd.util.hash_pandas_object(train[["path", "label"]], index=False).values.tobytes()
+        ).hexdigest(),
+    }
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _state_copy(method: Method) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in method.state_dict().items()}
+
+
+@dataclass
+class FitResult:
+    payload: dict[str, Any]
+    log: list[dict[str, Any]]
+    resumed_from: int
+
+    def log_csv(self) -> str:
+        buf = io.StringIO()
+        pd.DataFrame(self.log).to_csv(buf, index=False)
+        return buf.getvalue()
+
+
+def fit(
+    manifest: pd.DataFrame,
+    root: str,
+    cfg: TrainConfig,
+    params: MethodParams,
+    spec: InputSpec,
+    checkpoint_dir: str | Path | None = None,
+    max_pixels: int | None = None,
+) -> FitResult:
+    """Train ``cfg.method`` on the manifest's ``train`` split; select the best epoch on ``val``."""
+    train = manifest[manifest["split"] == "train"].reset_index(drop=True)
+    val = manifest[manifest["split"] == "val"].reset_index(drop=True)
+    if train.empty:
+        raise ValueError("the manifest has no `train` rows")
+    classes = np.sort(train["label"].unique())
+    labels = np.searchsorted(classes, train["label"].to_numpy())
+    num_classes = len(classes)
+    device = resolve_device(cfg.device)
+
+    seed_everything(cfg.seed)
+    method = build_method(cfg, params, num_classes).to(device)
+    optimizer = _make_optimizer(method, cfg)
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_amp else None
+
+    cache = dict(cache=cfg.cache_images, max_pixels=max_pixels)
+    eval_images = ManifestImages(root, train["path"], spec, **cache)
+    train_images = eval_images.with_transform(
+        train_transform(spec, scale=(cfg.augment.scale_min, 1.0), hflip=cfg.augment.hflip)
+    )
+    val_images = ManifestImages(root, val["path"], spec, **cache) if len(val) else None
+    val_labels = val["label"].to_numpy()
+    can_validate = val_images is not None and len(np.unique(val_labels)) >= 2
+
+    ctx = _Context(
+        method=method, optimizer=optimizer, device=device, labels=labels, seed=cfg.seed, epochs=cfg.epochs,
+        train_images=train_images, eval_images=eval_images, spec=spec, eval_batch_size=cfg.eval_batch_size,
+        scaler=scaler, base_lrs={g["name"]: g["lr"] for g in optimizer.param_groups},
+    )
+    steps = cfg.steps_per_epoch or max(1, len(train) // cfg.batch.size)
+    fp = fingerprint(cfg, params, spec, train)
+
+    rows: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"epoch": -1, "score": -np.inf, "state": None, "val": {}}
+    start = 0
+    ckpt_path = Path(checkpoint_dir) / CHECKPOINT if checkpoint_dir else None
+    if ckpt_path is not None and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state.get("fingerprint") != fp:
+            log.warning("checkpoint %s was made with other settings or data: starting fresh", ckpt_path)
+        elif state["epochs_done"] > cfg.epochs:
+            log.warning("checkpoint %s has %d epochs, more than train.epochs=%d: starting fresh",
+                        ckpt_path, state["epochs_done"], cfg.epochs)
+        else:
+            method.load_state_dict(state["state_dict"])
+            optimizer.load_state_dict(state["optimizer"])
+            if scaler is not None and state.get("scaler"):
+                scaler.load_state_dict(state["scaler"])
+            rows, best, start = state["log"], state["best"], state["epochs_done"]
+            ctx.step = state["step"]
+            log.info("resuming from %s after epoch %d of %d", ckpt_path, start, cfg.epochs)
+
+    for epoch in range(start, cfg.epochs):
+        ctx.epoch = epoch
+        seed_everything(cfg.seed * 100_003 + epoch)
+        ctx.lr_scales = {}
+        ctx.lr_factor = cfg.optimizer.gamma ** sum(epoch >= m for m in cfg.optimizer.milestones)
+        ctx._apply_lrs()
+        method.train()
+        method.on_epoch_start(ctx)
+        batches = list(method.batch_sampler(labels, cfg.batch, cfg.seed * 100_003 + epoch, steps))
+        t0 = time.perf_counter()
+        n_images = 0
+        totals: dict[str, float] = {}
+        bar = tqdm(batches, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
+                   leave=False)
+        for indices in bar:
+            images, batch_labels = ctx.load(indices)
+            with torch.autocast(device.type, enabled=use_amp):
+                stats = method.training_step(images, batch_labels, ctx)
+            ctx.step += 1
+            n_images += len(indices)
+            for k, v in stats.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            bar.set_postfix(loss=f"{stats.get('loss', float('nan')):.4f}")
+        seconds = time.perf_counter() - t0
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            **{k: v / max(1, len(batches)) for k, v in totals.items()},
+            "lr": max(g["lr"] for g in optimizer.param_groups),
+            "seconds": round(seconds, 3),
+            "images_per_s": round(n_images / max(seconds, 1e-9), 2),
+        }
+        if can_validate:
+            emb = embed_dataset(method_embedder(method, spec.mean, spec.std), val_images, cfg.eval_batch_size, device)
+            val_metrics = evaluate_embeddings(emb, val_labels, ks=(1,), with_nmi=False)
+            row.update({f"val_{k}": v for k, v in val_metrics.items()})
+            score = val_metrics.get(cfg.select_metric, np.nan)
+            if cfg.select_metric not in val_metrics:
+                raise ValueError(f"train.select_metric {cfg.select_metric!r} is not one of {sorted(val_metrics)}")
+        else:
+            val_metrics, score = {}, float(epoch)  # no validation classes: the last epoch is the best
+        if score > best["score"]:
+            best = {"epoch": epoch + 1, "score": float(score), "state": _state_copy(method), "val": val_metrics}
+        row["best_epoch"] = best["epoch"]
+        rows.append(row)
+        log.info("epoch %d/%d %s", epoch + 1, cfg.epochs, {k: v for k, v in row.items() if k != "epoch"})
+        if ckpt_path is not None:
+            _save_checkpoint(ckpt_path, {
+                "fingerprint": fp, "epochs_done": epoch + 1, "step": ctx.step,
+                "state_dict": _state_copy(method), "optimizer": optimizer.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "best": best, "log": rows,
+            })
+
+    if best["state"] is not None:
+        method.load_state_dict(best["state"])
+    payload = make_payload(
+        method, cfg, spec, num_classes, best_epoch=best["epoch"], val=best["val"],
+        train_classes=[int(c) for c in classes], log=rows,
+    )
+    return FitResult(payload=payload, log=rows, resumed_from=start)
