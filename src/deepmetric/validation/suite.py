@@ -1,0 +1,320 @@
+"""The great-expectations suite over the manifest (plus columns computed from the files and the table).
+
+GX has expectations for schema, nulls, allowed values, uniqueness, bounds and counts; what it has no
+expectation for (a class in two splits, the same bytes in two splits, images per class per split, a file that
+no longer decodes) is computed as a column here and a real GX expectation is set on that column. Each
+expectation carries ``meta.check``: the name a user sees in the report and in the failure message.
+
+GX is imported lazily (about 3 s) and runs in an ephemeral context with progress bars off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepmetric.data.contract import DATASET_INFO, MANIFEST_COLUMNS, ROLES, SPLITS
+from deepmetric.data.images import DEFAULT_MAX_PIXELS
+from deepmetric.validation.params import ValidateParams
+
+__all__ = ["ValidationFailed", "failure_summary", "read_tree", "validate_manifest", "validate_with_docs"]
+
+_STR_COLUMNS = ("path", "class_name", "split", "role", "sha256", "dataset")
+_INT_COLUMNS = ("label", "width", "height")
+_SUMMARY_KEYS = {"path", "label", "split", "role", "value"}
+_INT_TYPES = ["int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64", "Int64", "Int32"]
+
+
+class ValidationFailed(RuntimeError):
+    """The data did not pass; the message names every failing check with example rows."""
+
+    def __init__(self, report: Mapping[str, Any]) -> None:
+        self.report = report
+        super().__init__(failure_summary(report))
+
+
+def _computed_columns(df: pd.DataFrame, root: str | None, params: ValidateParams, max_pixels: int | None,
+                      progress: bool | None) -> pd.DataFrame:
+    """Columns for the checks GX has no expectation for (each only when its inputs exist)."""
+    from deepmetric.data.manifest import probe_files
+
+    cols = set(df.columns)
+    out = df.copy()
+    if {"split", "label"} <= cols:
+        out["class_images_in_split"] = out.groupby(["split", "label"], dropna=False)["label"].transform("size")
+        out["label_split_count"] = out.groupby("label", dropna=False)["split"].transform("nunique")
+    if {"label", "class_name"} <= cols:
+        out["label_name_count"] = out.groupby("label", dropna=False)["class_name"].transform("nunique")
+    if {"sha256", "split"} <= cols:
+        out["sha256_split_count"] = out.groupby("sha256", dropna=False)["split"].transform("nunique")
+    if params.check_files and root is not None and "path" in cols:
+        paths = out["path"].astype(str).tolist()
+        results = probe_files(root, paths, max_pixels=max_pixels, workers=params.workers,
+                              desc="validating images", progress=progress)
+        errors = [None if e is None else (e[len("ESCAPE:"):] if e.startswith("ESCAPE:") else e)
+                  for _, _, _, e in results]
+        out["file_error"] = pd.array(errors, dtype=object)
+        if "sha256" in cols:
+            # For unreadable files the decode check already fails; don't count them twice here.
+            out["file_sha256"] = [h if (e is None and h) else m for (_, _, h, e), m in zip(results, out["sha256"])]
+    return out
+
+
+def _build_suite(gx, df: pd.DataFrame, dataset: str, params: ValidateParams) -> list:
+    """The expectations, each with ``meta.check`` naming it for humans."""
+    E = gx.expectations
+    cols = set(df.columns)
+    ex: list = []
+
+    def add(check: str, exp) -> None:
+        exp.meta = {"check": check}
+        ex.append(exp)
+
+    for c in MANIFEST_COLUMNS:
+        add(f"schema: column '{c}' present", E.ExpectColumnToExist(column=c))
+    for c in _STR_COLUMNS:
+        if c in cols:
+            add(f"type: '{c}' is text", E.ExpectColumnValuesToBeOfType(column=c, type_="str"))
+    for c in _INT_COLUMNS:
+        if c in cols:
+            add(f"type: '{c}' is an integer", E.ExpectColumnValuesToBeInTypeList(column=c, type_list=_INT_TYPES))
+    for c in MANIFEST_COLUMNS:
+        if c in cols:
+            add(f"no nulls in '{c}'", E.ExpectColumnValuesToNotBeNull(column=c))
+    if "split" in cols:
+        add("allowed values: split", E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)))
+        add("train and test splits present",
+            E.ExpectColumnDistinctValuesToContainSet(column="split", value_set=["train", "test"]))
+    if "role" in cols:
+        add("allowed values: role", E.ExpectColumnValuesToBeInSet(column="role", value_set=list(ROLES)))
+    if "dataset" in cols:
+        add(f"allowed values: dataset is '{dataset}'",
+            E.ExpectColumnValuesToBeInSet(column="dataset", value_set=[dataset]))
+    if {"split", "role"} <= cols:
+        info = DATASET_INFO.get(dataset)
+        test_roles = ["query", "gallery"] if info is not None and info.separate_gallery else ["both"]
+        add("roles: train/val rows are 'both'",
+            E.ExpectColumnValuesToBeInSet(column="role", value_set=["both"], row_condition='split != "test"',
+                                          condition_parser="pandas"))
+        add(f"roles: test rows are {'/'.join(test_roles)}",
+            E.ExpectColumnValuesToBeInSet(column="role", value_set=test_roles, row_condition='split == "test"',
+                                          condition_parser="pandas"))
+    if "path" in cols:
+        add("paths unique", E.ExpectColumnValuesToBeUnique(column="path"))
+    if "sha256" in cols:
+        add("sha256 is a hex digest", E.ExpectColumnValuesToMatchRegex(column="sha256", regex=r"^[0-9a-f]{64}$"))
+    if "file_error" in cols:
+        add("files present and decodable", E.ExpectColumnValuesToBeNull(column="file_error"))
+    if "file_sha256" in cols:
+        add("files unchanged since ingest (sha256)",
+            E.ExpectColumnPairValuesToBeEqual(column_A="sha256", column_B="file_sha256"))
+    if "width" in cols:
+        add(f"image width in [{params.min_width}, {params.max_width}]",
+            E.ExpectColumnValuesToBeBetween(column="width", min_value=params.min_width, max_value=params.max_width))
+    if "height" in cols:
+        add(f"image height in [{params.min_height}, {params.max_height}]",
+            E.ExpectColumnValuesToBeBetween(column="height", min_value=params.min_height,
+                                            max_value=params.max_height))
+    if "class_images_in_split" in cols:
+        add(f">= {params.min_images_per_class} images per class in every split",
+            E.ExpectColumnValuesToBeBetween(column="class_images_in_split", min_value=params.min_images_per_class))
+    if "label_split_count" in cols:
+        add("train/val/test class sets disjoint",
+            E.ExpectColumnValuesToBeBetween(column="label_split_count", min_value=1, max_value=1))
+    if "label_name_count" in cols:
+        add("one class_name per label",
+            E.ExpectColumnValuesToBeBetween(column="label_name_count", min_value=1, max_value=1))
+    if "sha256_split_count" in cols:
+        add("no identical file bytes across splits (leakage)",
+            E.ExpectColumnValuesToBeBetween(column="sha256_split_count", min_value=1, max_value=1))
+    info = DATASET_INFO.get(dataset)
+    if params.known_counts and info is not None and info.num_images is not None:
+        add(f"known image count of {dataset}: {info.num_images}", E.ExpectTableRowCountToEqual(value=info.num_images))
+        if "label" in cols and info.num_classes is not None:
+            add(f"known class count of {dataset}: {info.num_classes}",
+                E.ExpectColumnUniqueValueCountToBeBetween(column="label", min_value=info.num_classes,
+                                                          max_value=info.num_classes))
+        if {"label", "split"} <= cols and info.num_train_classes is not None:
+            add(f"known train+val class count of {dataset}: {info.num_train_classes}",
+                E.ExpectColumnUniqueValueCountToBeBetween(
+                    column="label", min_value=info.num_train_classes, max_value=info.num_train_classes,
+                    row_condition='split != "test"', condition_parser="pandas"))
+        if {"label", "split"} <= cols and info.num_test_classes is not None:
+            add(f"known test class count of {dataset}: {info.num_test_classes}",
+                E.ExpectColumnUniqueValueCountToBeBetween(
+                    column="label", min_value=info.num_test_classes, max_value=info.num_test_classes,
+                    row_condition='split == "test"', condition_parser="pandas"))
+    return ex
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return None if np.isnan(v) else float(v)
+    if isinstance(v, float) and v != v:
+        return None
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def _examples(df: pd.DataFrame, result: dict, kwargs: dict, n: int) -> list[dict]:
+    """Example rows for a failing map expectation: the manifest row(s) named in GX's unexpected index list."""
+    idx = result.get("partial_unexpected_index_list") or []
+    cols = [c for c in ("path", "label", "class_name", "split", "role", "sha256", "width", "height") if c in df]
+    extra = [kwargs[k] for k in ("column", "column_A", "column_B") if kwargs.get(k) in df and kwargs[k] not in cols]
+    rows: list[dict] = []
+    by_path = df.set_index("path", drop=False) if "path" in df and df["path"].is_unique else None
+    for item in idx[:n]:
+        if isinstance(item, dict) and "path" in item and by_path is not None and item["path"] in by_path.index:
+            row = by_path.loc[item["path"], cols + extra]
+        elif isinstance(item, (int, np.integer)) and 0 <= int(item) < len(df):
+            row = df.iloc[int(item)][cols + extra]
+        else:
+            rows.append(_jsonable(item))
+            continue
+        rows.append({k: _jsonable(row[k].item() if hasattr(row[k], "item") else row[k]) for k in cols + extra})
+    if not rows and result.get("partial_unexpected_list"):
+        rows = [{"value": _jsonable(v)} for v in result["partial_unexpected_list"][:n]]
+    return rows
+
+
+def validate_manifest(
+    manifest: pd.DataFrame,
+    root: str | os.PathLike[str] | None,
+    dataset: str,
+    params: ValidateParams | Mapping[str, Any] | None = None,
+    docs_dir: str | os.PathLike[str] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool | None = None,
+) -> dict[str, Any]:
+    """Run the suite; returns the JSON-able report (``success``, per-check results with unexpected counts and
+    example rows). When ``docs_dir`` is given, GX's HTML data docs are built there. Never raises for bad
+    data (see :class:`ValidationFailed` / :func:`failure_summary` for the gate)."""
+    if not isinstance(params, ValidateParams):
+        params = ValidateParams.model_validate(dict(params or {}))
+    t0 = time.perf_counter()
+    df = _computed_columns(manifest, None if root is None else str(root), params, max_pixels, progress)
+    t_files = time.perf_counter() - t0
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    batch_def = (ctx.data_sources.add_pandas("deepmetric").add_dataframe_asset("manifest")
+                 .add_batch_definition_whole_dataframe("whole_manifest"))
+    suite = ctx.suites.add(gx.ExpectationSuite(name=f"deepmetric_manifest_{dataset}"))
+    for exp in _build_suite(gx, df, dataset, params):
+        suite.add_expectation(exp)
+    vd = ctx.validation_definitions.add(gx.ValidationDefinition(name="manifest", data=batch_def, suite=suite))
+    result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": params.max_examples}
+    if "path" in df:
+        result_format["unexpected_index_column_names"] = ["path"]
+    gx_df = df.reset_index(drop=True)
+    res = vd.run(batch_parameters={"dataframe": gx_df}, result_format=result_format)
+
+    checks = []
+    for r in res.results:
+        d = r.to_json_dict()
+        cfg = d["expectation_config"]
+        kwargs = {k: v for k, v in cfg["kwargs"].items() if k != "batch_id"}
+        result = d.get("result") or {}
+        exc = d.get("exception_info") or {}
+        entry: dict[str, Any] = {
+            "check": (cfg.get("meta") or {}).get("check", cfg["type"]),
+            "expectation": cfg["type"],
+            "kwargs": _jsonable(kwargs),
+            "success": bool(d["success"]),
+        }
+        for k in ("element_count", "unexpected_count", "unexpected_percent", "observed_value"):
+            if k in result:
+                entry[k] = _jsonable(result[k])
+        if exc.get("raised_exception"):
+            entry["error"] = str(exc.get("exception_message"))
+        if not entry["success"]:
+            entry["examples"] = _examples(gx_df, result, kwargs, params.max_examples)
+        checks.append(entry)
+    # GX orders results its own way; keep the suite's order (the order checks are documented in).
+    order = {c.meta["check"]: i for i, c in enumerate(suite.expectations)}
+    checks.sort(key=lambda c: order.get(c["check"], len(order)))
+
+    docs_index = None
+    if docs_dir is not None:
+        ctx.add_data_docs_site("deepmetric", {
+            "class_name": "SiteBuilder",
+            "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": str(docs_dir)},
+            "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+        })
+        ctx.build_data_docs(site_names=["deepmetric"])
+        docs_index = "index.html"
+
+    failed = [c["check"] for c in checks if not c["success"]]
+    return {
+        "success": not failed,
+        "dataset": dataset,
+        "root": None if root is None else str(root),
+        "images": int(len(manifest)),
+        "classes": int(manifest["label"].nunique()) if "label" in manifest else None,
+        "checks_evaluated": len(checks),
+        "checks_failed": len(failed),
+        "failed": failed,
+        "checks": checks,
+        "params": params.model_dump(),
+        "great_expectations": gx.__version__,
+        "data_docs": docs_index,
+        "seconds": {"files": round(t_files, 3), "total": round(time.perf_counter() - t0, 3)},
+    }
+
+
+def failure_summary(report: Mapping[str, Any]) -> str:
+    """Human summary: each failing check, its unexpected count and example rows."""
+    failing = [c for c in report.get("checks", []) if not c.get("success")]
+    head = (f"data validation failed for dataset '{report.get('dataset')}' ({report.get('images')} images): "
+            f"{len(failing)} of {report.get('checks_evaluated')} checks failed")
+    lines = [head]
+    for c in failing:
+        detail = []
+        if "unexpected_count" in c:
+            detail.append(f"{c['unexpected_count']} unexpected row(s)")
+        if "observed_value" in c:
+            detail.append(f"observed {c['observed_value']}")
+        if "error" in c:
+            detail.append(f"error: {c['error']}")
+        lines.append(f"  FAILED {c['check']}" + (f" ({'; '.join(detail)})" if detail else ""))
+        focus = {c["kwargs"].get(k) for k in ("column", "column_A", "column_B")} - {None}
+        for ex in c.get("examples", [])[:5]:
+            if isinstance(ex, dict):
+                ex = {k: v for k, v in ex.items() if k in _SUMMARY_KEYS or k in focus}
+            lines.append(f"      e.g. {json.dumps(ex, ensure_ascii=False, default=str)}")
+    lines.append("full report: data/08_reporting/validation.json; HTML: data/08_reporting/validation_docs/index.html")
+    return "\n".join(lines)
+
+
+def read_tree(folder: str | os.PathLike[str]) -> dict[str, bytes]:
+    """Every file under ``folder`` as ``{relative posix path: bytes}`` (for the atomic FileTreeDataset)."""
+    base = Path(folder)
+    return {p.relative_to(base).as_posix(): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
+
+
+def validate_with_docs(manifest: pd.DataFrame, root, dataset: str, params=None, max_pixels=DEFAULT_MAX_PIXELS,
+                       progress: bool | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """:func:`validate_manifest` plus GX's data docs site, returned as files (written atomically by the caller)."""
+    with tempfile.TemporaryDirectory(prefix="deepmetric-gxdocs-") as tmp:
+        report = validate_manifest(manifest, root, dataset, params, docs_dir=tmp, max_pixels=max_pixels,
+                                   progress=progress)
+        return report, read_tree(tmp)
