@@ -1,0 +1,1 @@
+"""Stage `glyphs`: render the built-in glyph dataset."""

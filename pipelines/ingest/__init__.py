@@ -1,0 +1,1 @@
+"""Stage `ingest`: dataset folder → manifest (the data contract) + ingest report."""

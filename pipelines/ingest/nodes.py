@@ -1,0 +1,18 @@
+"""Thin node: ``data`` parameters → reader rows → decoded, hashed manifest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from deepmetric.data.config import DataParams, parse_params
+from deepmetric.data.manifest import build_manifest
+from deepmetric.data.readers import read_dataset
+
+
+def ingest(data: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    cfg = parse_params(DataParams, data, "data")
+    records = read_dataset(cfg.dataset, cfg.root, cfg)
+    return build_manifest(records, cfg.root, bad_files=cfg.bad_files, max_pixels=cfg.max_pixels,
+                          workers=cfg.workers)

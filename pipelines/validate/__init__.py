@@ -1,0 +1,1 @@
+"""Stage `validate`: great-expectations over the manifest and the files; gates everything downstream."""
