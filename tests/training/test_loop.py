@@ -1,0 +1,114 @@
+"""The training loop on a small generated dataset: learning, resume, model selection, bad parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from deepmetric.training.config import InputConfig, ParameterError, parse_train
+from deepmetric.training.loop import CHECKPOINT, fit
+from deepmetric.training.model_io import load_model
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """12 classes of coloured bars, 6 images each: 6 train, 2 val, 4 test classes."""
+    root = tmp_path_factory.mktemp("shapes")
+    rng = np.random.default_rng(0)
+    rows = []
+    for c in range(12):
+        for j in range(6):
+            img = Image.new("RGB", (36, 36), "white")
+            x = int(rng.integers(0, 8))
+            ImageDraw.Draw(img).rectangle([x, 2 * c, x + 14, 2 * c + 9], fill=(20 * c, 250 - 20 * c, 37 * j % 255))
+            path = f"c{c:02d}/{j}.png"
+            (root / f"c{c:02d}").mkdir(exist_ok=True)
+            img.save(root / path)
+            split = "train" if c < 6 else ("val" if c < 8 else "test")
+            rows.append({"path": path, "label": c, "class_name": f"c{c}", "split": split, "role": "both"})
+    return str(root), pd.DataFrame(rows)
+
+
+def _cfg(**over):
+    base = {"method": "margin", "epochs": 2, "steps_per_epoch": 2, "embedding_dim": 16, "progress": False,
+            "batch": {"classes_per_batch": 4, "samples_per_class": 3}, "eval_batch_size": 32}
+    base.update(over)
+    return parse_train(base)
+
+
+SPEC = InputConfig(resize=32, crop=32)
+
+
+def test_resume_continues_exactly_where_it_stopped(shapes, tmp_path):
+    root, manifest = shapes
+    cfg2, params = _cfg(epochs=2)
+    straight = fit(manifest, root, cfg2, params, SPEC, checkpoint_dir=tmp_path / "a")
+    # "Interrupted" after epoch 1: a checkpoint of one epoch, then a rerun asking for two.
+    cfg1, _ = _cfg(epochs=1)
+    first = fit(manifest, root, cfg1, params, SPEC, checkpoint_dir=tmp_path / "b")
+    assert first.resumed_from == 0 and (tmp_path / "b" / CHECKPOINT).exists()
+    resumed = fit(manifest, root, cfg2, params, SPEC, checkpoint_dir=tmp_path / "b")
+    assert resumed.resumed_from == 1
+    assert [r["epoch"] for r in resumed.log] == [1, 2]
+    a, b = straight.payload["state_dict"], resumed.payload["state_dict"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=f"{k} differs after resume")
+
+
+def test_changed_settings_start_fresh(shapes, tmp_path):
+    root, manifest = shapes
+    cfg, params = _cfg(epochs=1)
+    fit(manifest, root, cfg, params, SPEC, checkpoint_dir=tmp_path)
+    cfg_lr, _ = _cfg(epochs=1, optimizer={"lr": 0.01})
+    again = fit(manifest, root, cfg_lr, params, SPEC, checkpoint_dir=tmp_path)
+    assert again.resumed_from == 0
+
+
+def test_best_epoch_and_model_file_round_trip(shapes):
+    root, manifest = shapes
+    cfg, params = _cfg(epochs=2)
+    res = fit(manifest, root, cfg, params, SPEC)
+    assert 1 <= res.payload["best_epoch"] <= 2
+    assert {"val_map@r", "val_recall@1", "loss", "images_per_s"} <= set(res.log[0])
+    assert "epoch,loss" in res.log_csv().splitlines()[0]
+    method, spec = load_model(res.payload)
+    assert spec == SPEC
+    x = torch.randn(2, 3, 32, 32)
+    emb = method.embed(x)
+    assert emb.shape == (2, 16)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(2))
+
+
+def test_training_improves_validation_map(shapes):
+    root, manifest = shapes
+    cfg, params = _cfg(epochs=4, steps_per_epoch=6, optimizer={"lr": 0.003})
+    res = fit(manifest, root, cfg, params, SPEC)
+    maps = [r["val_map@r"] for r in res.log]
+    assert max(maps[1:]) > maps[0] or maps[0] > 0.9
+
+
+@pytest.mark.parametrize(
+    "block, needle",
+    [
+        ({"method": "nope"}, "unknown train.method 'nope'"),
+        ({"epochs": 0}, "train.epochs"),
+        ({"optimizer": {"name": "adagrad"}}, "train.optimizer.name"),
+        ({"bogus": 1}, "train.bogus: unknown parameter"),
+        ({"methods": {"margin": {"margni": 0.1}}}, "train.methods.margin.margni"),
+        ({"backbone": {"name": "resnet50", "pretrained": True}}, "needs weights_path"),
+    ],
+)
+def test_bad_parameters_are_named(block, needle):
+    with pytest.raises(ParameterError, match=needle.replace("(", r"\(").replace(".", r"\.")):
+        parse_train(block)
+
+
+def test_too_few_classes_for_batch(shapes):
+    root, manifest = shapes
+    cfg, params = _cfg(batch={"classes_per_batch": 10, "samples_per_class": 2})
+    with pytest.raises(ValueError, match="training split has 6"):
+        fit(manifest, root, cfg, params, SPEC)
