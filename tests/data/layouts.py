@@ -1,0 +1,138 @@
+"""Generators for tiny replicas of the four benchmark layouts (same file formats, the .mat included)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def png_bytes(size=(24, 20), color=(200, 30, 30), mode="RGB", fmt="PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, size, color).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def write_image(path: Path, seed: int, size=(24, 20), fmt="JPEG") -> None:
+    """A small image with content unique to ``seed`` (distinct bytes per file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path, fmt)
+
+
+def make_cub(root: Path, num_classes: int = 4, per_class: int = 3, appledouble: bool = True) -> Path:
+    """CUB_200_2011/: images/NNN.Name/Name_k.jpg + images.txt, image_class_labels.txt, classes.txt,
+    train_test_split.txt (which must be ignored) and AppleDouble junk."""
+    images, labels, classes, tts = [], [], [], []
+    image_id = 0
+    for c in range(1, num_classes + 1):
+        folder = f"{c:03d}.Bird_{c}"
+        classes.append(f"{c} {folder}")
+        for k in range(per_class):
+            image_id += 1
+            rel = f"{folder}/Bird_{c}_{k:04d}.jpg"
+            write_image(root / "images" / rel, seed=image_id)
+            images.append(f"{image_id} {rel}")
+            labels.append(f"{image_id} {c}")
+            tts.append(f"{image_id} {k % 2}")
+        if appledouble:
+            (root / "images" / folder / f"._Bird_{c}_0000.jpg").write_bytes(b"\x00\x05\x16\x07junk")
+    if appledouble:  # a listed AppleDouble entry (seen in some copies) is skipped too
+        images.append(f"{image_id + 1} {classes[0].split()[1]}/._Bird_1_0000.jpg")
+        labels.append(f"{image_id + 1} 1")
+    (root / "images.txt").write_text("\n".join(images) + "\n")
+    (root / "image_class_labels.txt").write_text("\n".join(labels) + "\n")
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    (root / "train_test_split.txt").write_text("\n".join(tts) + "\n")
+    if appledouble:
+        (root / "._images.txt").write_bytes(b"junk")
+    return root
+
+
+def _struct(rows: list[dict]) -> np.ndarray:
+    fields = list(rows[0])
+    arr = np.zeros((1, len(rows)), dtype=[(f, object) for f in fields])
+    for i, r in enumerate(rows):
+        for f in fields:
+            arr[0, i][f] = r[f]
+    return arr
+
+
+def make_cars(root: Path, num_classes: int = 4, per_class: int = 3, devkit: bool = False) -> Path:
+    """Cars196: car_ims/ + cars_annos.mat, or the devkit variant (cars_train/, cars_test/, devkit/...)."""
+    from scipy.io import savemat
+
+    names = np.array([f"Make Model {c} 2012" for c in range(1, num_classes + 1)], dtype=object)
+    n = 0
+    if not devkit:
+        rows = []
+        for c in range(1, num_classes + 1):
+            for k in range(per_class):
+                n += 1
+                rel = f"car_ims/{n:06d}.jpg"
+                write_image(root / rel, seed=1000 + n)
+                rows.append({"relative_im_path": rel, "bbox_x1": 1, "bbox_y1": 1, "bbox_x2": 20, "bbox_y2": 15,
+                             "class": c, "test": k % 2})
+        savemat(root / "cars_annos.mat", {"annotations": _struct(rows), "class_names": names[None, :]})
+    else:
+        parts: dict[str, list[dict]] = {"cars_train": [], "cars_test": []}
+        for c in range(1, num_classes + 1):
+            for k in range(per_class):
+                n += 1
+                folder = "cars_train" if k % 2 == 0 else "cars_test"
+                fname = f"{n:05d}.jpg"
+                write_image(root / folder / fname, seed=2000 + n)
+                parts[folder].append({"bbox_x1": 1, "bbox_y1": 1, "bbox_x2": 20, "bbox_y2": 15, "class": c,
+                                      "fname": fname})
+        (root / "devkit").mkdir(parents=True, exist_ok=True)
+        savemat(root / "devkit" / "cars_meta.mat", {"class_names": names[None, :]})
+        savemat(root / "devkit" / "cars_train_annos.mat", {"annotations": _struct(parts["cars_train"])})
+        savemat(root / "cars_test_annos_withlabels.mat", {"annotations": _struct(parts["cars_test"])})
+    return root
+
+
+SOP_CATEGORIES = ("bicycle", "chair", "mug")
+
+
+def make_sop(root: Path, train_classes: int = 4, test_classes: int = 4, per_class: int = 2) -> Path:
+    """Stanford_Online_Products/: <category>_final/<product>_<n>.JPG + Ebay_train.txt / Ebay_test.txt."""
+    header = "image_id class_id super_class_id path"
+    image_id, class_id = 0, 0
+    for name, count in (("Ebay_train.txt", train_classes), ("Ebay_test.txt", test_classes)):
+        lines = [header]
+        for _ in range(count):
+            class_id += 1
+            sup = class_id % len(SOP_CATEGORIES)
+            product = 111085122800 + class_id
+            for k in range(per_class):
+                image_id += 1
+                rel = f"{SOP_CATEGORIES[sup]}_final/{product}_{k}.JPG"
+                write_image(root / rel, seed=3000 + image_id)
+                lines.append(f"{image_id} {class_id} {sup + 1} {rel}")
+        (root / name).write_text("\n".join(lines) + "\n")
+    return root
+
+
+def make_inshop(root: Path, train_items: int = 4, test_items: int = 4) -> Path:
+    """In-Shop: img/{MEN,WOMEN}/<Category>/id_XXXXXXXX/NN_K_view.jpg + Eval/list_eval_partition.txt."""
+    rows = []
+    n = 0
+    for item in range(1, train_items + test_items + 1):
+        item_id = f"id_{item * 7:08d}"
+        gender = "WOMEN" if item % 2 else "MEN"
+        if item <= train_items:
+            statuses = ["train", "train"]
+        else:
+            statuses = ["query", "gallery", "gallery"]
+        for k, status in enumerate(statuses):
+            n += 1
+            rel = f"img/{gender}/Dresses/{item_id}/{k + 1:02d}_1_front.jpg"
+            write_image(root / rel, seed=4000 + n)
+            rows.append(f"{rel}    {item_id}   {status}")
+    (root / "Eval").mkdir(parents=True, exist_ok=True)
+    (root / "Eval" / "list_eval_partition.txt").write_text(
+        f"{len(rows)}\nimage_name item_id evaluation_status\n" + "\n".join(rows) + "\n")
+    return root

@@ -1,0 +1,75 @@
+from __future__ import annotations
+
+import pytest
+
+from deepmetric.data.contract import MANIFEST_COLUMNS
+from deepmetric.data.manifest import BadFilesError, build_manifest, probe_files
+from deepmetric.data.readers import read_dataset
+from tests.data.layouts import make_cub, png_bytes, write_image
+
+
+def _break(root, df):
+    paths = df.path.tolist()
+    (root / paths[0]).write_bytes(b"")
+    (root / paths[1]).write_bytes(b"not an image at all")
+    good = (root / paths[2]).read_bytes()
+    (root / paths[2]).write_bytes(good[: len(good) // 3])
+    (root / paths[3]).unlink()
+    return paths[:4]
+
+
+def test_manifest_columns_sizes_and_hashes(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    df = read_dataset("cub", root)
+    m, report = build_manifest(df, root, progress=False)
+    assert tuple(m.columns) == MANIFEST_COLUMNS
+    assert (m.width == 24).all() and (m.height == 20).all()
+    assert m.sha256.str.fullmatch(r"[0-9a-f]{64}").all() and m.sha256.is_unique
+    assert report["images"] == 12 and report["dropped"] == 0
+    assert report["per_split"]["test"] == {"images": 6, "classes": 2}
+
+
+def test_bad_files_fail_lists_every_path(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    df = read_dataset("cub", root)
+    bad = _break(root, df)
+    with pytest.raises(BadFilesError) as e:
+        build_manifest(df, root, bad_files="fail", progress=False)
+    msg = str(e.value)
+    assert "4 bad image file(s)" in msg and "data.bad_files: drop" in msg
+    for p, reason in zip(bad, ["empty file", "not an image", "truncated", "file not found"]):
+        assert f"{p}: {reason}" in msg
+
+
+def test_bad_files_drop_warns_and_counts(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    df = read_dataset("cub", root)
+    bad = _break(root, df)
+    with pytest.warns(UserWarning, match="dropping 4 bad image file"):
+        m, report = build_manifest(df, root, bad_files="drop", progress=False)
+    assert len(m) == 8 and not set(bad) & set(m.path)
+    assert report["dropped"] == 4 and {d["path"] for d in report["dropped_files"]} == set(bad)
+
+
+def test_bomb_and_escape(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    df = read_dataset("cub", root)
+    (root / df.path.iloc[0]).write_bytes(png_bytes((3000, 3000), 0, mode="L"))
+    with pytest.raises(BadFilesError, match="decompression bomb"):
+        build_manifest(df, root, max_pixels=1_000_000, progress=False)
+    esc = df.copy()
+    esc.loc[1, "path"] = "../../etc/passwd"
+    with pytest.raises(BadFilesError, match="escapes the dataset root"):
+        build_manifest(esc, root, bad_files="drop", max_pixels=None, progress=False)  # never droppable
+
+
+def test_parallel_probe_matches_serial(tmp_path):
+    paths = []
+    for i in range(1100):
+        rel = f"d/{i}.png"
+        write_image(tmp_path / rel, seed=i, size=(8, 8), fmt="PNG")
+        paths.append(rel)
+    paths[7] = "d/missing.png"
+    par = probe_files(tmp_path, paths, workers=2, progress=False)
+    ser = probe_files(tmp_path, paths, workers=1, progress=False)
+    assert par == ser and par[7][3] == "file not found" and par[0][:2] == (8, 8)

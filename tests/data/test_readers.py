@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import pytest
+
+from deepmetric.data.readers import READER_COLUMNS, DatasetLayoutError, read_dataset
+from tests.data.layouts import make_cars, make_cub, make_inshop, make_sop
+
+
+def _summary(df):
+    return {s: (int((df.split == s).sum()), int(df.loc[df.split == s, "label"].nunique())) for s in ("train", "val", "test")}
+
+
+def test_cub_splits_by_class_ignores_classification_split_and_appledouble(tmp_path):
+    root = make_cub(tmp_path / "CUB_200_2011", num_classes=4, per_class=3)
+    df = read_dataset("cub", root)
+    assert tuple(df.columns) == READER_COLUMNS
+    assert len(df) == 12 and not df.path.str.contains("/._").any()
+    assert _summary(df) == {"train": (6, 2), "val": (0, 0), "test": (6, 2)}
+    assert set(df.loc[df.split == "train", "label"]) == {1, 2}  # classes 1..n/2 (CUB: 1-100)
+    assert set(df.loc[df.split == "test", "label"]) == {3, 4}
+    assert (df.role == "both").all() and (df.dataset == "cub").all()
+    row = df[df.path == "images/003.Bird_3/Bird_3_0001.jpg"].iloc[0]
+    assert (row.label, row.class_name, row.split) == (3, "Bird_3", "test")
+    assert all((root / p).is_file() for p in df.path)
+
+
+def test_val_slice_fraction_and_count(tmp_path):
+    root = make_cub(tmp_path / "cub", num_classes=10, per_class=2, appledouble=False)
+    df = read_dataset("cub", root, {"val_classes": 0.4})
+    assert _summary(df) == {"train": (6, 3), "val": (4, 2), "test": (10, 5)}
+    assert set(df.loc[df.split == "val", "label"]) == {4, 5}  # the last train classes
+    df2 = read_dataset("cub", root, {"val_classes": 1})
+    assert set(df2.loc[df2.split == "val", "label"]) == {5}
+    with pytest.raises(ValueError, match="leave at least one class"):
+        read_dataset("cub", root, {"val_classes": 5})
+
+
+@pytest.mark.parametrize("devkit", [False, True])
+def test_cars196_both_distributions(tmp_path, devkit):
+    root = make_cars(tmp_path / "cars", num_classes=4, per_class=3, devkit=devkit)
+    df = read_dataset("cars196", root, {"val_classes": 1})
+    assert len(df) == 12
+    assert _summary(df) == {"train": (3, 1), "val": (3, 1), "test": (6, 2)}
+    assert set(df.loc[df.split == "test", "label"]) == {3, 4}  # classes 99-196 of 196
+    assert df.loc[df.label == 2, "class_name"].unique().tolist() == ["Make Model 2 2012"]
+    assert all((root / p).is_file() for p in df.path)
+    if devkit:
+        assert df.path.str.startswith("cars_train/").any() and df.path.str.startswith("cars_test/").any()
+
+
+def test_cars196_unlabelled_test_file_is_named(tmp_path):
+    from scipy.io import savemat
+
+    root = make_cars(tmp_path / "cars", devkit=True)
+    (root / "cars_test_annos_withlabels.mat").unlink()
+    savemat(root / "cars_test_annos.mat", {"annotations": {"fname": "x.jpg"}})
+    with pytest.raises(DatasetLayoutError, match="cars_test_annos_withlabels.mat"):
+        read_dataset("cars196", root)
+
+
+def test_sop_train_and_test_files(tmp_path):
+    root = make_sop(tmp_path / "Stanford_Online_Products", train_classes=4, test_classes=3, per_class=2)
+    df = read_dataset("sop", root, {"val_classes": 0.25})
+    assert _summary(df) == {"train": (6, 3), "val": (2, 1), "test": (6, 3)}
+    assert set(df.loc[df.split == "test", "label"]) == {5, 6, 7}
+    assert df.class_name.iloc[0].split("/")[0] in {"bicycle", "chair", "mug"}
+    assert (df.role == "both").all()
+
+
+def test_inshop_query_gallery_roles(tmp_path):
+    root = make_inshop(tmp_path / "inshop", train_items=4, test_items=3)
+    df = read_dataset("inshop", root)
+    assert _summary(df) == {"train": (8, 4), "val": (0, 0), "test": (9, 3)}
+    test = df[df.split == "test"]
+    assert (test.role == "query").sum() == 3 and (test.role == "gallery").sum() == 6
+    assert (df.loc[df.split == "train", "role"] == "both").all()
+    assert df.loc[df.class_name == "id_00000007", "label"].unique().tolist() == [7]
+
+
+def test_inshop_truncated_listing_is_reported(tmp_path):
+    root = make_inshop(tmp_path / "inshop")
+    p = root / "Eval" / "list_eval_partition.txt"
+    p.write_text("\n".join(p.read_text().splitlines()[:-2]) + "\n")
+    with pytest.raises(DatasetLayoutError, match="declares 20 images but 18 are listed"):
+        read_dataset("inshop", root)
+
+
+def test_missing_layout_files_are_named(tmp_path):
+    with pytest.raises(DatasetLayoutError, match="images.txt"):
+        read_dataset("cub", tmp_path)
+    with pytest.raises(DatasetLayoutError, match="Ebay_train.txt"):
+        read_dataset("sop", tmp_path)
+    with pytest.raises(DatasetLayoutError, match="does not exist"):
+        read_dataset("cub", tmp_path / "nope")
+    with pytest.raises(ValueError, match="unknown dataset"):
+        read_dataset("imagenet", tmp_path)
