@@ -32,6 +32,12 @@ class SimpleContext:
         self.optimizer = torch.optim.Adam(groups)
         self.steps_taken = 0
 
+    def begin_epoch(self, epoch: int) -> None:
+        """What the loop does before `on_epoch_start`: set the epoch and reset every lr scale."""
+        self.epoch = epoch
+        for g in self.optimizer.param_groups:
+            g["lr"] = g["base_lr"]
+
     def optimizer_step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()

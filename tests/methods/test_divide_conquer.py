@@ -1,0 +1,157 @@
+"""Divide and Conquer: Hungarian re-matching, hierarchical splitting, mask orthogonality, frozen-backbone epochs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from deepmetric.methods import METHODS
+from deepmetric.methods.base import BatchConfig
+from deepmetric.methods.divide_conquer import (
+    DivideConquerParams,
+    has_enough_classes,
+    mask_orthogonality,
+    match_clusters,
+    split_clusters,
+)
+
+
+def test_hungarian_keeps_each_learner_on_its_cluster_when_clusters_are_permuted():
+    rng = np.random.default_rng(0)
+    previous = rng.integers(0, 5, size=200)
+    perm = np.array([3, 0, 4, 1, 2])
+    new = perm[previous]  # k-means returned the same clusters under other ids
+    np.testing.assert_array_equal(match_clusters(previous, new, 5), previous)
+    # with 10 % of the samples moved, each learner still gets the cluster that overlaps its old one most
+    noisy = new.copy()
+    moved = rng.choice(200, size=20, replace=False)
+    noisy[moved] = rng.integers(0, 5, size=20)
+    matched = match_clusters(previous, noisy, 5)
+    for c in range(5):
+        assert np.bincount(matched[previous == c], minlength=5).argmax() == c
+
+
+def _blobs(n_blobs: int, classes_per_blob: int = 2, per_class: int = 3, seed: int = 0):
+    # blob b sits at a corner of a hierarchy: bit i of b moves it ±(100, 20, 5)[i] along axis i, so 2-means splits
+    # the data level by level (1 → 2 → 4 → 8)
+    rng = np.random.default_rng(seed)
+    feats, labels = [], []
+    for b in range(n_blobs):
+        centre = np.zeros(8)
+        for i, scale in enumerate((100.0, 20.0, 5.0)):
+            centre[i] = scale if (b >> i) & 1 else -scale
+        for c in range(classes_per_blob):
+            feats.append(centre + 0.3 * rng.normal(size=(per_class, 8)))
+            labels += [b * classes_per_blob + c] * per_class
+    return np.concatenate(feats).astype(np.float32), np.array(labels)
+
+
+def test_hierarchical_split_counts():
+    feats, labels = _blobs(8)
+    assign = np.zeros(len(labels), dtype=np.int64)
+    counts = []
+    for _ in range(3):
+        assign, splits = split_clusters(feats, assign, labels, target=8, seed=0)
+        counts.append(int(assign.max()) + 1)
+        assert [c for _, c in splits] == list(range(counts[-1] - len(splits), counts[-1]))
+        for c in range(counts[-1]):
+            assert has_enough_classes(labels[assign == c])  # every child: ≥ 2 classes with ≥ 2 images
+    assert counts == [2, 4, 8]
+    # a target that is not a power of two stops there: 1 → 2 → 4 → 6
+    assign6 = np.zeros(len(labels), dtype=np.int64)
+    for _ in range(3):
+        assign6, _ = split_clusters(feats, assign6, labels, target=6, seed=0)
+    assert int(assign6.max()) + 1 == 6
+    # a cluster that cannot give two children with 2 classes each stays whole
+    feats1, labels1 = _blobs(1, classes_per_blob=3)
+    same, splits = split_clusters(feats1, np.zeros(len(labels1), dtype=np.int64), labels1, target=2, seed=0, retries=3)
+    assert splits == [] and (same == 0).all()
+
+
+def test_mask_orthogonality_value():
+    masks = torch.tensor([[1.0, 0.0, 1.0], [1.0, 1.0, 0.0], [-1.0, 2.0, 0.0]])
+    # ReLU → (1,0,1), (1,1,0), (0,2,0); cosines 1/2, 0, 1/√2; mean over the 6 ordered pairs
+    expected = 2 * (0.5 + 0.0 + 1 / math.sqrt(2)) / 6
+    assert mask_orthogonality(masks).item() == pytest.approx(expected, rel=1e-6)
+    assert mask_orthogonality(masks[:1]).item() == 0
+
+
+def _method(tiny_backbone, **kw):
+    params = DivideConquerParams(**{"num_clusters": 4, "kmeans_niter": 10, "kmeans_nredo": 1, **kw})
+    return METHODS["divide_conquer"](params, tiny_backbone(frozen_bn=True), 16, 12)
+
+
+def _data(n_classes: int = 12, per_class: int = 4):
+    torch.manual_seed(1)
+    labels = np.repeat(np.arange(n_classes), per_class)
+    # images whose mean colour depends on the class, so the backbone's features cluster a little
+    images = torch.randn(len(labels), 3, 32, 32) * 0.3 + torch.as_tensor(labels, dtype=torch.float32)[:, None, None, None] / 6
+    return images, labels
+
+
+def test_backbone_lr_is_zero_in_the_freeze_epoch_and_clusters_double(tiny_backbone, simple_context):
+    images, labels = _data()
+    method = _method(tiny_backbone, full_embedding_epoch=6)
+    ctx = simple_context(method, images, labels, lr=1e-3, epochs=8)
+    lrs, masks_lr, active = [], [], []
+    for epoch in range(8):
+        ctx.begin_epoch(epoch)
+        method.on_epoch_start(ctx)
+        lrs.append(ctx.lr_of("backbone"))
+        masks_lr.append(ctx.lr_of("masks"))
+        active.append(int(method.active))
+    assert lrs == [0, 1e-3, 0, 1e-3, 0, 1e-3, 1e-3, 1e-3]  # frozen in the epoch after each re-clustering
+    assert all(m == pytest.approx(0.1) for m in masks_lr)  # masks keep training (lr × 100)
+    assert active[:6] == [2, 2, 4, 4, 4, 4]  # 1 → 2 → 4 = K, then re-clustering into K keeps 4
+
+
+def test_batches_come_round_robin_from_each_cluster_and_train_that_learner(tiny_backbone, simple_context):
+    images, labels = _data()
+    method = _method(tiny_backbone, mask_lambda=0.0, num_clusters=2)
+    ctx = simple_context(method, images, labels)
+    ctx.begin_epoch(0)
+    method.on_epoch_start(ctx)
+    assign = method.assignment.numpy()
+    batches = list(method.batch_sampler(labels, BatchConfig(classes_per_batch=3, samples_per_class=2), 0, 4))
+    for b, idx in enumerate(batches):
+        assert len(idx) == 6 and (assign[idx] == b % 2).all()
+    method.train()
+    for b, idx in enumerate(batches[:2]):
+        x, y = ctx.load(idx)
+        method.zero_grad()
+        out = method.learner_loss(method(x), y, method.current_cluster(ctx))
+        out["loss"].backward()
+        grads = method.masks.grad.abs().sum(1)
+        assert grads[b] > 0 and grads[1 - b] == 0  # only this cluster's learner (mask) is trained
+        ctx.step += 1
+
+
+def test_state_survives_a_checkpoint(tiny_backbone, simple_context):
+    images, labels = _data()
+    method = _method(tiny_backbone)
+    ctx = simple_context(method, images, labels)
+    ctx.begin_epoch(0)
+    method.on_epoch_start(ctx)
+    fresh = _method(tiny_backbone)
+    fresh.load_state_dict({k: v.detach().clone() for k, v in method.state_dict().items()})
+    assert torch.equal(fresh.assignment, method.assignment) and int(fresh.active) == int(method.active) == 2
+
+
+def test_conference_version_slices_and_full_test_embedding(tiny_backbone, simple_context):
+    images, labels = _data()
+    method = _method(tiny_backbone, version="conference")
+    ctx = simple_context(method, images, labels)
+    ctx.begin_epoch(0)
+    method.on_epoch_start(ctx)
+    assert int(method.active) == 4 and ctx.lr_of("backbone") == pytest.approx(1e-3)  # flat K, no freezing
+    assert not method.masks.requires_grad
+    method.eval()
+    with torch.no_grad():
+        emb = method(images[:3])
+        torch.testing.assert_close(method.learner_embedding(emb, 1), torch.nn.functional.normalize(emb[:, 4:8], dim=-1))
+        torch.testing.assert_close(method.embed(images[:3]), torch.nn.functional.normalize(emb, dim=-1))
+    with pytest.raises(ValueError, match="divisible"):
+        METHODS["divide_conquer"](DivideConquerParams(version="conference", num_clusters=3), tiny_backbone(), 16, 12)
