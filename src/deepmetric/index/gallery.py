@@ -1,0 +1,82 @@
+"""The `index` stage: embed the gallery with the exported model, build the index, write ids + report."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepmetric.export.images import iter_batches, spaced_subset, test_rows
+from deepmetric.index.build import build_index, evaluate_index, serialize_index
+from deepmetric.index.config import IndexParams
+from deepmetric.index.embedder import OnnxEmbedder
+
+GALLERY_ROLES = ("gallery", "both")
+QUERY_ROLES = ("query", "both")
+ID_COLUMNS = ["id", "label", "class_name", "path"]
+
+
+def embed_rows(embedder: OnnxEmbedder, rows: pd.DataFrame, root: str | os.PathLike[str], batch_size: int,
+               max_pixels: int) -> np.ndarray:
+    parts = [embedder.embed(b, batch_size) for b in iter_batches(root, list(rows["path"]), embedder.spec,
+                                                                  max_pixels, batch_size)]
+    return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
+
+
+def build_gallery_index(
+    onnx_bytes: bytes, manifest: pd.DataFrame, root: str | os.PathLike[str], params: IndexParams,
+    max_pixels: int = 40_000_000,
+) -> tuple[bytes, pd.DataFrame, dict[str, Any]]:
+    """→ (faiss index bytes, ids table [id, label, class_name, path], report)."""
+    import faiss
+
+    embedder = OnnxEmbedder(onnx_bytes, threads=params.threads)
+    gallery_rows = test_rows(manifest, GALLERY_ROLES)
+    t0 = time.perf_counter()
+    x = embed_rows(embedder, gallery_rows, root, params.batch_size, max_pixels)
+    embed_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    index = build_index(x, params.factory, params.search.as_dict(), params.ef_construction, params.seed)
+    build_s = time.perf_counter() - t0
+
+    ids = pd.DataFrame({
+        "id": np.arange(len(gallery_rows), dtype=np.int64),
+        "label": gallery_rows["label"].astype(np.int64).to_numpy(),
+        "class_name": gallery_rows["class_name"].astype(str).to_numpy() if "class_name" in gallery_rows
+        else gallery_rows["label"].astype(str).to_numpy(),
+        "path": gallery_rows["path"].astype(str).to_numpy(),
+    })[ID_COLUMNS]
+
+    # Queries for the report: gallery rows that are also queries (role both), or else any gallery rows.
+    qmask = gallery_rows["role"].isin(QUERY_ROLES).to_numpy() if "role" in gallery_rows else np.ones(len(x), bool)
+    query_ids = np.flatnonzero(qmask) if qmask.any() else np.arange(len(x))
+    if len(query_ids) > params.eval_queries:
+        query_ids = query_ids[np.unique(np.linspace(0, len(query_ids) - 1, params.eval_queries).round().astype(int))]
+    evaluation = evaluate_index(index, x, query_ids, ids["label"].to_numpy(), params.recall_ks,
+                                params.latency_queries)
+    data = serialize_index(index)
+    report = {
+        "factory": params.factory,
+        "metric": "inner_product",
+        "search_params": params.search.as_dict(),
+        "ef_construction": params.ef_construction,
+        "index_type": type(faiss.downcast_index(index)).__name__,
+        "gallery_size": int(index.ntotal),
+        "embedding_dim": int(index.d),
+        "index_bytes": len(data),
+        "embed_seconds": round(embed_s, 3),
+        "build_seconds": round(build_s, 3),
+        "embedded_with": "onnxruntime CPUExecutionProvider",
+        "faiss": faiss.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "threads": faiss.omp_get_max_threads(),
+        **evaluation,
+    }
+    return data, ids, report
+
+
+__all__ = ["GALLERY_ROLES", "ID_COLUMNS", "build_gallery_index", "embed_rows", "spaced_subset"]

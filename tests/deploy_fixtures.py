@@ -1,0 +1,108 @@
+"""Generated fixtures of the deploy-side tests (export, index, serving, their pipelines).
+
+A handful of small PNGs in a few visually distinct classes with a data-contract manifest, a model file made
+without training (`build_method` + `make_payload`, ResNet-18 from scratch at 32 px), and a bundle built from
+them through the real export → index → bundle code. Importable as ``tests.deploy_fixtures``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw
+
+CROP = 32
+EMBED_DIM = 16
+
+PALETTE = [(220, 30, 30), (30, 160, 40), (30, 60, 220), (230, 200, 20), (150, 40, 180), (20, 190, 200),
+           (240, 120, 20), (90, 90, 90)]
+
+
+def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def draw_image(cls: int, j: int, size: tuple[int, int] = (40, 36)) -> Image.Image:
+    """Class = colour + shape; the instance varies position and size a little."""
+    rng = np.random.default_rng(1000 * cls + j)
+    img = Image.new("RGB", size, (250, 250, 250))
+    d = ImageDraw.Draw(img)
+    w, h = size
+    x0, y0 = int(rng.integers(1, w // 4)), int(rng.integers(1, h // 4))
+    x1, y1 = x0 + int(rng.integers(w // 2, 3 * w // 4)), y0 + int(rng.integers(h // 2, 3 * h // 4))
+    colour = PALETTE[cls % len(PALETTE)]
+    if cls % 2:
+        d.ellipse([x0, y0, x1, y1], fill=colour)
+    else:
+        d.rectangle([x0, y0, x1, y1], fill=colour)
+    return img
+
+
+def make_dataset(root: Path, num_classes: int = 8, per_class: int = 6, train_classes: int = 2) -> pd.DataFrame:
+    """PNG files under ``root`` + the validated-manifest table (data contract columns). Test split: the
+    classes from ``train_classes`` on, role ``both``."""
+    root = Path(root)
+    rows = []
+    for c in range(num_classes):
+        for j in range(per_class):
+            rel = f"images/{c:03d}.class_{c}/{j}.png"
+            data = png_bytes(draw_image(c, j))
+            dest = root / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+            rows.append({"path": rel, "label": c, "class_name": f"class_{c}",
+                         "split": "train" if c < train_classes else "test", "role": "both",
+                         "width": 40, "height": 36, "sha256": hashlib.sha256(data).hexdigest(), "dataset": "glyphs"})
+    return pd.DataFrame(rows)
+
+
+def make_model_payload(embedding_dim: int = EMBED_DIM, crop: int = CROP, seed: int = 0) -> dict[str, Any]:
+    """A model file's payload without training: ResNet-18 from scratch, random head."""
+    from deepmetric.training.config import InputConfig, parse_train
+    from deepmetric.training.model_io import build_method, make_payload
+
+    torch.manual_seed(seed)
+    cfg, params = parse_train({"method": "margin", "embedding_dim": embedding_dim,
+                               "backbone": {"name": "resnet18", "pretrained": False}})
+    method = build_method(cfg, params, num_classes=4).eval()
+    return make_payload(method, cfg, InputConfig(resize=crop, crop=crop), num_classes=4)
+
+
+def data_params(root: Path) -> dict[str, Any]:
+    return {"dataset": "glyphs", "root": str(root), "max_pixels": 40_000_000}
+
+
+def model_params(crop: int = CROP) -> dict[str, Any]:
+    return {"resize": crop, "crop": crop, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+def make_onnx(payload: dict[str, Any], exporter: str = "torchscript") -> bytes:
+    from deepmetric.export.onnx_export import export_onnx
+    from deepmetric.training.model_io import load_model
+
+    method, spec = load_model(payload)
+    return export_onnx(method, spec, exporter=exporter)
+
+
+def make_bundle(dest: Path, root: Path, manifest: pd.DataFrame, onnx_bytes: bytes,
+                index: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Path:
+    """Build a bundle folder at ``dest`` through the real index + bundle code and the catalog's dataset."""
+    from deepmetric.index.config import IndexParams
+    from deepmetric.index.gallery import build_gallery_index
+    from deepmetric.io.datasets import FileTreeDataset
+    from deepmetric.serving.bundle import build_bundle
+    from deepmetric.serving.config import BundleParams
+
+    data, ids, report = build_gallery_index(onnx_bytes, manifest, root, IndexParams(**(index or {})))
+    files = build_bundle(onnx_bytes, data, ids, metrics or {"recall@1": 0.5, "map@r": 0.25, "nmi": 0.4},
+                         BundleParams(), index_report=report, dataset="glyphs")
+    FileTreeDataset(str(dest)).save(files)
+    return Path(dest)

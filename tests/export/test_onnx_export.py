@@ -1,0 +1,121 @@
+"""ONNX export: uint8 NHWC in, dynamic batch/height/width, L2-normalised out, self-contained, parity vs PyTorch."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from deepmetric.export.config import ExportParams
+from deepmetric.export.onnx_export import ExportModule, export_onnx, read_metadata
+from deepmetric.export.parity import ParityError, check_parity, ort_session
+from deepmetric.export.stage import check_input_spec, export_stage
+from deepmetric.training.config import InputConfig
+from deepmetric.training.model_io import load_model
+from tests.deploy_fixtures import CROP, EMBED_DIM, make_dataset, make_model_payload
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export_data")
+    manifest = make_dataset(root)
+    method, spec = load_model(make_model_payload())
+    return root, manifest, method, spec
+
+
+@pytest.fixture(scope="module")
+def torchscript_onnx(setup):
+    _, _, method, spec = setup
+    return export_onnx(method, spec, exporter="torchscript")
+
+
+def _run(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
+    s = ort_session(onnx_bytes)
+    return s.run(None, {s.get_inputs()[0].name: x})[0]
+
+
+def _no_external_data(onnx_bytes: bytes) -> None:
+    model = onnx.load_from_string(onnx_bytes)
+    for t in model.graph.initializer:
+        assert t.data_location != onnx.TensorProto.EXTERNAL, f"initializer {t.name} stored outside the file"
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_export_dynamic_shapes_and_parity(setup, torchscript_onnx, exporter):
+    _, _, method, spec = setup
+    onnx_bytes = torchscript_onnx if exporter == "torchscript" else export_onnx(method, spec, exporter="dynamo")
+    _no_external_data(onnx_bytes)
+    s = ort_session(onnx_bytes)
+    inp, out = s.get_inputs()[0], s.get_outputs()[0]
+    assert inp.type == "tensor(uint8)" and inp.shape[3] == 3
+    assert all(isinstance(d, str) for d in inp.shape[:3]), f"batch/height/width must be dynamic: {inp.shape}"
+    module = ExportModule(method.export_module(), spec).eval()
+    rng = np.random.default_rng(0)
+    for shape in [(1, CROP, CROP, 3), (5, CROP, CROP, 3), (2, CROP + 9, CROP + 4, 3)]:
+        x = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        got = _run(onnx_bytes, x)
+        with torch.no_grad():
+            want = module(torch.from_numpy(x)).numpy()
+        assert got.shape == (shape[0], EMBED_DIM)
+        np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+        assert np.abs(got - want).max() < 1e-4
+    # crop×crop input: the in-graph resize is an identity, so the graph equals the method's own embed().
+    x = rng.integers(0, 256, size=(3, CROP, CROP, 3), dtype=np.uint8)
+    from deepmetric.models.preprocess import to_model_input
+
+    with torch.no_grad():
+        ref = method.embed(to_model_input(torch.from_numpy(x).permute(0, 3, 1, 2), spec.mean, spec.std)).numpy()
+    assert np.abs(_run(onnx_bytes, x) - ref).max() < 1e-4
+    meta = read_metadata(onnx_bytes)
+    assert json.loads(meta["input"]) == {"layout": "NHWC", "dtype": "uint8", "resize": CROP, "crop": CROP,
+                                         "mean": list(spec.mean), "std": list(spec.std)}
+    assert meta["method"] == "margin" and meta["embedding_dim"] == str(EMBED_DIM) and meta["exporter"] == exporter
+
+
+def test_parity_report_on_real_images(setup, torchscript_onnx):
+    root, manifest, method, spec = setup
+    report = check_parity(method, spec, torchscript_onnx, manifest, root, tolerance=1e-4, recall_tolerance=0.0,
+                          max_images=100, batch_size=8, max_pixels=10**7)
+    assert report["passed"] and report["images"] == int((manifest["split"] == "test").sum())
+    assert report["max_abs_diff"] < 1e-4
+    assert report["recall@1_onnx"] == pytest.approx(report["recall@1_pytorch"])
+    assert 0.0 <= report["recall@1_pytorch"] <= 1.0
+
+
+def test_parity_fails_loudly_above_tolerance(setup, torchscript_onnx):
+    root, manifest, method, spec = setup
+    with pytest.raises(ParityError, match="exceeds export.tolerance"):
+        check_parity(method, spec, torchscript_onnx, manifest, root, tolerance=1e-12, recall_tolerance=0.0,
+                     max_images=10, batch_size=8, max_pixels=10**7)
+
+
+def test_parity_catches_a_different_model(setup, torchscript_onnx):
+    """An ONNX file of another model (other weights) must not pass as this one's export."""
+    root, manifest, _, spec = setup
+    other, _ = load_model(make_model_payload(seed=1))
+    with pytest.raises(ParityError):
+        check_parity(other, spec, torchscript_onnx, manifest, root, tolerance=1e-4, recall_tolerance=0.01,
+                     max_images=10, batch_size=8, max_pixels=10**7)
+
+
+def test_export_stage_subsamples_and_reports(setup, torchscript_onnx):
+    root, manifest, method, spec = setup
+    _, report = export_stage(method, spec, manifest, root, ExportParams(exporter="torchscript", max_images=7), 10**7)
+    assert report["images"] == 7 and report["exporter"] == "torchscript" and report["onnx_bytes"] > 0
+
+
+def test_params_are_validated():
+    with pytest.raises(ValueError, match="tolerence"):
+        from deepmetric.data.config import parse_params
+
+        parse_params(ExportParams, {"tolerence": 1e-3}, "export")
+    with pytest.raises(ValueError):
+        ExportParams(exporter="jit")
+
+
+def test_input_spec_mismatch_is_refused():
+    with pytest.raises(ValueError, match="model.crop"):
+        check_input_spec(InputConfig(resize=32, crop=32), InputConfig(resize=64, crop=64), "the model file")

@@ -1,0 +1,116 @@
+"""faiss index from a factory string: Flat / HNSW / IVF / IVF+PQ, search parameters, report vs exact search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepmetric.data.config import parse_params
+from deepmetric.index.build import (
+    IndexBuildError,
+    build_index,
+    deserialize_index,
+    evaluate_index,
+    serialize_index,
+)
+from deepmetric.index.config import IndexParams
+from deepmetric.index.embedder import OnnxEmbedder
+from deepmetric.index.gallery import build_gallery_index
+from tests.deploy_fixtures import EMBED_DIM, make_dataset, make_model_payload, make_onnx
+
+
+def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    "factory,search",
+    [("Flat", {}), ("HNSW16", {"efSearch": 64}), ("IVF8,Flat", {"nprobe": 8}), ("IVF8,PQ8", {"nprobe": 8})],
+)
+def test_factories_build_search_and_roundtrip(factory, search):
+    x = _unit(600, 32)
+    index = build_index(x, factory, search)
+    assert index.ntotal == 600 and index.d == 32 and index.is_trained
+    report = evaluate_index(index, x, np.arange(0, 600, 3), np.arange(600) % 20, [1, 10], latency_queries=20)
+    # All queries are in the gallery, so exact top-1 is the query itself.
+    floor = {"Flat": 1.0, "HNSW16": 0.95, "IVF8,Flat": 1.0, "IVF8,PQ8": 0.2}[factory]
+    assert report["recall@1_vs_exact"] >= floor
+    assert report["latency"]["index"]["single_query"]["p99_ms"] >= report["latency"]["index"]["single_query"]["p50_ms"] > 0
+    again = deserialize_index(serialize_index(index))
+    np.testing.assert_array_equal(again.search(x[:5], 3)[1], index.search(x[:5], 3)[1])
+
+
+def test_nprobe_changes_recall_of_ivf():
+    x = _unit(2000, 16, seed=1)
+    lo = build_index(x, "IVF32,Flat", {"nprobe": 1})
+    hi = build_index(x, "IVF32,Flat", {"nprobe": 32})
+    q = np.arange(0, 2000, 10)
+    r_lo = evaluate_index(lo, x, q, np.zeros(2000), [10], 5)["recall@10_vs_exact"]
+    r_hi = evaluate_index(hi, x, q, np.zeros(2000), [10], 5)["recall@10_vs_exact"]
+    assert r_hi == pytest.approx(1.0) and r_lo < r_hi
+
+
+@pytest.mark.parametrize(
+    "factory,search,message",
+    [
+        ("NoSuchIndex", {}, "faiss cannot build index.factory 'NoSuchIndex'"),
+        ("IVF4096,Flat", {}, "needs at least 4096 gallery vectors"),
+        ("IVF4,PQ5", {}, "PQ5"),
+        ("Flat", {"nprobe": 4}, "nprobe is set but the index is not IVF"),
+        ("Flat", {"efSearch": 4}, "efSearch is set but the index is not HNSW"),
+    ],
+)
+def test_bad_factory_or_parameters_name_the_problem(factory, search, message):
+    with pytest.raises(IndexBuildError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        build_index(_unit(300, 32), factory, search)
+
+
+def test_params_reject_unknown_keys():
+    with pytest.raises(ValueError, match="index.nprobe"):
+        parse_params(IndexParams, {"factory": "Flat", "nprobe": 3}, "index")
+    with pytest.raises(ValueError, match="efsearch"):
+        parse_params(IndexParams, {"search": {"efsearch": 3}}, "index")
+
+
+@pytest.fixture(scope="module")
+def gallery(tmp_path_factory):
+    root = tmp_path_factory.mktemp("index_data")
+    manifest = make_dataset(root)
+    return root, manifest, make_onnx(make_model_payload())
+
+
+def test_gallery_index_uses_the_onnx_model(gallery):
+    root, manifest, onnx_bytes = gallery
+    data, ids, report = build_gallery_index(onnx_bytes, manifest, root, IndexParams(factory="HNSW8",
+                                            search={"efSearch": 32}, recall_ks=[1, 5]))
+    test = manifest[(manifest["split"] == "test") & manifest["role"].isin(["gallery", "both"])]
+    assert list(ids.columns) == ["id", "label", "class_name", "path"]
+    assert ids["path"].tolist() == test["path"].tolist() and ids["id"].tolist() == list(range(len(test)))
+    index = deserialize_index(data)
+    assert index.ntotal == len(test) and index.d == EMBED_DIM
+    assert report["gallery_size"] == len(test) and report["factory"] == "HNSW8"
+    assert report["search_params"] == {"efSearch": 32}
+    assert 0.0 <= report["recall@5_vs_exact"] <= 1.0 and report["recall@1_vs_exact"] > 0.9
+    assert set(report["latency"]["index"]) == {"k", "single_query", "batch"}
+    # The stored vectors are the ONNX model's embeddings of eval_image(open_image(file)).
+    from deepmetric.export.images import load_batch
+
+    emb = OnnxEmbedder(onnx_bytes)
+    first = emb.embed(load_batch(root, [ids["path"][0]], emb.spec, 10**7))
+    _, nn = index.search(first, 1)
+    assert nn[0, 0] == 0
+
+
+def test_gallery_roles_exclude_query_only_rows(gallery):
+    root, manifest, onnx_bytes = gallery
+    m = manifest.copy()
+    test_idx = m.index[m["split"] == "test"]
+    m.loc[test_idx[:4], "role"] = "query"
+    _, ids, report = build_gallery_index(onnx_bytes, m, root, IndexParams())
+    assert report["gallery_size"] == len(test_idx) - 4
+    assert not set(m.loc[test_idx[:4], "path"]) & set(ids["path"])
+    with pytest.raises(ValueError, match="no test-split rows"):
+        build_gallery_index(onnx_bytes, m[m["split"] != "test"], root, IndexParams())
+    assert isinstance(ids, pd.DataFrame)
