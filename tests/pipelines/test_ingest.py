@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from deepmetric.data.contract import MANIFEST_COLUMNS
+from tests.data.layouts import make_cars, make_sop
+from tests.fixtures import make_tiny_glyphs
+from tests.pipelines.kedro_helpers import load_params, run_stage
+
+
+def _data(root, **kw):
+    d = load_params("ingest")["data"]
+    d.update(root=str(root), workers=1, **kw)
+    return {"data": d}
+
+
+def test_ingest_glyphs(tmp_path):
+    root = make_tiny_glyphs(tmp_path / "glyphs", num_classes=12)
+    run_stage("ingest", tmp_path, _data(root))
+    m = pd.read_parquet(tmp_path / "data/02_intermediate/manifest.parquet")
+    assert tuple(m.columns) == MANIFEST_COLUMNS and (m.dataset == "glyphs").all()
+    assert set(m.split) == {"train", "val", "test"}
+    report = json.loads((tmp_path / "data/08_reporting/ingest.json").read_text())
+    assert report["images"] == len(m) and report["dropped"] == 0
+
+
+@pytest.mark.parametrize("dataset,make", [("sop", make_sop), ("cars196", make_cars)])
+def test_ingest_benchmark_layouts(tmp_path, dataset, make):
+    root = make(tmp_path / dataset)
+    run_stage("ingest", tmp_path, _data(root, dataset=dataset))
+    m = pd.read_parquet(tmp_path / "data/02_intermediate/manifest.parquet")
+    assert (m.dataset == dataset).all() and (m.width == 24).all()
+
+
+def test_ingest_bad_file_fails_and_keeps_previous_manifest(tmp_path):
+    root = make_tiny_glyphs(tmp_path / "glyphs", num_classes=12)
+    run_stage("ingest", tmp_path, _data(root))
+    out = tmp_path / "data/02_intermediate/manifest.parquet"
+    before = out.read_bytes()
+    victim = sorted((root / "images").rglob("*.png"))[3]
+    victim.write_bytes(b"")
+    with pytest.raises(Exception, match="empty file") as e:
+        run_stage("ingest", tmp_path, _data(root))
+    assert victim.relative_to(root).as_posix() in str(e.value)
+    assert out.read_bytes() == before
+    # The drop policy goes on without it, and says so in the report.
+    with pytest.warns(UserWarning, match="dropping 1 bad image"):
+        run_stage("ingest", tmp_path, _data(root, bad_files="drop"))
+    report = json.loads((tmp_path / "data/08_reporting/ingest.json").read_text())
+    assert report["dropped"] == 1 and report["dropped_files"][0]["reason"] == "empty file (0 bytes)"
+
+
+def test_ingest_bad_params_named(tmp_path):
+    with pytest.raises(Exception, match=r"data.bad_files = 'skip'"):
+        run_stage("ingest", tmp_path, _data(tmp_path, bad_files="skip"))
+    with pytest.raises(Exception, match=r"data.datset: unknown parameter"):
+        run_stage("ingest", tmp_path, _data(tmp_path, datset="cub"))

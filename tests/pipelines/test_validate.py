@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deepmetric.validation import ValidationFailed
+from tests.fixtures import make_tiny_glyphs
+from tests.pipelines.kedro_helpers import load_params, run_stage
+
+
+def _params(root):
+    data = load_params("ingest")["data"]
+    data.update(root=str(root), workers=1)
+    return {"data": data, **load_params("validate")}
+
+
+def test_validate_passes_then_a_failure_leaves_validated_manifest_untouched(tmp_path):
+    root = make_tiny_glyphs(tmp_path / "glyphs", num_classes=12)
+    params = _params(root)
+    run_stage("ingest", tmp_path, params)
+    run_stage("validate", tmp_path, params)
+    validated = tmp_path / "data/02_intermediate/manifest_validated.parquet"
+    report_path = tmp_path / "data/08_reporting/validation.json"
+    assert json.loads(report_path.read_text())["success"]
+    assert (tmp_path / "data/08_reporting/validation_docs/index.html").is_file()
+    before = validated.read_bytes()
+
+    # Break one image after ingest: validate must stop the run, name the check and the file, write its
+    # report and docs, and leave the previous validated manifest byte-identical.
+    victim = sorted((root / "images").rglob("*.png"))[0]
+    victim.write_bytes(victim.read_bytes()[:40])
+    with pytest.raises(Exception) as e:
+        run_stage("validate", tmp_path, params)
+    err = e.value
+    while not isinstance(err, ValidationFailed) and err.__cause__ is not None:
+        err = err.__cause__
+    msg = str(e.value)
+    assert "FAILED files present and decodable" in msg
+    assert victim.relative_to(root).as_posix() in msg
+    assert validated.read_bytes() == before
+    report = json.loads(report_path.read_text())
+    assert report["success"] is False and "files present and decodable" in report["failed"]
+    assert (tmp_path / "data/08_reporting/validation_docs/index.html").is_file()
+
+
+def test_validate_bad_params_named(tmp_path):
+    root = make_tiny_glyphs(tmp_path / "glyphs", num_classes=12)
+    params = _params(root)
+    run_stage("ingest", tmp_path, params)
+    params["validate"]["min_images_per_clas"] = 3
+    with pytest.raises(Exception, match=r"validate.min_images_per_clas: unknown parameter"):
+        run_stage("validate", tmp_path, params)
+    assert not (tmp_path / "data/08_reporting/validation.json").exists()
