@@ -1,0 +1,65 @@
+"""Every parameter block of `conf/base/parameters_*.yml`, validated together before a run starts.
+
+`ParamsCheckHook` (registered in settings.py) runs this as soon as Kedro has loaded the configuration, so a
+misspelt key or a bad value in any block stops `kedro run` (and so `dvc repro`) with a message naming it,
+before any stage does work.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from kedro.framework.hooks import hook_impl
+
+from deepmetric.data.config import ParamsError, parse_params
+
+# block name -> "module:attribute" of its pydantic model (or of a parse function taking the block).
+BLOCKS: dict[str, str] = {
+    "glyphs": "deepmetric.data.glyphs:GlyphParams",
+    "data": "deepmetric.data.config:DataParams",
+    "validate": "deepmetric.validation.params:ValidateParams",
+    "train": "deepmetric.training.config:parse_train",
+    "model": "deepmetric.data.transforms:InputSpec",
+    "train_checkpoint_dir": "builtins:str",
+    "evaluate": "deepmetric.evaluation.protocol:EvaluateConfig",
+    "export": "deepmetric.export.config:ExportParams",
+    "index": "deepmetric.index.config:IndexParams",
+    "bundle": "deepmetric.serving.config:BundleParams",
+}
+
+
+def _resolve(spec: str) -> Callable[..., Any] | type:
+    module, _, attr = spec.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def validate_params(params: Mapping[str, Any]) -> None:
+    """Raise `ParamsError` listing every invalid or unknown block."""
+    problems: list[str] = []
+    unknown = sorted(set(params) - set(BLOCKS))
+    if unknown:
+        problems.append(f"unknown parameter block(s) {unknown}; known: {sorted(BLOCKS)}")
+    for name, spec in BLOCKS.items():
+        if name not in params:
+            continue
+        target = _resolve(spec)
+        try:
+            if target is str:
+                if not isinstance(params[name], str):
+                    raise ParamsError(f"`{name}` must be a path string, got {params[name]!r}")
+            elif isinstance(target, type):
+                parse_params(target, params[name], name)
+            else:
+                target(params[name])
+        except (ParamsError, ValueError) as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ParamsError("\n".join(problems))
+
+
+class ParamsCheckHook:
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        validate_params(context.params)

@@ -1,0 +1,148 @@
+"""The whole chain through DVC and Kedro on a tiny built-in dataset, in a throwaway copy of the project.
+
+One `dvc repro` runs every stage end to end (glyphs → … → bundle); then the DVC contract: a second repro
+does nothing, a training parameter reruns train and what follows but not ingest/validate, `kedro run
+--pipeline evaluate` runs alone on existing artefacts, `dvc metrics show` / `dvc plots show` work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+STAGES = ["glyphs", "ingest", "validate", "train", "evaluate", "export", "index", "bundle"]
+
+TINY = {
+    "parameters_glyphs.yml": {"glyphs": {"num_classes": 16, "min_fonts": 6, "image_size": 32}},
+    "parameters_ingest.yml": {"data": {"val_classes": 2, "workers": 1}},
+    "parameters_validate.yml": {"validate": {"workers": 1}},
+    "parameters_train.yml": {
+        "train": {"epochs": 2, "steps_per_epoch": 2, "embedding_dim": 16, "progress": False,
+                  "batch": {"classes_per_batch": 4, "samples_per_class": 3}, "eval_batch_size": 64},
+        "model": {"resize": 32, "crop": 32},
+    },
+    "parameters_evaluate.yml": {"evaluate": {"progress": False, "grid": {"queries": 3, "neighbours": 3}}},
+}
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{BIN}:{os.environ['PATH']}", KEDRO_DISABLE_TELEMETRY="1",
+               DO_NOT_TRACK="1", GX_ANALYTICS_ENABLED="false", DVC_NO_ANALYTICS="1")
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def make_project(dest: Path, overrides: dict[str, dict] = TINY) -> Path:
+    for item in ["pyproject.toml", "dvc.yaml", ".dvcignore", "conf", "src", "pipelines"]:
+        src = REPO / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item, ignore=shutil.ignore_patterns("__pycache__", "local"))
+        else:
+            shutil.copy2(src, dest / item)
+    (dest / "conf" / "local").mkdir(exist_ok=True)
+    for name, over in overrides.items():
+        p = dest / "conf" / "base" / name
+        p.write_text(yaml.safe_dump(_merge(yaml.safe_load(p.read_text()), over), sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["dvc", "init", "-q"], dest)
+    run(["dvc", "config", "--local", "core.analytics", "false"], dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    dest = make_project(tmp_path_factory.mktemp("chain"))
+    run(["dvc", "repro"], dest)
+    return dest
+
+
+def test_every_stage_writes_its_outputs(project):
+    expected = [
+        "data/01_raw/glyphs/images.txt", "data/02_intermediate/manifest.parquet",
+        "data/02_intermediate/manifest_validated.parquet", "data/08_reporting/validation.json",
+        "data/06_models/model.pt", "data/06_models/checkpoints/last.pt", "data/08_reporting/train_log.csv",
+        "data/08_reporting/metrics.json", "data/08_reporting/baselines.json", "data/08_reporting/retrieval_grid.png",
+        "data/06_models/model.onnx", "data/08_reporting/export.json", "data/07_model_output/index.faiss",
+        "data/07_model_output/ids.parquet", "data/08_reporting/index.json", "data/09_deploy/bundle/manifest.json",
+    ]
+    missing = [p for p in expected if not (project / p).exists()]
+    assert not missing
+    metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
+    assert {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi"} <= set(metrics)
+    baselines = json.loads((project / "data/08_reporting/baselines.json").read_text())
+    assert {"pixels", "untrained", "trained"} <= set(baselines)
+    assert (project / "data/08_reporting/retrieval_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (project / "dvc.lock").exists()
+
+
+def test_second_repro_does_nothing(project):
+    out = run(["dvc", "status"], project).stdout
+    assert "up to date" in out, out
+    out = run(["dvc", "repro"], project).stdout
+    assert "Running stage" not in out, out
+
+
+def test_training_parameter_reruns_train_and_downstream_only(project):
+    params = project / "conf/base/parameters_train.yml"
+    original = params.read_text()
+    try:
+        cfg = yaml.safe_load(original)
+        cfg["train"]["optimizer"]["lr"] = 0.002
+        params.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        out = run(["dvc", "repro", "--dry"], project).stdout
+        ran = [s for s in STAGES if f"Running stage '{s}'" in out]
+        assert ran == ["train", "evaluate", "export", "index", "bundle"], out
+    finally:
+        params.write_text(original)
+    assert "up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_evaluate_runs_alone_on_existing_artefacts(project):
+    metrics = project / "data/08_reporting/metrics.json"
+    before = metrics.stat().st_mtime_ns
+    run(["kedro", "run", "--pipeline", "evaluate"], project)
+    assert metrics.stat().st_mtime_ns > before
+    assert json.loads(metrics.read_text())["map@r"] >= 0
+
+
+def test_dvc_metrics_and_plots_show(project, tmp_path):
+    out = run(["dvc", "metrics", "show", "--json"], project).stdout
+    shown = json.loads(out)
+    assert "map@r" in json.dumps(shown)
+    run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
+    assert (tmp_path / "plots" / "index.html").exists()
+
+
+def test_bad_parameter_stops_before_any_work(project):
+    params = project / "conf/base/parameters_train.yml"
+    original = params.read_text()
+    model = project / "data/06_models/model.pt"
+    before = model.read_bytes()
+    try:
+        cfg = yaml.safe_load(original)
+        cfg["train"]["methods"]["margin"] = {"marginn": 0.3}
+        params.write_text(yaml.safe_dump(cfg, sort_keys=False))
+        proc = run(["kedro", "run", "--pipeline", "train"], project, check=False)
+        assert proc.returncode != 0
+        assert "train.methods.margin.marginn" in proc.stdout + proc.stderr
+    finally:
+        params.write_text(original)
+    assert model.read_bytes() == before
