@@ -1,0 +1,26 @@
+"""Thin node: parameters → typed config → `deepmetric.serving.bundle.build_bundle`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+
+from deepmetric.data.config import DataParams, parse_params
+from deepmetric.serving.bundle import build_bundle
+from deepmetric.serving.config import BundleParams
+
+
+def make_bundle(
+    onnx_model: bytes,
+    faiss_index: bytes,
+    index_ids: pd.DataFrame,
+    metrics: dict[str, Any],
+    index_report: dict[str, Any],
+    data: dict[str, Any],
+    bundle: dict[str, Any],
+) -> dict[str, bytes]:
+    data_cfg = parse_params(DataParams, data, "data")
+    params = parse_params(BundleParams, bundle, "bundle")
+    return build_bundle(onnx_model, faiss_index, index_ids, metrics, params, index_report=index_report,
+                        dataset=data_cfg.dataset)

@@ -1,0 +1,1 @@
+"""`index`: gallery embeddings from the exported ONNX model → faiss index, id table, recall/latency report."""

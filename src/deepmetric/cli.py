@@ -1,0 +1,150 @@
+"""`deepmetric` command line: serve a bundle over HTTP, search it locally, print its manifest.
+
+    deepmetric serve  --bundle DIR [--host 127.0.0.1] [--port 8000] [--workers N]
+    deepmetric search --bundle DIR IMAGE... [-k 10]
+    deepmetric info   --bundle DIR
+
+A bundle that fails verification (checksums, dimensions) is refused with a message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+EXIT_BAD_BUNDLE = 2
+EXIT_BAD_INPUT = 3
+
+
+def _settings_args(p: argparse.ArgumentParser) -> None:
+    from deepmetric.serving.config import ServerSettings
+
+    d = ServerSettings()
+    p.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes, help="request body limit")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="per-image pixel limit (bombs)")
+    p.add_argument("--max-images", type=int, default=d.max_images, help="images per request")
+    p.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads per worker (0: default)")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepmetric", description="Serve and query a deepmetric deploy bundle.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="HTTP service over a bundle (FastAPI on uvicorn)")
+    serve.add_argument("--bundle", required=True, help="bundle folder (data/09_deploy/bundle)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1, help="worker processes, each loads the bundle once")
+    serve.add_argument("--log-level", default="info")
+    _settings_args(serve)
+
+    search = sub.add_parser("search", help="nearest gallery items of local images, as JSON")
+    search.add_argument("--bundle", required=True)
+    search.add_argument("images", nargs="+", metavar="IMAGE")
+    search.add_argument("-k", type=int, default=10)
+    search.add_argument("--max-pixels", type=int, default=None)
+
+    info = sub.add_parser("info", help="print the bundle's manifest (after verifying it)")
+    info.add_argument("--bundle", required=True)
+    return parser
+
+
+def _load(root: str, threads: int = 0):
+    from deepmetric.serving.bundle import BundleError, load_bundle
+
+    try:
+        return load_bundle(root, threads=threads)
+    except BundleError as e:
+        print(f"deepmetric: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_BAD_BUNDLE) from None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from deepmetric.serving.app import BUNDLE_ENV, create_app
+    from deepmetric.serving.config import ServerSettings
+
+    if args.workers < 1:
+        print("deepmetric: --workers must be >= 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        settings = ServerSettings(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
+                                  max_images=args.max_images, threads=args.threads)
+    except ValueError as e:
+        print(f"deepmetric: invalid setting: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    bundle = _load(args.bundle, settings.threads)  # verify before binding the port
+    print(f"deepmetric: bundle {os.path.abspath(args.bundle)} verified: model {bundle.manifest['model_version']}, "
+          f"index {bundle.manifest['index_version']} ({bundle.manifest.get('index_factory')}, "
+          f"{bundle.gallery_size} items, dim {bundle.dim})", file=sys.stderr, flush=True)
+    if args.workers == 1:
+        uvicorn.run(create_app(bundle, settings), host=args.host, port=args.port, log_level=args.log_level)
+    else:
+        del bundle  # each worker loads its own copy
+        os.environ[BUNDLE_ENV] = os.path.abspath(args.bundle)
+        os.environ.update(settings.to_env())
+        uvicorn.run("deepmetric.serving.app:app_from_env", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level=args.log_level)
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from deepmetric.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, open_image
+    from deepmetric.data.transforms import eval_image
+
+    bundle = _load(args.bundle)
+    if not 1 <= args.k <= bundle.gallery_size:
+        print(f"deepmetric: -k must be in [1, {bundle.gallery_size}] (the gallery size), got {args.k}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    arrays = []
+    for path in args.images:
+        try:
+            img = open_image(path, args.max_pixels or DEFAULT_MAX_PIXELS)
+        except ImageDecodeError as e:
+            print(f"deepmetric: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        arrays.append(eval_image(img, bundle.spec))
+    hits = bundle.search(bundle.embed(np.stack(arrays)), args.k)
+    out = {
+        "model_version": bundle.manifest["model_version"],
+        "index_version": bundle.manifest["index_version"],
+        "k": args.k,
+        "results": [{"image": p, "neighbors": h} for p, h in zip(args.images, hits)],
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    bundle = _load(args.bundle)
+    print(json.dumps(bundle.manifest, indent=2, sort_keys=True))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point. Called as a program (``argv`` None), `info`/`search` end with ``os._exit`` after flushing:
+    onnxruntime's and faiss's native thread pools occasionally abort ("terminate called without an active
+    exception") while the interpreter tears them down, which would turn a finished command into exit 134."""
+    args = _parser().parse_args(argv)
+    handler = {"serve": _serve, "search": _search, "info": _info}[args.command]
+    try:
+        code = handler(args)
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+        if argv is not None:
+            raise
+    if argv is None and args.command in ("info", "search"):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

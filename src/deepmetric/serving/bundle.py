@@ -1,0 +1,261 @@
+"""The deploy bundle: build it (the `bundle` stage) and load + verify it (the server and the CLI).
+
+Layout (docs/architecture.md): ``model.onnx``, ``index.faiss``, ``ids.parquet``, ``manifest.json``. The
+manifest lists the sha256 of every other file and carries ``manifest_sha256``: the sha256 of its own
+canonical JSON without that key, so a changed byte in any of the four files is caught.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import io
+import json
+import math
+import platform
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepmetric.serving.config import BundleParams
+
+FORMAT = "deepmetric-bundle/1"
+MODEL_FILE, INDEX_FILE, IDS_FILE, MANIFEST_FILE = "model.onnx", "index.faiss", "ids.parquet", "manifest.json"
+PAYLOAD_FILES = (MODEL_FILE, INDEX_FILE, IDS_FILE)
+ID_COLUMNS = ("id", "label", "class_name", "path")
+
+
+class BundleError(ValueError):
+    """A bundle that must not be served. ``file`` names the offending file, ``reason`` says why."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        self.file, self.reason = file, reason
+        super().__init__(f"bundle refused: {file}: {reason}")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(manifest: Mapping[str, Any]) -> bytes:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def _versions(torch_version: str | None) -> dict[str, str]:
+    import faiss
+    import onnx
+    import onnxruntime
+
+    import deepmetric
+
+    return {
+        "deepmetric": deepmetric.__version__,
+        "torch (export)": torch_version or "unknown",
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "faiss": faiss.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def _accepted(metrics: Mapping[str, Any] | None, params: BundleParams) -> dict[str, float]:
+    metrics = dict(metrics or {})
+    numeric = {k: float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
+    missing = sorted(set(params.require) - set(numeric))
+    if missing:
+        raise BundleError("metrics.json", f"bundle.require names {missing}, which metrics.json lacks "
+                          f"(it has {sorted(numeric)})")
+    failed = [f"{k} = {numeric[k]:.4f} < {v}" for k, v in params.require.items() if numeric[k] < v]
+    if failed:
+        raise BundleError("metrics.json", "model not accepted: " + "; ".join(failed) + " (bundle.require)")
+    if params.accepted_on is None:
+        return numeric
+    absent = sorted(set(params.accepted_on) - set(numeric))
+    if absent:
+        raise BundleError("metrics.json", f"bundle.accepted_on names {absent}, which metrics.json lacks")
+    return {k: numeric[k] for k in params.accepted_on}
+
+
+def build_bundle(
+    onnx_bytes: bytes,
+    index_bytes: bytes,
+    ids: pd.DataFrame,
+    metrics: Mapping[str, Any] | None,
+    params: BundleParams,
+    *,
+    index_report: Mapping[str, Any] | None = None,
+    dataset: str | None = None,
+    created: str | None = None,
+) -> dict[str, bytes]:
+    """``{relpath: bytes}`` for the `deploy_bundle` FileTreeDataset, checked as `load_bundle` will check it."""
+    from deepmetric.index.build import deserialize_index
+    from deepmetric.index.embedder import OnnxEmbedder
+
+    missing_cols = [c for c in ID_COLUMNS if c not in ids.columns]
+    if missing_cols:
+        raise BundleError(IDS_FILE, f"id table lacks columns {missing_cols}")
+    ids = ids[list(ID_COLUMNS)].reset_index(drop=True)
+    if not np.array_equal(ids["id"].to_numpy(), np.arange(len(ids))):
+        raise BundleError(IDS_FILE, "ids must be 0..N-1 in order (the faiss row numbers)")
+    embedder = OnnxEmbedder(onnx_bytes)
+    index = deserialize_index(index_bytes)
+    if embedder.dim != index.d:
+        raise BundleError(MODEL_FILE, f"model output dimension {embedder.dim} != index dimension {index.d}")
+    if index.ntotal != len(ids):
+        raise BundleError(IDS_FILE, f"{len(ids)} ids for {index.ntotal} index vectors")
+    buf = io.BytesIO()
+    ids.to_parquet(buf, index=False)
+    files = {MODEL_FILE: onnx_bytes, INDEX_FILE: index_bytes, IDS_FILE: buf.getvalue()}
+    report = dict(index_report or {})
+    meta = embedder.session.get_modelmeta().custom_metadata_map
+    manifest: dict[str, Any] = {
+        "format": FORMAT,
+        "created": created or _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        "release": params.release,
+        "model_version": sha256(onnx_bytes)[:12],
+        "index_version": sha256(index_bytes)[:12],
+        "files": {name: sha256(data) for name, data in files.items()},
+        "sizes": {name: len(data) for name, data in files.items()},
+        "input": embedder.input_meta,
+        "embedding_dim": int(embedder.dim),
+        "metric": "inner_product",
+        "normalized": True,
+        "index_factory": report.get("factory", "unknown"),
+        "search_params": report.get("search_params", {}),
+        "gallery_size": int(index.ntotal),
+        "method": embedder.method,
+        "dataset": dataset,
+        "accepted_on": _accepted(metrics, params),
+        "index_report": {k: report[k] for k in report if k.startswith("recall@")},
+        "versions": _versions(meta.get("deepmetric.torch")),
+    }
+    manifest["manifest_sha256"] = sha256(_canonical(manifest))
+    files[MANIFEST_FILE] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    return files
+
+
+@dataclass
+class Bundle:
+    """A verified bundle, ready to embed and search."""
+
+    root: Path
+    manifest: dict[str, Any]
+    embedder: Any
+    index: Any
+    ids: pd.DataFrame
+    _labels: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._labels = self.ids["label"].to_numpy()
+        self._class_names = self.ids["class_name"].astype(str).to_numpy()
+        self._paths = self.ids["path"].astype(str).to_numpy()
+
+    @property
+    def spec(self):
+        return self.embedder.spec
+
+    @property
+    def gallery_size(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embedder.dim)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        return self.embedder.embed(images)
+
+    def search(self, embeddings: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        if not 1 <= k <= self.gallery_size:
+            raise ValueError(f"k must be in [1, {self.gallery_size}] (the gallery size), got {k}")
+        scores, idx = self.index.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
+        results = []
+        for srow, irow in zip(scores, idx):
+            results.append([
+                {"id": int(i), "label": int(self._labels[i]), "class_name": str(self._class_names[i]),
+                 "path": str(self._paths[i]), "score": float(s)}
+                for s, i in zip(srow, irow) if i >= 0
+            ])
+        return results
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleError(str(root), "not a directory (expected a bundle folder with manifest.json)")
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(MANIFEST_FILE, f"missing in {root}")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(MANIFEST_FILE, f"not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(MANIFEST_FILE, "not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(MANIFEST_FILE, f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    want = manifest.get("manifest_sha256")
+    if want != sha256(_canonical(manifest)):
+        raise BundleError(MANIFEST_FILE, "content does not match its manifest_sha256 (edited or corrupted)")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or set(files) != set(PAYLOAD_FILES):
+        raise BundleError(MANIFEST_FILE, f"'files' must list exactly {list(PAYLOAD_FILES)}")
+    return manifest
+
+
+def load_bundle(root: str | Path, threads: int = 0) -> Bundle:
+    """Read and verify a bundle: manifest integrity, every file's sha256, the model runs, model output
+    dimension = index dimension = manifest dimension, ids match the index. Raises `BundleError`."""
+    from deepmetric.index.build import IndexBuildError, deserialize_index
+    from deepmetric.index.embedder import OnnxEmbedder
+
+    root = Path(root)
+    manifest = read_manifest(root)
+    blobs: dict[str, bytes] = {}
+    for name in PAYLOAD_FILES:
+        path = root / name
+        if not path.is_file():
+            raise BundleError(name, f"missing in {root}")
+        data = path.read_bytes()
+        got = sha256(data)
+        if got != manifest["files"][name]:
+            raise BundleError(name, f"sha256 {got[:16]}… does not match the manifest's {str(manifest['files'][name])[:16]}… "
+                              "(file changed after the bundle was built)")
+        blobs[name] = data
+    try:
+        embedder = OnnxEmbedder(blobs[MODEL_FILE], threads=threads)
+    except ValueError as e:
+        raise BundleError(MODEL_FILE, str(e)) from None
+    try:
+        index = deserialize_index(blobs[INDEX_FILE])
+    except IndexBuildError as e:
+        raise BundleError(INDEX_FILE, str(e)) from None
+    try:
+        ids = pd.read_parquet(io.BytesIO(blobs[IDS_FILE]))
+    except Exception as e:  # pyarrow raises several types
+        raise BundleError(IDS_FILE, f"not a readable parquet table ({e})") from None
+    dim = manifest.get("embedding_dim")
+    if embedder.dim != index.d:
+        raise BundleError(MODEL_FILE, f"model output dimension {embedder.dim} != index dimension {index.d} ({INDEX_FILE})")
+    if dim != index.d:
+        raise BundleError(MANIFEST_FILE, f"embedding_dim {dim} != index dimension {index.d}")
+    missing = [c for c in ID_COLUMNS if c not in ids.columns]
+    if missing:
+        raise BundleError(IDS_FILE, f"lacks columns {missing}")
+    if len(ids) != index.ntotal or manifest.get("gallery_size") != index.ntotal:
+        raise BundleError(IDS_FILE, f"{len(ids)} ids, index holds {index.ntotal}, manifest says gallery_size "
+                          f"{manifest.get('gallery_size')}")
+    if manifest.get("search_params"):
+        from deepmetric.index.build import apply_search_params
+
+        try:
+            apply_search_params(index, manifest["search_params"])
+        except IndexBuildError as e:
+            raise BundleError(MANIFEST_FILE, f"search_params do not fit the index: {e}") from None
+    return Bundle(root=root, manifest=manifest, embedder=embedder, index=index, ids=ids)

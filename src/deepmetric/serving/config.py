@@ -1,0 +1,48 @@
+"""Typed `bundle` parameters and the server's settings."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BundleParams(BaseModel):
+    """`bundle:` — what goes into data/09_deploy/bundle/manifest.json and when a model may ship."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # metrics.json keys recorded under `accepted_on` (null: every numeric entry).
+    accepted_on: list[str] | None = None
+    # Minimum values a metric must reach for the bundle to be built, e.g. {"map@r": 0.5}. Empty: no gate.
+    require: dict[str, float] = Field(default_factory=dict)
+    release: str | None = Field(None, description="free-form release name recorded in the manifest")
+
+
+ENV_PREFIX = "DEEPMETRIC_"
+
+
+class ServerSettings(BaseModel):
+    """Limits and knobs of `deepmetric serve` (CLI flags, or DEEPMETRIC_* environment variables for workers)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="request body limit (all images together)")
+    max_pixels: int = Field(40_000_000, gt=0, description="per image; above it a decompression bomb")
+    max_images: int = Field(32, gt=0, description="images per request")
+    default_k: int = Field(10, gt=0)
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per worker (0: its default)")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        env = os.environ if environ is None else environ
+        values = {}
+        for name in cls.model_fields:
+            key = ENV_PREFIX + name.upper()
+            if key in env:
+                values[name] = env[key]
+        return cls(**values)
+
+    def to_env(self) -> dict[str, str]:
+        return {ENV_PREFIX + k.upper(): str(v) for k, v in self.model_dump().items()}

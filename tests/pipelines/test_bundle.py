@@ -1,0 +1,64 @@
+"""`kedro run --pipeline bundle` (after export → index) against the real catalog and parameter files; the
+bundle it writes is served by `load_bundle`."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from deepmetric.io.datasets import JSONDataset, ParquetDataset, TorchDataset
+from deepmetric.serving.bundle import load_bundle
+from tests.deploy_fixtures import data_params, make_dataset, make_model_payload, model_params
+from tests.pipelines.kedro_helpers import load_params, run_stage
+
+METRICS = {"recall@1": 0.81, "recall@2": 0.9, "map@r": 0.42, "nmi": 0.6, "best_epoch": 2}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bundle_stage")
+    root = tmp / "dataset"
+    ParquetDataset(str(tmp / "data/02_intermediate/manifest_validated.parquet")).save(make_dataset(root))
+    TorchDataset(str(tmp / "data/06_models/model.pt")).save(make_model_payload())
+    JSONDataset(str(tmp / "data/08_reporting/metrics.json")).save(METRICS)
+    params = {"data": data_params(root), "model": model_params(),
+              "export": {**load_params("export")["export"], "exporter": "torchscript"},
+              "index": {**load_params("index")["index"], "factory": "HNSW8"},
+              "bundle": load_params("bundle")["bundle"]}
+    run_stage("export", tmp, params)
+    run_stage("index", tmp, params)
+    return tmp, params
+
+
+def test_export_index_bundle_chain(work):
+    tmp, params = work
+    run_stage("bundle", tmp, params)
+    folder = tmp / "data/09_deploy/bundle"
+    b = load_bundle(folder)
+    m = b.manifest
+    assert sorted(p.name for p in folder.iterdir()) == ["ids.parquet", "index.faiss", "manifest.json", "model.onnx"]
+    assert m["files"]["model.onnx"] == __import__("hashlib").sha256((tmp / "data/06_models/model.onnx").read_bytes()).hexdigest()
+    assert m["index_factory"] == "HNSW8" and m["dataset"] == "glyphs" and m["method"] == "margin"
+    assert m["accepted_on"] == {k: float(v) for k, v in METRICS.items()}
+    assert m["gallery_size"] == b.gallery_size and m["embedding_dim"] == b.dim == 16
+    assert m["index_report"]["recall@1_vs_exact"] == json.loads((tmp / "data/08_reporting/index.json").read_text())["recall@1_vs_exact"]
+
+
+def test_default_parameter_file_is_valid():
+    from deepmetric.data.config import parse_params
+    from deepmetric.serving.config import BundleParams
+
+    assert parse_params(BundleParams, load_params("bundle")["bundle"], "bundle").require == {}
+
+
+def test_gate_and_wrong_key_fail_and_keep_the_previous_bundle(work):
+    tmp, params = work
+    run_stage("bundle", tmp, params)
+    before = (tmp / "data/09_deploy/bundle/manifest.json").read_bytes()
+    with pytest.raises(Exception, match="bundle.requires"):
+        run_stage("bundle", tmp, {**params, "bundle": {"requires": {"map@r": 0.9}}})
+    with pytest.raises(Exception, match=r"model not accepted: map@r = 0.4200 < 0.9"):
+        run_stage("bundle", tmp, {**params, "bundle": {"require": {"map@r": 0.9}}})
+    assert (tmp / "data/09_deploy/bundle/manifest.json").read_bytes() == before
+    assert not [p for p in (tmp / "data/09_deploy").iterdir() if p.name != "bundle"], "no temporary left behind"

@@ -1,0 +1,61 @@
+"""`kedro run --pipeline index` against the real catalog (rebased to a tmp dir) and the real parameter file."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from deepmetric.index.build import deserialize_index
+from deepmetric.io.datasets import BytesDataset, ParquetDataset
+from tests.deploy_fixtures import data_params, make_dataset, make_model_payload, make_onnx, model_params
+from tests.pipelines.kedro_helpers import load_params, run_stage
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("index_stage")
+    root = tmp / "dataset"
+    manifest = make_dataset(root)
+    ParquetDataset(str(tmp / "data/02_intermediate/manifest_validated.parquet")).save(manifest)
+    BytesDataset(str(tmp / "data/06_models/model.onnx")).save(make_onnx(make_model_payload()))
+    return tmp, root, manifest
+
+
+def _params(root, **index):
+    return {"data": data_params(root), "model": model_params(), "index": {**load_params("index")["index"], **index}}
+
+
+@pytest.mark.parametrize("factory,search", [("Flat", {}), ("HNSW8", {"efSearch": 16}), ("IVF2,Flat", {"nprobe": 2})])
+def test_index_stage(work, factory, search):
+    tmp, root, manifest = work
+    run_stage("index", tmp, _params(root, factory=factory, search=search))
+    report = json.loads((tmp / "data/08_reporting/index.json").read_text())
+    ids = pd.read_parquet(tmp / "data/07_model_output/ids.parquet")
+    index = deserialize_index((tmp / "data/07_model_output/index.faiss").read_bytes())
+    n = int((manifest["split"] == "test").sum())
+    assert index.ntotal == len(ids) == report["gallery_size"] == n
+    assert report["factory"] == factory and report["search_params"] == search
+    assert {"recall@1_vs_exact", "recall@10_vs_exact", "latency", "class_recall@1"} <= set(report)
+    assert report["latency"]["index"]["single_query"]["p50_ms"] > 0
+    if factory == "Flat":
+        assert report["recall@1_vs_exact"] == 1.0 and report["recall@10_vs_exact"] == 1.0
+
+
+def test_default_parameter_file_is_valid():
+    from deepmetric.data.config import parse_params
+    from deepmetric.index.config import IndexParams
+
+    assert parse_params(IndexParams, load_params("index")["index"], "index").factory == "Flat"
+
+
+def test_bad_parameters_fail_naming_them(work, tmp_path):
+    tmp, root, _ = work
+    before = (tmp / "data/07_model_output/index.faiss").read_bytes() if (tmp / "data/07_model_output/index.faiss").exists() else None
+    with pytest.raises(Exception, match="index.fatcory"):
+        run_stage("index", tmp, _params(root, fatcory="Flat"))
+    with pytest.raises(Exception, match="needs at least 4096 gallery vectors"):
+        run_stage("index", tmp, _params(root, factory="IVF4096,Flat"))
+    after = (tmp / "data/07_model_output/index.faiss").read_bytes() if (tmp / "data/07_model_output/index.faiss").exists() else None
+    assert before == after, "a failed index run must leave the previous artefact untouched"

@@ -1,0 +1,213 @@
+"""The real server (`deepmetric serve`, uvicorn) on a free loopback port, driven over a socket with urllib."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, make_model_payload, make_onnx, png_bytes
+
+MAX_UPLOAD = 200_000
+MAX_PIXELS = 1_000_000
+MAX_IMAGES = 4
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def multipart(files: list[tuple[str, str, bytes]], fields: list[tuple[str, str]] = ()) -> tuple[bytes, str]:
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields:
+        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
+    for field, filename, data in files:
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n").encode()
+        parts.append(head + data + b"\r\n")
+    parts.append(f"--{boundary}--\r\n".encode())
+    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
+
+
+def request(base: str, method: str, path: str, body: bytes | None = None, ctype: str | None = None):
+    req = urllib.request.Request(base + path, data=body, method=method)
+    if ctype:
+        req.add_header("Content-Type", ctype)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def post_images(base: str, path: str, files, fields=()):
+    body, ctype = multipart(files, fields)
+    return request(base, "POST", path, body, ctype)
+
+
+def start_server(bundle: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "deepmetric.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
+           "--port", str(port), "--max-upload-bytes", str(MAX_UPLOAD), "--max-pixels", str(MAX_PIXELS),
+           "--max-images", str(MAX_IMAGES), "--log-level", "warning", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}: {proc.stdout.read().decode()}")
+        try:
+            if request(base, "GET", "/healthz")[0] == 200:
+                return proc, base
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become healthy in 90 s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server")
+    root = tmp / "data"
+    manifest = make_dataset(root)
+    bundle = make_bundle(tmp / "bundle", root, manifest, make_onnx(make_model_payload()))
+    proc, base = start_server(bundle)
+    yield base, bundle, root, manifest
+    stop(proc)
+
+
+def test_health_and_info(env):
+    base, bundle, *_ = env
+    status, body = request(base, "GET", "/healthz")
+    assert status == 200 and body["status"] == "ok"
+    status, info = request(base, "GET", "/v1/info")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert status == 200
+    assert {k: info[k] for k in manifest} == manifest
+    assert info["limits"]["max_images"] == MAX_IMAGES
+
+
+def test_embed_matches_the_bundle_model(env):
+    base, bundle, root, manifest = env
+    rels = list(manifest[manifest["split"] == "test"]["path"][:2])
+    files = [("image", Path(r).name, (root / r).read_bytes()) for r in rels]
+    status, body = post_images(base, "/v1/embed", files)
+    assert status == 200 and body["dim"] == 16 and len(body["embeddings"]) == 2
+    got = np.array([e["embedding"] for e in body["embeddings"]], dtype=np.float32)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    # Same numbers as the index stage's own preprocessing + model (the vectors stored in the index).
+    from deepmetric.serving.bundle import load_bundle
+
+    b = load_bundle(bundle)
+    stored = b.index.reconstruct_n(0, 2)
+    ids = list(b.ids["path"][:2])
+    assert ids == rels
+    np.testing.assert_allclose(got, stored, atol=1e-5)
+
+
+def test_search_returns_k_neighbours_with_labels(env):
+    base, _, root, manifest = env
+    test = manifest[manifest["split"] == "test"].reset_index(drop=True)
+    files = [("image", "q0.png", (root / test["path"][0]).read_bytes()),
+             ("image", "q1.jpg", png_bytes(draw_image(5, 99), "JPEG"))]
+    status, body = post_images(base, "/v1/search?k=3", files)
+    assert status == 200 and body["k"] == 3 and len(body["results"]) == 2
+    first = body["results"][0]
+    assert first["image"] == "q0.png" and len(first["neighbors"]) == 3
+    top = first["neighbors"][0]
+    assert top["path"] == test["path"][0] and top["label"] == int(test["label"][0]) and top["score"] > 0.999
+    assert set(top) == {"id", "label", "class_name", "path", "score"}
+    scores = [n["score"] for n in first["neighbors"]]
+    assert scores == sorted(scores, reverse=True)
+    status, body = post_images(base, "/v1/search", files[:1])
+    assert status == 200 and body["k"] == 10 and len(body["results"][0]["neighbors"]) == 10
+
+
+def _expect(status_body, status: int, code: str, *words: str):
+    got_status, body = status_body
+    assert got_status == status, body
+    assert body["error"] == code, body
+    for w in words:
+        assert w in body["message"], body
+
+
+def test_bad_inputs_get_4xx_and_the_service_stays_up(env):
+    base, _, root, manifest = env
+    good = (root / manifest["path"][0]).read_bytes()
+    png = png_bytes(draw_image(3, 0, (120, 120)))
+    bomb = png_bytes(Image.new("RGB", (2000, 1000), (255, 255, 255)))  # 2 Mpx in a few kB
+    assert len(bomb) < MAX_UPLOAD
+    noise = np.random.default_rng(0).integers(0, 256, size=MAX_UPLOAD + 1000, dtype=np.uint8).tobytes()
+    for path in ["/v1/embed", "/v1/search?k=2"]:
+        _expect(post_images(base, path, [("image", "a.txt", b"this is not an image")]), 415, "not_an_image", "a.txt")
+        _expect(post_images(base, path, [("image", "t.png", png[: len(png) // 2])]), 400, "truncated_image", "t.png")
+        _expect(post_images(base, path, [("image", "bomb.png", bomb)]), 413, "image_too_large", "decompression bomb")
+        _expect(post_images(base, path, [("image", "big.bin", noise)]), 413, "upload_too_large", "max_upload_bytes")
+        _expect(post_images(base, path, [("picture", "x.png", good)]), 400, "no_image", "'image'", "picture")
+        _expect(post_images(base, path, [], fields=[("image", "text")]), 400, "no_image", "not a file")
+        _expect(post_images(base, path, [("image", f"{i}.png", good) for i in range(MAX_IMAGES + 1)]),
+                413, "too_many_images", "max_images")
+        _expect(request(base, "POST", path, b"{}", "application/json"), 415, "not_multipart", "multipart/form-data")
+        # one bad image among good ones refuses the whole request, naming the bad one
+        status, body = post_images(base, path, [("image", "ok.png", good), ("image", "bad.png", png[:40])])
+        assert status in (400, 415) and body["error"] in {"truncated_image", "corrupt_image", "not_an_image"}
+        assert "bad.png" in body["message"]
+    gallery = 36
+    for k in ["0", "-1", str(gallery + 1), "ten"]:
+        _expect(post_images(base, f"/v1/search?k={k}", [("image", "ok.png", good)]), 422, "invalid_k", "k must")
+    assert post_images(base, f"/v1/search?k={gallery}", [("image", "ok.png", good)])[0] == 200
+    _expect(request(base, "GET", "/nope"), 404, "not_found")
+    _expect(request(base, "GET", "/v1/search"), 405, "method_not_allowed")
+    assert request(base, "GET", "/healthz")[0] == 200
+
+
+def test_multi_worker_mode(env):
+    _, bundle, root, manifest = env
+    proc, base = start_server(bundle, "--workers", "2")
+    try:
+        pids = set()
+        for _ in range(6):
+            status, body = request(base, "GET", "/healthz")
+            pids.add(body["pid"])
+        status, body = post_images(base, "/v1/search?k=2", [("image", "a.png", (root / manifest["path"][0]).read_bytes())])
+        assert status == 200 and len(body["results"][0]["neighbors"]) == 2
+        assert proc.pid not in pids
+    finally:
+        stop(proc)
+
+
+def test_serve_refuses_a_tampered_bundle(env, tmp_path):
+    import shutil
+
+    _, bundle, *_ = env
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    data = bytearray((copy / "index.faiss").read_bytes())
+    data[-5] ^= 0xFF
+    (copy / "index.faiss").write_bytes(bytes(data))
+    proc = subprocess.run([sys.executable, "-m", "deepmetric.cli", "serve", "--bundle", str(copy), "--port",
+                           str(free_port())], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "index.faiss" in proc.stderr and "sha256" in proc.stderr
