@@ -146,3 +146,24 @@ def test_bad_parameter_stops_before_any_work(project):
     finally:
         params.write_text(original)
     assert model.read_bytes() == before
+
+
+def test_failing_stage_leaves_previous_artefacts_whole(project):
+    """A stage that dies half-way (an image corrupted after validation) leaves its outputs as they were."""
+    import pandas as pd
+
+    manifest = pd.read_parquet(project / "data/02_intermediate/manifest_validated.parquet")
+    victim = project / "data/01_raw/glyphs" / manifest[manifest["split"] == "test"]["path"].iloc[-1]
+    original = victim.read_bytes()
+    outputs = [project / "data/08_reporting/metrics.json", project / "data/08_reporting/baselines.json"]
+    before = [p.read_bytes() for p in outputs]
+    try:
+        victim.write_bytes(original[: len(original) // 3])  # truncated PNG
+        proc = run(["kedro", "run", "--pipeline", "evaluate"], project, check=False)
+        assert proc.returncode != 0
+        assert victim.name in proc.stdout + proc.stderr
+    finally:
+        victim.write_bytes(original)
+    assert [p.read_bytes() for p in outputs] == before
+    leftovers = [p for p in (project / "data").rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
+    assert not leftovers

@@ -57,7 +57,7 @@ def test_one_changed_byte_in_any_file_is_refused(built, tmp_path, name):
         load_bundle(copy)
     assert err.value.file == name, str(err.value)
     # The CLI refuses the same bundle with the message and a non-zero exit status.
-    proc = subprocess.run([sys.executable, "-m", "deepmetric.cli", "info", "--bundle", str(copy)],
+    proc = subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", "info", "--bundle", str(copy)],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and name in proc.stderr and "bundle refused" in proc.stderr
 

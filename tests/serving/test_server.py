@@ -61,7 +61,7 @@ def post_images(base: str, path: str, files, fields=()):
 
 def start_server(bundle: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "deepmetric.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "deepmetric.serving.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
            "--port", str(port), "--max-upload-bytes", str(MAX_UPLOAD), "--max-pixels", str(MAX_PIXELS),
            "--max-images", str(MAX_IMAGES), "--log-level", "warning", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
@@ -208,6 +208,6 @@ def test_serve_refuses_a_tampered_bundle(env, tmp_path):
     data = bytearray((copy / "index.faiss").read_bytes())
     data[-5] ^= 0xFF
     (copy / "index.faiss").write_bytes(bytes(data))
-    proc = subprocess.run([sys.executable, "-m", "deepmetric.cli", "serve", "--bundle", str(copy), "--port",
+    proc = subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", "serve", "--bundle", str(copy), "--port",
                            str(free_port())], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "index.faiss" in proc.stderr and "sha256" in proc.stderr
