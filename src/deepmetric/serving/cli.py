@@ -135,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {"serve": _serve, "search": _search, "info": _info}[args.command]
     try:
         code = handler(args)
+    except BrokenPipeError:  # output piped into `head` and the like
+        code = 0
+        if argv is None:
+            os._exit(0)
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else 1
         if argv is not None:
