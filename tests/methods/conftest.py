@@ -77,3 +77,12 @@ def tiny_backbone():
 @pytest.fixture
 def simple_context():
     return SimpleContext
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one intra-op thread is as fast and avoids oversubscribing a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

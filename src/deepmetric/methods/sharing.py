@@ -191,8 +191,10 @@ class SharingMethod(Method):
         return F.normalize(self.head(h), dim=-1), F.normalize(self.shared_head(h), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.params.test_embedding == "class":  # the shared head is not computed (nor exported)
+            return F.normalize(self.head(self.backbone(x)), dim=-1)
         c, s = self.embeddings(x)
-        return c if self.params.test_embedding == "class" else torch.cat([c, s], dim=-1)
+        return torch.cat([c, s], dim=-1)
 
     @property
     def test_embedding_dim(self) -> int:
