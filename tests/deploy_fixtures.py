@@ -7,6 +7,7 @@ them through the real export → index → bundle code. Importable as ``tests.de
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 from pathlib import Path
@@ -82,6 +83,12 @@ def data_params(root: Path) -> dict[str, Any]:
 
 def model_params(crop: int = CROP) -> dict[str, Any]:
     return {"resize": crop, "crop": crop, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@functools.lru_cache(maxsize=8)
+def onnx_model(embedding_dim: int = EMBED_DIM, seed: int = 0, exporter: str = "torchscript") -> bytes:
+    """ONNX bytes of ``make_model_payload(embedding_dim, seed=seed)``, exported once per test process."""
+    return make_onnx(make_model_payload(embedding_dim, seed=seed), exporter)
 
 
 def make_onnx(payload: dict[str, Any], exporter: str = "torchscript") -> bytes:

@@ -17,7 +17,7 @@ from deepmetric.index.build import (
 from deepmetric.index.config import IndexParams
 from deepmetric.index.embedder import OnnxEmbedder
 from deepmetric.index.gallery import build_gallery_index
-from tests.deploy_fixtures import EMBED_DIM, make_dataset, make_model_payload, make_onnx
+from tests.deploy_fixtures import EMBED_DIM, make_dataset, onnx_model
 
 
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -27,7 +27,7 @@ def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
 
 @pytest.mark.parametrize(
     "factory,search",
-    [("Flat", {}), ("HNSW16", {"efSearch": 64}), ("IVF8,Flat", {"nprobe": 8}), ("IVF8,PQ8", {"nprobe": 8})],
+    [("Flat", {}), ("HNSW16", {"efSearch": 64}), ("IVF8,Flat", {"nprobe": 8}), ("IVF8,PQ8x4", {"nprobe": 8})],
 )
 def test_factories_build_search_and_roundtrip(factory, search):
     x = _unit(600, 32)
@@ -35,7 +35,7 @@ def test_factories_build_search_and_roundtrip(factory, search):
     assert index.ntotal == 600 and index.d == 32 and index.is_trained
     report = evaluate_index(index, x, np.arange(0, 600, 3), np.arange(600) % 20, [1, 10], latency_queries=20)
     # All queries are in the gallery, so exact top-1 is the query itself.
-    floor = {"Flat": 1.0, "HNSW16": 0.95, "IVF8,Flat": 1.0, "IVF8,PQ8": 0.2}[factory]
+    floor = {"Flat": 1.0, "HNSW16": 0.95, "IVF8,Flat": 1.0, "IVF8,PQ8x4": 0.2}[factory]
     assert report["recall@1_vs_exact"] >= floor
     assert report["latency"]["index"]["single_query"]["p99_ms"] >= report["latency"]["index"]["single_query"]["p50_ms"] > 0
     again = deserialize_index(serialize_index(index))
@@ -78,7 +78,7 @@ def test_params_reject_unknown_keys():
 def gallery(tmp_path_factory):
     root = tmp_path_factory.mktemp("index_data")
     manifest = make_dataset(root)
-    return root, manifest, make_onnx(make_model_payload())
+    return root, manifest, onnx_model()
 
 
 def test_gallery_index_uses_the_onnx_model(gallery):

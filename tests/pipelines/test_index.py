@@ -9,7 +9,7 @@ import pytest
 
 from deepmetric.index.build import deserialize_index
 from deepmetric.io.datasets import BytesDataset, ParquetDataset
-from tests.deploy_fixtures import data_params, make_dataset, make_model_payload, make_onnx, model_params
+from tests.deploy_fixtures import data_params, make_dataset, model_params, onnx_model
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 
@@ -19,7 +19,7 @@ def work(tmp_path_factory):
     root = tmp / "dataset"
     manifest = make_dataset(root)
     ParquetDataset(str(tmp / "data/02_intermediate/manifest_validated.parquet")).save(manifest)
-    BytesDataset(str(tmp / "data/06_models/model.onnx")).save(make_onnx(make_model_payload()))
+    BytesDataset(str(tmp / "data/06_models/model.onnx")).save(onnx_model())
     return tmp, root, manifest
 
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.deploy_fixtures import make_bundle, make_dataset, make_model_payload, make_onnx
+from tests.deploy_fixtures import make_bundle, make_dataset, onnx_model
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
@@ -20,7 +20,7 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
     root = tmp / "data"
     manifest = make_dataset(root)
-    bundle = make_bundle(tmp / "bundle", root, manifest, make_onnx(make_model_payload()),
+    bundle = make_bundle(tmp / "bundle", root, manifest, onnx_model(),
                          index={"factory": "HNSW8", "search": {"efSearch": 40}})
     return tmp, root, manifest, bundle
 

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, make_model_payload, make_onnx, png_bytes
+from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, onnx_model, png_bytes
 
 MAX_UPLOAD = 200_000
 MAX_PIXELS = 1_000_000
@@ -93,7 +93,7 @@ def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("server")
     root = tmp / "data"
     manifest = make_dataset(root)
-    bundle = make_bundle(tmp / "bundle", root, manifest, make_onnx(make_model_payload()))
+    bundle = make_bundle(tmp / "bundle", root, manifest, onnx_model())
     proc, base = start_server(bundle)
     yield base, bundle, root, manifest
     stop(proc)
