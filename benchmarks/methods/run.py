@@ -1,0 +1,180 @@
+"""Benchmark: every seed method and every baseline on the built-in glyph set, same backbone / embedding size /
+batch / number of iterations, evaluated zero-shot on the held-out classes.
+
+    python benchmarks/methods/run.py --seeds 0 1 --out benchmarks/methods/results.json
+
+Each (method, seed) runs in its own subprocess so that its peak RSS (``resource.getrusage``) is its own.
+Training goes through the project's loop (`deepmetric.training.loop.fit`), evaluation through
+`deepmetric.evaluation.protocol` (MAP@R, Recall@K, NMI on the test classes, leave-one-out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SEEDS = ["ranked_list", "intra_batch", "divide_conquer", "sharing"]
+BASELINES = ["margin", "triplet", "multi_similarity", "proxy_anchor", "contrastive"]
+
+
+def make_dataset(root: Path, num_classes: int, image_size: int):
+    """Render the glyph set (CUB layout) and build its manifest (no validation slice: last epoch is kept)."""
+    from deepmetric.data.config import DataParams
+    from deepmetric.data.glyphs import GlyphParams, render_glyph_dataset
+    from deepmetric.data.manifest import build_manifest
+    from deepmetric.data.readers import read_dataset
+
+    if not (root / "images.txt").exists():
+        files = render_glyph_dataset(GlyphParams(num_classes=num_classes, image_size=image_size))
+        for rel, data in files.items():
+            dest = root.joinpath(*rel.split("/"))
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(data)
+    cfg = DataParams(dataset="glyphs", root=str(root), val_classes=0)
+    out = build_manifest(read_dataset("glyphs", str(root), cfg), str(root), workers=1)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from deepmetric.evaluation.embed import method_embedder
+    from deepmetric.evaluation.protocol import embed_split, score, zero_shot_split
+    from deepmetric.training.config import InputConfig, parse_train
+    from deepmetric.training.loop import fit
+    from deepmetric.training.model_io import load_model
+
+    manifest = make_dataset(Path(args.data), args.classes, args.size)
+    train = {
+        "method": args.method, "seed": args.seed, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
+        "embedding_dim": args.embedding_dim, "progress": False, "device": "cpu",
+        "batch": {"classes_per_batch": args.classes_per_batch, "samples_per_class": args.samples_per_class},
+        "optimizer": {"name": "adam", "lr": args.lr, "weight_decay": 1e-4},
+        # same backbone for every method; from scratch, so BatchNorm is trainable for all (frozen statistics of an
+        # untrained network are meaningless); pooling stays each method's own choice
+        "backbone": {"name": "resnet18", "pretrained": False, "frozen_bn": False},
+        "augment": {"scale_min": 0.6, "hflip": False},
+        "methods": json.loads(args.method_params),
+    }
+    cfg, params = parse_train(train)
+    spec = InputConfig(resize=args.size, crop=args.size)
+    t0 = time.perf_counter()
+    result = fit(manifest, args.data, cfg, params, spec)
+    wall = time.perf_counter() - t0
+    method, _ = load_model(result.payload)
+    split = zero_shot_split(manifest, "glyphs")
+    q, g = embed_split(method_embedder(method, spec.mean, spec.std), split, args.data, spec, 256,
+                       torch.device("cpu"), False, "bench")
+    metrics = score(q, g, split, 0)
+    seconds = sum(r["seconds"] for r in result.log)
+    images = sum(r["images_per_s"] * r["seconds"] for r in result.log)
+    return {
+        "method": args.method, "seed": args.seed,
+        "map@r": metrics["map@r"], "recall@1": metrics["recall@1"], "nmi": metrics.get("nmi", float("nan")),
+        "train_images_per_s": images / max(seconds, 1e-9), "train_seconds": seconds, "wall_seconds": wall,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "final_loss": result.log[-1].get("loss"), "test_queries": int(len(split.query)),
+        "params": params.model_dump(mode="json"), "iterations": cfg.epochs * cfg.steps_per_epoch,
+        "train_images": int((manifest["split"] == "train").sum()),
+        "train_classes": int(manifest.loc[manifest["split"] == "train", "label"].nunique()),
+        "num_params": int(sum(p.numel() for p in method.parameters())),
+    }
+
+
+def table(results: list[dict]) -> str:
+    """Markdown: mean ± spread over seeds per method (spread = half the max−min range; n seeds shown)."""
+    import statistics
+
+    rows = ["| method | kind | seeds | MAP@R % | Recall@1 % | NMI % | train images/s | peak RSS MB | final loss |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    order = SEEDS + BASELINES
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        if "error" not in r:
+            by.setdefault(r["method"], []).append(r)
+    for m in sorted(by, key=lambda m: order.index(m) if m in order else 99):
+        rs = by[m]
+
+        def fmt(key: str, scale: float = 100.0, digits: int = 1) -> str:
+            v = [r[key] * scale for r in rs]
+            mean = statistics.fmean(v)
+            return f"{mean:.{digits}f}" + (f" ± {(max(v) - min(v)) / 2:.{digits}f}" if len(v) > 1 else "")
+
+        kind = "seed" if m in SEEDS else "baseline"
+        loss = statistics.fmean(r["final_loss"] for r in rs if r.get("final_loss") is not None)
+        rows.append(f"| `{m}` | {kind} | {len(rs)} | {fmt('map@r')} | {fmt('recall@1')} | {fmt('nmi')} | "
+                    f"{fmt('train_images_per_s', 1.0)} | {fmt('peak_rss_mb', 1.0, 0)} | {loss:.3f} |")
+    failed = [f"{r['method']} (seed {r['seed']})" for r in results if "error" in r]
+    if failed:
+        rows.append("")
+        rows.append("Failed runs: " + ", ".join(failed))
+    return "\n".join(rows)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", nargs="+", default=SEEDS + BASELINES)
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    ap.add_argument("--classes", type=int, default=100, help="glyph classes (half train, half test)")
+    ap.add_argument("--size", type=int, default=32, help="image size (px)")
+    ap.add_argument("--epochs", type=int, default=8)
+    ap.add_argument("--steps-per-epoch", type=int, default=10)
+    ap.add_argument("--classes-per-batch", type=int, default=8)
+    ap.add_argument("--samples-per-class", type=int, default=4)
+    ap.add_argument("--embedding-dim", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the 2-core machine is shared)")
+    ap.add_argument("--method-params", default=json.dumps({"divide_conquer": {"num_clusters": 4,
+                                                                               "full_embedding_epoch": 0.5}}))
+    ap.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "deepmetric_bench_glyphs"))
+    ap.add_argument("--out", default="benchmarks/methods/results.json")
+    ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
+    ap.add_argument("--one", action="store_true", help="(internal) run one method/seed and print JSON")
+    ap.add_argument("--method")
+    ap.add_argument("--seed", type=int)
+    args = ap.parse_args()
+    os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
+    if args.one:
+        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        return
+    if args.table:
+        print(table(json.loads(Path(args.out).read_text())))
+        return
+    make_dataset(Path(args.data), args.classes, args.size)  # render once, before the timed runs
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else []
+    done = {(r["method"], r["seed"]) for r in results}
+    passthrough = [a for a in sys.argv[1:] if a not in ("--one",)]
+    for seed in args.seeds:
+        for method in args.methods:
+            if (method, seed) in done:
+                continue
+            cmd = [sys.executable, __file__, *passthrough, "--one", "--method", method, "--seed", str(seed),
+                   "--data", args.data]
+            t0 = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+            if proc.returncode or not line:
+                print(f"{method} seed {seed} FAILED:\n{proc.stderr[-3000:]}", flush=True)
+                results.append({"method": method, "seed": seed, "error": proc.stderr[-500:]})
+            else:
+                r = json.loads(line[0][len("RESULT "):])
+                results.append(r)
+                print(f"{method:17s} seed {seed}: MAP@R {r['map@r']:.4f} R@1 {r['recall@1']:.4f} "
+                      f"NMI {r['nmi']:.4f} {r['train_images_per_s']:.1f} img/s peak {r['peak_rss_mb']:.0f} MB "
+                      f"({time.perf_counter() - t0:.0f} s)", flush=True)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
