@@ -112,3 +112,15 @@ def test_too_few_classes_for_batch(shapes):
     cfg, params = _cfg(batch={"classes_per_batch": 10, "samples_per_class": 2})
     with pytest.raises(ValueError, match="training split has 6"):
         fit(manifest, root, cfg, params, SPEC)
+
+
+def test_method_backbone_options_apply_unless_set():
+    from deepmetric.methods import METHODS
+
+    cfg, _ = parse_train({"method": "intra_batch"})
+    assert cfg.backbone.pool == "max"  # the paper's max pooling
+    cfg, _ = parse_train({"method": "intra_batch", "backbone": {"pool": "avg"}})
+    assert cfg.backbone.pool == "avg"  # the user's explicit choice wins
+    if METHODS["sharing"].backbone_options(METHODS["sharing"].Params()).get("frozen_bn"):
+        # frozen BN is for pretrained trunks only: from scratch it stays trainable
+        assert parse_train({"method": "sharing"})[0].backbone.frozen_bn is False

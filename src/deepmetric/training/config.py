@@ -86,6 +86,10 @@ def parse_train(train: dict[str, Any] | None) -> tuple[TrainConfig, MethodParams
         for k, v in METHODS[cfg.method].backbone_options(params).items()
         if getattr(cfg.backbone, k) is None
     }
+    if opts.get("frozen_bn") and not cfg.backbone.pretrained:
+        # The papers freeze BatchNorm of an ImageNet-pretrained trunk; freezing the random statistics of a
+        # network trained from scratch would only cripple it, so a from-scratch backbone keeps BN trainable.
+        opts["frozen_bn"] = False
     if opts:
         cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update=opts)})
     return cfg, params
