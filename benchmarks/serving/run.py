@@ -149,15 +149,19 @@ def ort_vs_torch(bundle, model_payload: dict, images: np.ndarray, reps: int) -> 
         bundle.embedder.embed(images, batch_size=len(images))
 
     out = {}
-    for name, fn in (("pytorch_eager", t_torch), ("onnxruntime", t_ort)):
+    fns = {"pytorch_eager": t_torch, "onnxruntime": t_ort}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
         fn()
         fn()  # warm-up
-        times = []
-        for _ in range(reps):
+    # Interleaved, so that both see the same machine load (the box is shared); medians.
+    for _ in range(reps):
+        for name, fn in fns.items():
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-        med = statistics.median(times)
+            times[name].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        med = statistics.median(ts)
         out[name] = {"median_s_per_batch": round(med, 4), "images_per_s": round(len(images) / med, 1)}
     with torch.inference_mode():
         diff = float(np.abs(module(x).numpy() - bundle.embedder.embed(images)).max())
