@@ -35,12 +35,17 @@ def test_wrong_value_fails_naming_it(method, block, key):
 def test_parameter_file_blocks_parse_and_set_backbone_options():
     with open("conf/base/parameters_train.yml") as fh:
         train = yaml.safe_load(fh)["train"]
+    # the papers freeze BatchNorm of a pretrained trunk; a from-scratch trunk keeps it trainable
+    pretrained = {**train, "backbone": {**train["backbone"], "name": "efficientnet_lite0", "pretrained": True}}
+    scratch = {**train, "backbone": {**train["backbone"], "name": "resnet18", "pretrained": False}}
     expected = {"ranked_list": ("avg", False), "intra_batch": ("max", False), "divide_conquer": ("avg", True),
                 "sharing": ("avg", True)}
     for method, (pool, frozen) in expected.items():
-        cfg, params = parse_train({**train, "method": method})
+        cfg, params = parse_train({**pretrained, "method": method})
         assert isinstance(params, METHODS[method].Params)
         assert (cfg.backbone.pool, cfg.backbone.frozen_bn) == (pool, frozen)
+        cfg, _ = parse_train({**scratch, "method": method})
+        assert (cfg.backbone.pool, cfg.backbone.frozen_bn) == (pool, False)
     # a user's explicit choice wins over the method's
-    cfg, _ = parse_train({**train, "method": "sharing", "backbone": {**train["backbone"], "frozen_bn": False}})
+    cfg, _ = parse_train({**pretrained, "method": "sharing", "backbone": {**pretrained["backbone"], "frozen_bn": False}})
     assert cfg.backbone.frozen_bn is False
