@@ -28,3 +28,30 @@ def make_tiny_glyphs(
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(data)
     return root
+
+
+def make_bars(root: str | os.PathLike[str], split_of, num_classes: int = 12, per_class: int = 6, size: int = 36):
+    """Classes of coloured bars (class c: a bar at height 2c, its own colour; images jitter in x and shade).
+
+    Writes ``c{c:02d}/{j}.png`` under ``root`` and returns the manifest rows' DataFrame (path, label,
+    class_name, split, role); ``split_of(c)`` gives each class's split. Fast and learnable in a few steps.
+    """
+    import numpy as np
+    import pandas as pd
+    from PIL import Image, ImageDraw
+
+    root = Path(root)
+    rng = np.random.default_rng(0)
+    step = max(1, 250 // num_classes)
+    rows = []
+    for c in range(num_classes):
+        (root / f"c{c:02d}").mkdir(parents=True, exist_ok=True)
+        for j in range(per_class):
+            img = Image.new("RGB", (size, size), "white")
+            x = int(rng.integers(0, 8))
+            colour = (step * c, 250 - step * c, 37 * j % 255)
+            ImageDraw.Draw(img).rectangle([x, 2 * c, x + 14, 2 * c + 9], fill=colour)
+            path = f"c{c:02d}/{j}.png"
+            img.save(root / path)
+            rows.append({"path": path, "label": c, "class_name": f"c{c}", "split": split_of(c), "role": "both"})
+    return pd.DataFrame(rows)

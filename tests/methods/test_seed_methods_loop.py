@@ -3,32 +3,20 @@
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from deepmetric.training.config import InputConfig, parse_train
 from deepmetric.training.loop import fit
 from deepmetric.training.model_io import load_model
+from tests.fixtures import make_bars
 
 
 @pytest.fixture(scope="module")
 def bars(tmp_path_factory):
     """10 classes of coloured bars × 6 images: 6 train classes, 4 test classes."""
     root = tmp_path_factory.mktemp("bars")
-    rng = np.random.default_rng(0)
-    rows = []
-    for c in range(10):
-        (root / f"c{c}").mkdir()
-        for j in range(6):
-            img = Image.new("RGB", (32, 32), "white")
-            x = int(rng.integers(0, 8))
-            ImageDraw.Draw(img).rectangle([x, 2 * c, x + 14, 2 * c + 9], fill=(25 * c, 250 - 25 * c, 40 * j % 255))
-            img.save(root / f"c{c}" / f"{j}.png")
-            rows.append({"path": f"c{c}/{j}.png", "label": c, "class_name": f"c{c}",
-                         "split": "train" if c < 6 else "test", "role": "both"})
-    return str(root), pd.DataFrame(rows)
+    return str(root), make_bars(root, lambda c: "train" if c < 6 else "test", num_classes=10, size=32)
 
 
 @pytest.mark.parametrize("method", ["ranked_list", "intra_batch", "divide_conquer", "sharing"])

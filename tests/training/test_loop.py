@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
-import pandas as pd
 import pytest
 import torch
-from PIL import Image, ImageDraw
 
 from deepmetric.training.config import InputConfig, ParameterError, parse_train
 from deepmetric.training.loop import CHECKPOINT, fit
 from deepmetric.training.model_io import load_model
+from tests.fixtures import make_bars
 
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     """12 classes of coloured bars, 6 images each: 6 train, 2 val, 4 test classes."""
     root = tmp_path_factory.mktemp("shapes")
-    rng = np.random.default_rng(0)
-    rows = []
-    for c in range(12):
-        for j in range(6):
-            img = Image.new("RGB", (36, 36), "white")
-            x = int(rng.integers(0, 8))
-            ImageDraw.Draw(img).rectangle([x, 2 * c, x + 14, 2 * c + 9], fill=(20 * c, 250 - 20 * c, 37 * j % 255))
-            path = f"c{c:02d}/{j}.png"
-            (root / f"c{c:02d}").mkdir(exist_ok=True)
-            img.save(root / path)
-            split = "train" if c < 6 else ("val" if c < 8 else "test")
-            rows.append({"path": path, "label": c, "class_name": f"c{c}", "split": split, "role": "both"})
-    return str(root), pd.DataFrame(rows)
+    manifest = make_bars(root, lambda c: "train" if c < 6 else ("val" if c < 8 else "test"))
+    return str(root), manifest
 
 
 def _cfg(**over):
