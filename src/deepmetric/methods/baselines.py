@@ -17,6 +17,23 @@ from pytorch_metric_learning import losses, miners
 from deepmetric.methods.base import Method, MethodParams, register
 
 
+def margin_loss(params, num_classes: int | None) -> losses.MarginLoss:
+    """Margin loss (Wu et al. 2017) from a params block with ``margin``, ``beta``, ``learn_beta``: one β per
+    class when β is learnt and ``num_classes`` is given, else a single β. Shared by every margin-based method."""
+    return losses.MarginLoss(
+        margin=params.margin,
+        nu=0,
+        beta=params.beta,
+        learn_beta=params.learn_beta,
+        num_classes=num_classes if params.learn_beta else None,
+    )
+
+
+def distance_weighted_miner(params) -> miners.DistanceWeightedMiner:
+    """Distance-weighted sampling from a params block with ``dw_cutoff`` and ``dw_nonzero_loss_cutoff``."""
+    return miners.DistanceWeightedMiner(cutoff=params.dw_cutoff, nonzero_loss_cutoff=params.dw_nonzero_loss_cutoff)
+
+
 class MarginParams(MethodParams):
     margin: float = Field(0.2, gt=0, description="γ, the margin around the boundary β")
     beta: float = Field(1.2, gt=0, description="β, initial boundary between positives and negatives")
@@ -32,16 +49,8 @@ class MarginMethod(Method):
 
     def __init__(self, params: MarginParams, backbone, embedding_dim: int, num_classes: int) -> None:
         super().__init__(params, backbone, embedding_dim, num_classes)
-        self.criterion = losses.MarginLoss(
-            margin=params.margin,
-            nu=0,
-            beta=params.beta,
-            learn_beta=params.learn_beta,
-            num_classes=num_classes if params.learn_beta else None,
-        )
-        self.miner = miners.DistanceWeightedMiner(
-            cutoff=params.dw_cutoff, nonzero_loss_cutoff=params.dw_nonzero_loss_cutoff
-        )
+        self.criterion = margin_loss(params, num_classes)
+        self.miner = distance_weighted_miner(params)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         groups = super().param_groups(lr, weight_decay)

@@ -26,11 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from pytorch_metric_learning import losses, miners
 from torch import nn
 
 from deepmetric.methods.base import BatchConfig, Method, MethodParams, class_balanced_batches, register
-from deepmetric.methods.baselines import MarginParams
+from deepmetric.methods.baselines import MarginParams, distance_weighted_miner, margin_loss
 
 log = logging.getLogger(__name__)
 
@@ -209,12 +208,10 @@ class DivideConquerMethod(Method):
         self.masks = nn.Parameter(torch.ones(k, embedding_dim), requires_grad=params.version == "journal")
 
         def criterion() -> nn.Module:
-            return losses.MarginLoss(margin=params.margin, nu=0, beta=params.beta, learn_beta=params.learn_beta,
-                                     num_classes=num_classes if params.learn_beta else None)
+            return margin_loss(params, num_classes)
 
         self.criteria = nn.ModuleList(criterion() for _ in range(k + 1))  # one per learner + the merged embedding
-        self.miner = miners.DistanceWeightedMiner(cutoff=params.dw_cutoff,
-                                                  nonzero_loss_cutoff=params.dw_nonzero_loss_cutoff)
+        self.miner = distance_weighted_miner(params)
         # State that must survive a checkpoint: cluster id per training image (−1: none yet) and the number of
         # clusters in use.
         self.register_buffer("assignment", torch.full((0,), -1, dtype=torch.long))

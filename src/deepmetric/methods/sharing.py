@@ -26,11 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from pytorch_metric_learning import losses, miners
 from torch import nn
 
 from deepmetric.methods.base import BatchConfig, Method, MethodParams, class_balanced_batches, register
-from deepmetric.methods.baselines import MarginParams
+from deepmetric.methods.baselines import MarginParams, distance_weighted_miner, margin_loss
 
 
 class SharingParams(MarginParams):
@@ -148,15 +147,10 @@ class SharingMethod(Method):
         super().__init__(params, backbone, embedding_dim, num_classes)
         self.shared_head = nn.Linear(backbone.feature_dim, params.shared_dim)
         self.adversary = AdversarialDecorrelation(params.shared_dim, embedding_dim, params.adv_hidden)
-        self.class_criterion = losses.MarginLoss(
-            margin=params.margin, nu=0, beta=params.beta, learn_beta=params.learn_beta,
-            num_classes=num_classes if params.learn_beta else None,
-        )
+        self.class_criterion = margin_loss(params, num_classes)
         # surrogate labels are arbitrary group ids: one (learnable) β for the shared loss
-        self.shared_criterion = losses.MarginLoss(margin=params.margin, nu=0, beta=params.beta,
-                                                  learn_beta=params.learn_beta)
-        self.miner = miners.DistanceWeightedMiner(cutoff=params.dw_cutoff,
-                                                  nonzero_loss_cutoff=params.dw_nonzero_loss_cutoff)
+        self.shared_criterion = margin_loss(params, None)
+        self.miner = distance_weighted_miner(params)
 
     @classmethod
     def backbone_options(cls, params: MethodParams) -> dict[str, Any]:
