@@ -100,7 +100,8 @@ def make_onnx(payload: dict[str, Any], exporter: str = "torchscript") -> bytes:
 
 
 def make_bundle(dest: Path, root: Path, manifest: pd.DataFrame, onnx_bytes: bytes,
-                index: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None) -> Path:
+                index: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                bundle: dict[str, Any] | None = None) -> Path:
     """Build a bundle folder at ``dest`` through the real index + bundle code and the catalog's dataset."""
     from deepmetric.index.config import IndexParams
     from deepmetric.index.gallery import build_gallery_index
@@ -110,6 +111,6 @@ def make_bundle(dest: Path, root: Path, manifest: pd.DataFrame, onnx_bytes: byte
 
     data, ids, report = build_gallery_index(onnx_bytes, manifest, root, IndexParams(**(index or {})))
     files = build_bundle(onnx_bytes, data, ids, metrics or {"recall@1": 0.5, "map@r": 0.25, "nmi": 0.4},
-                         BundleParams(), index_report=report, dataset="glyphs")
+                         BundleParams(**(bundle or {})), index_report=report, dataset="glyphs", image_root=str(root))
     FileTreeDataset(str(dest)).save(files)
     return Path(dest)

@@ -23,4 +23,4 @@ def make_bundle(
     data_cfg = parse_params(DataParams, data, "data")
     params = parse_params(BundleParams, bundle, "bundle")
     return build_bundle(onnx_model, faiss_index, index_ids, metrics, params, index_report=index_report,
-                        dataset=data_cfg.dataset)
+                        dataset=data_cfg.dataset, image_root=str(data_cfg.root), max_pixels=data_cfg.max_pixels)

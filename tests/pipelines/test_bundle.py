@@ -37,7 +37,9 @@ def test_export_index_bundle_chain(work):
     folder = tmp / "data/09_deploy/bundle"
     b = load_bundle(folder)
     m = b.manifest
-    assert sorted(p.name for p in folder.iterdir()) == ["ids.parquet", "index.faiss", "manifest.json", "model.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["ids.parquet", "index.faiss", "manifest.json", "model.onnx",
+                                                         "thumbnails-00000.parquet"]
+    assert m["thumbnails"]["count"] == b.gallery_size and m["thumbnails"]["format"] == "webp"
     assert m["files"]["model.onnx"] == __import__("hashlib").sha256((tmp / "data/06_models/model.onnx").read_bytes()).hexdigest()
     assert m["index_factory"] == "HNSW8" and m["dataset"] == "glyphs" and m["method"] == "margin"
     assert m["accepted_on"] == {k: float(v) for k, v in METRICS.items()}

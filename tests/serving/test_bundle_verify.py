@@ -14,7 +14,7 @@ from deepmetric.serving.bundle import MANIFEST_FILE, BundleError, build_bundle, 
 from deepmetric.serving.config import BundleParams
 from tests.deploy_fixtures import EMBED_DIM, make_bundle, make_dataset, onnx_model
 
-FILES = ["model.onnx", "index.faiss", "ids.parquet", "manifest.json"]
+FILES = ["model.onnx", "index.faiss", "ids.parquet", "manifest.json", "thumbnails-00000.parquet"]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_bundle_loads_and_manifest_is_complete(built):
     b = load_bundle(bundle_dir)
     m = b.manifest
     assert sorted(p.name for p in bundle_dir.iterdir()) == sorted(FILES)
-    for name in FILES[:3]:
+    for name in FILES[:3] + FILES[4:]:
         assert m["files"][name] == sha256((bundle_dir / name).read_bytes())
     assert m["model_version"] == m["files"]["model.onnx"][:12] and m["index_version"] == m["files"]["index.faiss"][:12]
     assert m["embedding_dim"] == EMBED_DIM == b.dim and m["metric"] == "inner_product" and m["normalized"]
@@ -82,7 +82,8 @@ def _rewrite_manifest(folder, **changes):
 
     m = json.loads((folder / MANIFEST_FILE).read_text())
     m.update(changes)
-    m["files"] = {n: sha256((folder / n).read_bytes()) for n in B.PAYLOAD_FILES}
+    thumbs = tuple(m["thumbnails"]["files"]) if m.get("thumbnails") else ()
+    m["files"] = {n: sha256((folder / n).read_bytes()) for n in B.PAYLOAD_FILES + thumbs}
     m["manifest_sha256"] = sha256(B._canonical(m))
     (folder / MANIFEST_FILE).write_text(json.dumps(m))
 
@@ -125,7 +126,8 @@ def test_build_refuses_mismatches_and_unaccepted_models(built):
         build_bundle(onnx_bytes, index_bytes, ids.iloc[:10], metrics, BundleParams())
     with pytest.raises(BundleError, match="dimension 8 != index dimension 16"):
         build_bundle(onnx_model(8), index_bytes, ids, metrics, BundleParams())
-    files = build_bundle(onnx_bytes, index_bytes, ids, metrics, BundleParams(accepted_on=["map@r"], release="r1"))
+    files = build_bundle(onnx_bytes, index_bytes, ids, metrics, BundleParams(accepted_on=["map@r"], release="r1"),
+                         image_root=str(root))
     m = json.loads(files["manifest.json"])
     assert m["accepted_on"] == {"map@r": 0.3} and m["release"] == "r1"
 

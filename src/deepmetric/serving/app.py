@@ -3,17 +3,25 @@
 ``GET /healthz``, ``GET /v1/info``, ``POST /v1/embed``, ``POST /v1/search?k=10``; images come as one or more
 multipart files in the field ``image`` and go through the evaluation transform (`open_image` + `eval_image`),
 the same code as evaluation and index building. Every refusal is a 4xx with ``{"error": code, "message": …}``.
+
+For people: ``GET /`` is the search page (`static/`: plain HTML/CSS/JS, package data), fed by
+``GET /v1/thumbnails/{id}`` (the bundle's gallery thumbnails) and ``GET /v1/examples``; ``/docs`` (Swagger UI)
+and ``/redoc`` render ``/openapi.json`` with assets served by the app itself (the fastapi-offline package), so
+nothing is fetched from a CDN.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -25,6 +33,34 @@ from deepmetric.serving.config import ServerSettings
 
 BUNDLE_ENV = "DEEPMETRIC_BUNDLE"
 FIELD = "image"
+STATIC_DIR = Path(__file__).with_name("static")
+# The page loads only its own files (and blob: previews of the query): a CDN reference would be blocked.
+PAGE_CSP = ("default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+            "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+_IMAGES_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": [FIELD],
+            "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
+                                   "description": "one or more image files (JPEG, PNG, WebP, …)"}},
+        }}},
+    },
+    "responses": {"4XX": {"description": "refused: `{\"error\": code, \"message\": text}`"}},
+}
+_K_PARAM = {"name": "k", "in": "query", "required": False, "description": "neighbours per image (1 … gallery size)",
+            "schema": {"type": "integer", "minimum": 1, "default": 10}}
+
+
+def _docs_assets() -> Path | None:
+    """Swagger UI / ReDoc files shipped by the fastapi-offline package (None when it is not installed)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("fastapi_offline")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(list(spec.submodule_search_locations)[0]) / "static"
+    return folder if (folder / "swagger-ui-bundle.js").is_file() else None
 
 
 class ApiError(Exception):
@@ -77,7 +113,9 @@ def _classify(err: ImageDecodeError, name: str) -> ApiError:
 def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAPI:
     settings = settings or ServerSettings()
     app = FastAPI(title="deepmetric", version=str(bundle.manifest.get("model_version")),
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  description="Image retrieval over a deepmetric deploy bundle: embed images with the bundle's ONNX "
+                              "model, search its faiss gallery. The search page is at `/`.",
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.bundle = bundle
     app.state.settings = settings
 
@@ -170,7 +208,56 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAP
     async def info() -> dict[str, Any]:
         return {**bundle.manifest, "limits": settings.model_dump()}
 
-    @app.post("/v1/embed")
+    page = (STATIC_DIR / "index.html").read_bytes()
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    assets = _docs_assets()
+    if assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
+
+    @app.get("/", include_in_schema=False)
+    async def index_page() -> Response:
+        return HTMLResponse(page, headers={"Content-Security-Policy": PAGE_CSP, "Cache-Control": "no-cache"})
+
+    @app.get("/docs", include_in_schema=False)
+    async def swagger() -> Response:
+        if assets is None:
+            raise ApiError(404, "not_found", "API docs need the fastapi-offline package (pip install fastapi-offline)")
+        return get_swagger_ui_html(openapi_url="/openapi.json", title="deepmetric API",
+                                   swagger_js_url="/docs-assets/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-assets/swagger-ui.css",
+                                   swagger_favicon_url="/static/favicon.svg",
+                                   swagger_ui_parameters={"validatorUrl": None})
+
+    @app.get("/redoc", include_in_schema=False)
+    async def redoc() -> Response:
+        if assets is None:
+            raise ApiError(404, "not_found", "API docs need the fastapi-offline package (pip install fastapi-offline)")
+        return get_redoc_html(openapi_url="/openapi.json", title="deepmetric API",
+                              redoc_js_url="/docs-assets/redoc.standalone.js", redoc_favicon_url="/static/favicon.svg",
+                              with_google_fonts=False)
+
+    @app.get("/v1/thumbnails/{item}", response_class=Response,
+             responses={200: {"content": {"image/webp": {}, "image/jpeg": {}}, "description": "the thumbnail"}})
+    async def thumbnail(item: int) -> Response:
+        """The gallery thumbnail of one id (from the bundle; 404 when the bundle has none)."""
+        if bundle.thumbnails is None:
+            raise ApiError(404, "no_thumbnails", "this bundle was built without thumbnails "
+                           "(bundle.thumbnails.enabled: false)")
+        data = bundle.thumbnails.get(item)
+        if data is None:
+            raise ApiError(404, "not_found", f"no thumbnail for id {item} (the gallery has ids 0..{bundle.thumbnails.count - 1})")
+        return Response(data, media_type=bundle.thumbnails.media_type,
+                        headers={"Cache-Control": "public, max-age=86400",
+                                 "ETag": f'"{bundle.manifest.get("index_version")}-{item}"'})
+
+    @app.get("/v1/examples")
+    async def examples(n: int = 8) -> dict[str, Any]:
+        """A few gallery items from different classes (evenly spread), for the page's example queries."""
+        if not 1 <= n <= 64:
+            raise ApiError(422, "invalid_n", f"n must be in [1, 64], got {n}")
+        return {"thumbnails": bundle.thumbnails is not None, "examples": bundle.examples(n)}
+
+    @app.post("/v1/embed", openapi_extra=_IMAGES_BODY)
     async def embed(request: Request) -> dict[str, Any]:
         files = await _images(request)
 
@@ -184,7 +271,7 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAP
             "embeddings": [{"image": name, "embedding": [float(v) for v in row]} for (name, _), row in zip(files, emb)],
         }
 
-    @app.post("/v1/search")
+    @app.post("/v1/search", openapi_extra={**_IMAGES_BODY, "parameters": [_K_PARAM]})
     async def search(request: Request) -> dict[str, Any]:
         k = _k(request)
         files = await _images(request)

@@ -1,8 +1,9 @@
 """The deploy bundle: build it (the `bundle` stage) and load + verify it (the server and the CLI).
 
-Layout (docs/architecture.md): ``model.onnx``, ``index.faiss``, ``ids.parquet``, ``manifest.json``. The
+Layout (docs/architecture.md): ``model.onnx``, ``index.faiss``, ``ids.parquet``, ``manifest.json`` and, unless
+``bundle.thumbnails.enabled`` is false, gallery thumbnails in ``thumbnails-NNNNN.parquet`` shards. The
 manifest lists the sha256 of every other file and carries ``manifest_sha256``: the sha256 of its own
-canonical JSON without that key, so a changed byte in any of the four files is caught.
+canonical JSON without that key, so a changed byte in any file is caught.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from deepmetric.serving.config import BundleParams
+from deepmetric.serving.thumbnails import SHARD_PATTERN, ThumbnailError, Thumbnails, build_thumbnail_shards
 
 FORMAT = "deepmetric-bundle/1"
 MODEL_FILE, INDEX_FILE, IDS_FILE, MANIFEST_FILE = "model.onnx", "index.faiss", "ids.parquet", "manifest.json"
@@ -92,8 +94,11 @@ def build_bundle(
     index_report: Mapping[str, Any] | None = None,
     dataset: str | None = None,
     created: str | None = None,
+    image_root: str | None = None,
+    max_pixels: int = 40_000_000,
 ) -> dict[str, bytes]:
-    """``{relpath: bytes}`` for the `deploy_bundle` FileTreeDataset, checked as `load_bundle` will check it."""
+    """``{relpath: bytes}`` for the `deploy_bundle` FileTreeDataset, checked as `load_bundle` will check it.
+    ``image_root``: the dataset folder the ids' paths are relative to (for the thumbnails)."""
     from deepmetric.index.build import deserialize_index
     from deepmetric.index.embedder import OnnxEmbedder
 
@@ -111,7 +116,11 @@ def build_bundle(
         raise BundleError(IDS_FILE, f"{len(ids)} ids for {index.ntotal} index vectors")
     buf = io.BytesIO()
     ids.to_parquet(buf, index=False)
+    accepted = _accepted(metrics, params)  # the gate first: no thumbnail work for a model that will not ship
     files = {MODEL_FILE: onnx_bytes, INDEX_FILE: index_bytes, IDS_FILE: buf.getvalue()}
+    thumbs = _thumbnails(ids, image_root, params, max_pixels)
+    if thumbs is not None:
+        files.update(thumbs[1])
     report = dict(index_report or {})
     meta = embedder.session.get_modelmeta().custom_metadata_map
     manifest: dict[str, Any] = {
@@ -131,13 +140,36 @@ def build_bundle(
         "gallery_size": int(index.ntotal),
         "method": embedder.method,
         "dataset": dataset,
-        "accepted_on": _accepted(metrics, params),
+        "accepted_on": accepted,
         "index_report": {k: report[k] for k in report if k.startswith("recall@")},
         "versions": _versions(meta.get("deepmetric.torch")),
+        "thumbnails": thumbs[0] if thumbs is not None else None,
     }
     manifest["manifest_sha256"] = sha256(_canonical(manifest))
     files[MANIFEST_FILE] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
     return files
+
+
+def _thumbnails(ids: pd.DataFrame, image_root: str | None, params: BundleParams,
+                max_pixels: int) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    """(manifest entry, shard files) of the gallery thumbnails, or None when `bundle.thumbnails.enabled` is false."""
+    t = params.thumbnails
+    if not t.enabled:
+        return None
+    if image_root is None:
+        raise BundleError("thumbnails", "bundle.thumbnails.enabled is true but no dataset root was given to read "
+                          "the gallery images from (set bundle.thumbnails.enabled: false to build without)")
+    from deepmetric.data.images import ImageDecodeError
+
+    try:
+        shards = build_thumbnail_shards(list(ids["path"].astype(str)), image_root, size=t.size, fmt=t.format,
+                                        quality=t.quality, shard_items=t.shard_items, max_pixels=max_pixels)
+    except (ImageDecodeError, OSError, ValueError) as e:
+        raise BundleError("thumbnails", f"cannot make a gallery thumbnail: {e} (the dataset under {image_root} must "
+                          "be the one the index was built from; or set bundle.thumbnails.enabled: false)") from None
+    info = {"format": t.format, "size": t.size, "quality": t.quality, "shard_items": t.shard_items,
+            "count": len(ids), "files": list(shards), "bytes": sum(len(v) for v in shards.values())}
+    return info, shards
 
 
 @dataclass
@@ -149,6 +181,7 @@ class Bundle:
     embedder: Any
     index: Any
     ids: pd.DataFrame
+    thumbnails: Thumbnails | None = None
     _labels: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -170,6 +203,14 @@ class Bundle:
 
     def embed(self, images: np.ndarray) -> np.ndarray:
         return self.embedder.embed(images)
+
+    def examples(self, n: int) -> list[dict[str, Any]]:
+        """Up to ``n`` gallery items of different classes, evenly spread over the classes in id order (the first
+        item of each chosen class)."""
+        first = self.ids.drop_duplicates("label")
+        if len(first) > n:
+            first = first.iloc[np.unique(np.linspace(0, len(first) - 1, n).round().astype(int))]
+        return [{"id": int(r.id), "label": int(r.label), "class_name": str(r.class_name)} for r in first.itertuples()]
 
     def search(self, embeddings: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
         if not 1 <= k <= self.gallery_size:
@@ -204,9 +245,21 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     if want != sha256(_canonical(manifest)):
         raise BundleError(MANIFEST_FILE, "content does not match its manifest_sha256 (edited or corrupted)")
     files = manifest.get("files")
-    if not isinstance(files, dict) or set(files) != set(PAYLOAD_FILES):
-        raise BundleError(MANIFEST_FILE, f"'files' must list exactly {list(PAYLOAD_FILES)}")
+    expected = set(PAYLOAD_FILES) | set(_thumbnail_files(manifest))
+    if not isinstance(files, dict) or set(files) != expected:
+        raise BundleError(MANIFEST_FILE, f"'files' must list exactly {sorted(expected)}")
     return manifest
+
+
+def _thumbnail_files(manifest: Mapping[str, Any]) -> list[str]:
+    """The thumbnail shards the manifest declares (plain names of the expected pattern, nothing else)."""
+    info = manifest.get("thumbnails")
+    if info is None:
+        return []
+    names = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) and SHARD_PATTERN.match(n) for n in names):
+        raise BundleError(MANIFEST_FILE, "'thumbnails.files' must be a list of thumbnails-NNNNN.parquet names")
+    return names
 
 
 def load_bundle(root: str | Path, threads: int = 0) -> Bundle:
@@ -218,7 +271,7 @@ def load_bundle(root: str | Path, threads: int = 0) -> Bundle:
     root = Path(root)
     manifest = read_manifest(root)
     blobs: dict[str, bytes] = {}
-    for name in PAYLOAD_FILES:
+    for name in (*PAYLOAD_FILES, *_thumbnail_files(manifest)):
         path = root / name
         if not path.is_file():
             raise BundleError(name, f"missing in {root}")
@@ -258,4 +311,10 @@ def load_bundle(root: str | Path, threads: int = 0) -> Bundle:
             apply_search_params(index, manifest["search_params"])
         except IndexBuildError as e:
             raise BundleError(MANIFEST_FILE, f"search_params do not fit the index: {e}") from None
-    return Bundle(root=root, manifest=manifest, embedder=embedder, index=index, ids=ids)
+    thumbnails = None
+    if manifest.get("thumbnails") is not None:
+        try:
+            thumbnails = Thumbnails(manifest["thumbnails"], blobs, int(index.ntotal))
+        except ThumbnailError as e:
+            raise BundleError("thumbnails", str(e)) from None
+    return Bundle(root=root, manifest=manifest, embedder=embedder, index=index, ids=ids, thumbnails=thumbnails)

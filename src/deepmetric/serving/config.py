@@ -5,7 +5,22 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
+
+
+class ThumbnailParams(BaseModel):
+    """`bundle.thumbnails:` — small gallery images in the bundle, shown by the search page at `/`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # false: no thumbnails (very large galleries); the page then shows ids and class names only.
+    enabled: bool = True
+    size: int = Field(96, ge=16, le=512, description="longest side in pixels (aspect ratio kept, never enlarged)")
+    format: Literal["webp", "jpeg"] = "webp"
+    quality: int = Field(80, ge=1, le=100)
+    shard_items: int = Field(50_000, gt=0, description="thumbnails per parquet shard")
 
 
 class BundleParams(BaseModel):
@@ -18,6 +33,7 @@ class BundleParams(BaseModel):
     # Minimum values a metric must reach for the bundle to be built, e.g. {"map@r": 0.5}. Empty: no gate.
     require: dict[str, float] = Field(default_factory=dict)
     release: str | None = Field(None, description="free-form release name recorded in the manifest")
+    thumbnails: ThumbnailParams = Field(default_factory=ThumbnailParams)
 
 
 ENV_PREFIX = "DEEPMETRIC_"

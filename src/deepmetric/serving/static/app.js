@@ -1,0 +1,222 @@
+// deepmetric search page: plain JavaScript, no library, every request to this server (no CDN).
+"use strict";
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const el = (tag, cls, text) => {
+    const e = document.createElement(tag);
+    if (cls) e.className = cls;
+    if (text !== undefined) e.textContent = text;
+    return e;
+  };
+  const state = { info: null, file: null, name: "", thumbnails: false, previewUrl: null, busy: false };
+
+  // What the API's 4xx error codes mean, in plain words (the API's own message follows as the detail).
+  const PLAIN = {
+    not_an_image: "That file is not an image the server can read.",
+    truncated_image: "That image file is cut short (truncated), so it cannot be decoded.",
+    corrupt_image: "That image file is damaged and cannot be decoded.",
+    image_too_large: "That image has too many pixels for this server.",
+    upload_too_large: "That file is too large to upload to this server.",
+    too_many_images: "Too many images in one request.",
+    invalid_k: "The number of neighbours is out of range.",
+    no_image: "No image was sent.",
+    not_multipart: "The image was not sent as a file upload.",
+    bad_multipart: "The upload was malformed.",
+  };
+
+  function showError(headline, detail) {
+    const box = $("error");
+    box.replaceChildren(el("strong", "", headline));
+    if (detail) box.append(el("span", "", detail));
+    box.hidden = false;
+  }
+  function clearError() { $("error").hidden = true; $("error").replaceChildren(); }
+
+  function fmtInt(n) { return Number(n).toLocaleString("en-US"); }
+
+  async function loadInfo() {
+    try {
+      const r = await fetch("/v1/info");
+      const info = await r.json();
+      state.info = info;
+      state.thumbnails = Boolean(info.thumbnails);
+      const acc = info.accepted_on || {};
+      const parts = [
+        `model ${info.model_version}` + (info.method ? ` (${info.method}` + (info.model_precision ? `, ${info.model_precision}` : "") + ")" : ""),
+        `gallery of ${fmtInt(info.gallery_size)} images` + (info.dataset ? ` (${info.dataset})` : ""),
+        `index ${info.index_factory}`,
+      ];
+      if (typeof acc["map@r"] === "number") parts.push(`MAP@R ${(100 * acc["map@r"]).toFixed(1)}`);
+      if (typeof acc["recall@1"] === "number") parts.push(`Recall@1 ${(100 * acc["recall@1"]).toFixed(1)}`);
+      if (info.release) parts.unshift(`release ${info.release}`);
+      $("model-info").textContent = parts.join(" · ");
+      const k = $("k");
+      k.max = String(info.gallery_size);
+      const def = info.limits && info.limits.default_k;
+      k.value = String(Math.min(def || 10, info.gallery_size));
+      if (state.thumbnails) loadExamples();
+    } catch (e) {
+      $("model-info").textContent = "Could not read the bundle information (/v1/info).";
+    }
+  }
+
+  async function loadExamples() {
+    try {
+      const r = await fetch("/v1/examples?n=8");
+      if (!r.ok) return;
+      const body = await r.json();
+      const list = $("examples");
+      list.replaceChildren();
+      for (const ex of body.examples) {
+        const li = el("li");
+        const b = el("button", "example");
+        b.type = "button";
+        b.setAttribute("aria-label", `Search with gallery image ${ex.id} (${ex.class_name})`);
+        const img = el("img");
+        img.src = `/v1/thumbnails/${ex.id}`;
+        img.alt = "";
+        b.append(img, el("span", "", ex.class_name));
+        b.addEventListener("click", () => useExample(ex));
+        li.append(b);
+        list.append(li);
+      }
+      $("examples-section").hidden = body.examples.length === 0;
+    } catch (e) { /* examples are optional */ }
+  }
+
+  async function useExample(ex) {
+    const r = await fetch(`/v1/thumbnails/${ex.id}`);
+    if (!r.ok) { showError("Could not load that example.", `HTTP ${r.status}`); return; }
+    const blob = await r.blob();
+    setQuery(blob, `gallery #${ex.id} (${ex.class_name}, thumbnail)`);
+  }
+
+  function setQuery(blob, name) {
+    state.file = blob;
+    state.name = name;
+    if (state.previewUrl) URL.revokeObjectURL(state.previewUrl);
+    state.previewUrl = URL.createObjectURL(blob);
+    $("query-img").src = state.previewUrl;
+    $("query-img").alt = `Query image: ${name}`;
+    $("query-name").textContent = name;
+    $("query-preview").hidden = false;
+    $("search-btn").disabled = false;
+    search();
+  }
+
+  function kValue() {
+    const k = Number.parseInt($("k").value, 10);
+    return Number.isFinite(k) ? k : $("k").value;
+  }
+
+  async function search() {
+    if (!state.file || state.busy) return;
+    clearError();
+    state.busy = true;
+    $("search-btn").disabled = true;
+    $("status").textContent = "Searching…";
+    const form = new FormData();
+    form.append("image", state.file, state.name.replace(/[^\w.\- #()]/g, "_") || "query");
+    const k = kValue();
+    const t0 = performance.now();
+    try {
+      const r = await fetch(`/v1/search?k=${encodeURIComponent(k)}`, { method: "POST", body: form });
+      let body = null;
+      try { body = await r.json(); } catch (e) { body = null; }
+      if (!r.ok) {
+        const code = body && body.error;
+        showError(PLAIN[code] || `The server refused the request (HTTP ${r.status}).`, body && body.message);
+        $("grid").replaceChildren();
+        $("status").textContent = "No results.";
+        return;
+      }
+      const ms = Math.round(performance.now() - t0);
+      render(body.results[0].neighbors, ms);
+    } catch (e) {
+      showError("Could not reach the server.", String(e));
+      $("status").textContent = "No results.";
+    } finally {
+      state.busy = false;
+      $("search-btn").disabled = !state.file;
+    }
+  }
+
+  function render(neighbors, ms) {
+    const grid = $("grid");
+    grid.replaceChildren();
+    neighbors.forEach((n, i) => {
+      const li = el("li", "hit");
+      li.dataset.id = String(n.id);
+      li.dataset.label = String(n.label);
+      const fig = el("figure");
+      const thumb = el("div", "thumb");
+      if (state.thumbnails) {
+        const img = el("img");
+        img.src = `/v1/thumbnails/${n.id}`;
+        img.alt = `${n.class_name}, gallery image ${n.id}`;
+        img.loading = "lazy";
+        img.addEventListener("error", () => { thumb.classList.add("noimg"); thumb.replaceChildren(el("span", "", `#${n.id}`)); });
+        thumb.append(img);
+      } else {
+        thumb.classList.add("noimg");
+        thumb.append(el("span", "", `#${n.id}`));
+      }
+      const cap = el("figcaption");
+      const cls = el("span", "cls", n.class_name);
+      cls.title = `${n.class_name} (label ${n.label})\n${n.path}`;
+      const meta = el("span", "meta");
+      meta.append(el("span", "rank", `${i + 1}. id ${n.id}`), el("span", "score", n.score.toFixed(3)));
+      meta.title = "cosine similarity to the query";
+      const bar = el("div", "bar");
+      const fill = el("span");
+      fill.style.width = `${Math.max(0, Math.min(1, n.score)) * 100}%`;
+      bar.append(fill);
+      cap.append(cls, meta, bar);
+      fig.append(thumb, cap);
+      li.append(fig);
+      grid.append(li);
+    });
+    const total = state.info ? fmtInt(state.info.gallery_size) : "?";
+    $("status").textContent = `Top ${neighbors.length} of ${total} gallery images for “${state.name}” (${ms} ms).`;
+  }
+
+  function firstImage(items) {
+    for (const it of items || []) {
+      if (it.kind === "file") {
+        const f = it.getAsFile();
+        if (f) return f;
+      }
+    }
+    return null;
+  }
+
+  function wire() {
+    const file = $("file");
+    $("choose").addEventListener("click", () => file.click());
+    file.addEventListener("change", () => {
+      if (file.files && file.files[0]) setQuery(file.files[0], file.files[0].name);
+      file.value = "";
+    });
+    const drop = $("drop");
+    ["dragenter", "dragover"].forEach((t) => drop.addEventListener(t, (e) => { e.preventDefault(); drop.classList.add("over"); }));
+    ["dragleave", "drop"].forEach((t) => drop.addEventListener(t, () => drop.classList.remove("over")));
+    drop.addEventListener("drop", (e) => {
+      e.preventDefault();
+      const f = e.dataTransfer && e.dataTransfer.files && e.dataTransfer.files[0];
+      if (f) setQuery(f, f.name);
+    });
+    // a drop outside the zone must not navigate away from the page
+    window.addEventListener("dragover", (e) => e.preventDefault());
+    window.addEventListener("drop", (e) => e.preventDefault());
+    document.addEventListener("paste", (e) => {
+      const f = firstImage(e.clipboardData && e.clipboardData.items);
+      if (f) { e.preventDefault(); setQuery(f, f.name || "pasted image"); }
+    });
+    $("search-form").addEventListener("submit", (e) => { e.preventDefault(); search(); });
+    $("k").addEventListener("change", () => search());
+  }
+
+  wire();
+  loadInfo();
+})();

@@ -1,0 +1,89 @@
+"""Gallery thumbnails in the bundle: written by the bundle code, checksummed, sharded, optional."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+from deepmetric.serving.bundle import MANIFEST_FILE, BundleError, build_bundle, load_bundle, sha256
+from deepmetric.serving.config import BundleParams
+from tests.deploy_fixtures import make_bundle, make_dataset, onnx_model
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("thumbs")
+    root = tmp / "data"
+    return tmp, root, make_dataset(root)
+
+
+def test_thumbnails_are_small_images_in_gallery_order(data):
+    tmp, root, manifest = data
+    folder = make_bundle(tmp / "b", root, manifest, onnx_model())
+    b = load_bundle(folder)
+    info = b.manifest["thumbnails"]
+    assert info["files"] == ["thumbnails-00000.parquet"] and info["count"] == b.gallery_size == 36
+    assert b.manifest["files"]["thumbnails-00000.parquet"] == sha256((folder / "thumbnails-00000.parquet").read_bytes())
+    assert b.thumbnails.media_type == "image/webp"
+    for i in (0, 17, 35):
+        img = Image.open(io.BytesIO(b.thumbnails.get(i)))
+        assert img.format == "WEBP"
+        original = Image.open(root / b.ids["path"][i])
+        assert img.size == original.size  # 40×36 fits in 96 px: never enlarged
+        # the thumbnail of id i is the image of id i (its dominant colour)
+        assert _mean_colour(img) == pytest.approx(_mean_colour(original.convert("RGB")), abs=8)
+    assert b.thumbnails.get(36) is None and b.thumbnails.get(-1) is None
+
+
+def _mean_colour(img):
+    px = list(img.convert("RGB").getdata())
+    return [sum(p[c] for p in px) / len(px) for c in range(3)]
+
+
+def test_shards_jpeg_and_size(data):
+    tmp, root, manifest = data
+    folder = make_bundle(tmp / "sharded", root, manifest, onnx_model(),
+                         bundle={"thumbnails": {"shard_items": 10, "format": "jpeg", "size": 20}})
+    b = load_bundle(folder)
+    assert b.manifest["thumbnails"]["files"] == [f"thumbnails-0000{i}.parquet" for i in range(4)]
+    img = Image.open(io.BytesIO(b.thumbnails.get(25)))
+    assert img.format == "JPEG" and max(img.size) == 20 and b.thumbnails.media_type == "image/jpeg"
+
+
+def test_disabled_means_no_files_and_no_dataset_needed(data, tmp_path):
+    tmp, root, manifest = data
+    folder = make_bundle(tmp / "off", root, manifest, onnx_model(), bundle={"thumbnails": {"enabled": False}})
+    assert not list(folder.glob("thumbnails-*"))
+    b = load_bundle(folder)
+    assert b.manifest["thumbnails"] is None and b.thumbnails is None
+
+
+def test_unreadable_gallery_image_names_it(data, tmp_path):
+    tmp, root, manifest = data
+    copy = tmp_path / "data"
+    shutil.copytree(root, copy)
+    victim = manifest[manifest["split"] == "test"]["path"].iloc[3]
+    (copy / victim).write_bytes(b"not a png")
+    good = make_bundle(tmp_path / "b", root, manifest, onnx_model(), bundle={"thumbnails": {"enabled": False}})
+    with pytest.raises(BundleError, match="thumbnails") as err:
+        build_bundle(onnx_model(), (good / "index.faiss").read_bytes(), pd.read_parquet(good / "ids.parquet"), {},
+                     BundleParams(), image_root=str(copy))
+    assert victim.split("/")[-1] in str(err.value) and "enabled: false" in str(err.value)
+
+
+def test_manifest_cannot_name_other_files_as_thumbnails(data, tmp_path):
+    import deepmetric.serving.bundle as B
+
+    tmp, root, manifest = data
+    folder = make_bundle(tmp_path / "b", root, manifest, onnx_model())
+    m = json.loads((folder / MANIFEST_FILE).read_text())
+    m["thumbnails"]["files"] = ["../../etc/passwd"]
+    m["manifest_sha256"] = sha256(B._canonical(m))
+    (folder / MANIFEST_FILE).write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="thumbnails-NNNNN.parquet"):
+        load_bundle(folder)
