@@ -100,3 +100,71 @@ def test_serving_path_imports_no_training_stack(bundle):
     assert out.returncode == 0, out.stderr
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert not loaded & TRAINING_STACK, f"the serving path imported {sorted(loaded & TRAINING_STACK)}"
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow  # ~100 s (pip install from its cache / PyPI); .ci/run runs it after `make test`
+@pytest.mark.skipif(shutil.which("git") is None, reason="needs git to list the tracked sources")
+def test_wheel_installed_with_the_serve_extra_serves_a_bundle(bundle, tmp_path):
+    """Build the wheel from the tracked sources, `pip install -c constraints.txt "<wheel>[serve]"` into a fresh
+    venv (pip reuses its cache; PyPI fills the rest), then use only that venv's `deepmetric`."""
+    folder, root, manifest = bundle
+    src = tmp_path / "src"
+    tracked = subprocess.run(["git", "ls-files", "pyproject.toml", "README.md", "src", "pipelines"], cwd=REPO,
+                             capture_output=True, text=True, check=True).stdout.split()
+    for rel in tracked:
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / rel, src / rel)
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(src)], check=True, timeout=300)
+    (wheel,) = (tmp_path / "dist").glob("deepmetric-*.whl")
+    import zipfile
+
+    assert "deepmetric/serving/static/index.html" in zipfile.ZipFile(wheel).namelist()
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    pip = subprocess.run([str(venv / "bin/pip"), "install", "--disable-pip-version-check", "-q", "-c",
+                          str(REPO / "constraints.txt"), f"{wheel}[serve]"], capture_output=True, text=True, timeout=900)
+    assert pip.returncode == 0, pip.stdout + pip.stderr
+    py, cli = str(venv / "bin/python"), str(venv / "bin/deepmetric")
+    absent = subprocess.run([py, "-c", "import importlib.util as u; print([m for m in ('torch', 'kedro', 'dvc', "
+                             "'torchvision', 'great_expectations') if u.find_spec(m)])"], capture_output=True,
+                            text=True, check=True)
+    assert absent.stdout.strip() == "[]", f"the [serve] install pulled in {absent.stdout}"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    info = subprocess.run([cli, "info", "--bundle", str(folder)], capture_output=True, text=True, env=env,
+                          cwd=tmp_path, timeout=120)
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["gallery_size"] == 36
+    query = root / manifest[manifest["split"] == "test"]["path"].iloc[5]
+    found = subprocess.run([cli, "search", "--bundle", str(folder), str(query), "-k", "2"], capture_output=True,
+                           text=True, env=env, cwd=tmp_path, timeout=120)
+    assert found.returncode == 0, found.stderr
+    top = json.loads(found.stdout)["results"][0]["neighbors"][0]
+    assert top["path"] == manifest[manifest["split"] == "test"]["path"].iloc[5] and top["score"] > 0.999
+    port = _free_port()
+    server = subprocess.Popen([cli, "serve", "--bundle", str(folder), "--port", str(port), "--log-level", "warning"],
+                              env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                with urllib.request.urlopen(base + "/healthz", timeout=5):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, server.stdout.read().decode()
+                time.sleep(0.3)
+        for path in ("/", "/docs", "/static/app.js", "/v1/thumbnails/0"):
+            with urllib.request.urlopen(base + path, timeout=30) as r:
+                assert r.status == 200, path
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
