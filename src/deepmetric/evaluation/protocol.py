@@ -37,6 +37,8 @@ class EvaluateConfig(BaseModel):
     baselines: bool = Field(True, description="also evaluate raw pixels and the untrained/pretrained-only net")
     pixel_size: int | None = Field(None, gt=0, description="raw-pixel baseline resolution (null: the crop)")
     device: str = "auto"
+    processes: int = Field(1, ge=0, description="processes embedding the test split, each a contiguous shard "
+                                                "(0: one per CPU core; with CUDA, one per GPU in turn)")
     progress: bool = True
     grid: GridConfig = Field(default_factory=GridConfig)
 
@@ -66,10 +68,11 @@ def zero_shot_split(manifest: pd.DataFrame, dataset: str) -> TestSplit:
 
 
 def embed_split(fn: Callable[[torch.Tensor], torch.Tensor], split: TestSplit, root: str, spec: InputSpec,
-                batch_size: int, device: torch.device, progress: bool, desc: str):
+                batch_size: int, device: torch.device, progress: bool, desc: str, processes: int = 1):
     def run(df: pd.DataFrame, what: str) -> np.ndarray:
         ds = ManifestImages(root, df["path"], spec)
-        return embed_dataset(fn, ds, batch_size, device, progress=progress, desc=f"{desc} {what}")
+        return embed_dataset(fn, ds, batch_size, device, progress=progress, desc=f"{desc} {what}",
+                             processes=processes)
 
     q = run(split.query, "queries")
     g = run(split.gallery, "gallery") if split.gallery is not None else None
@@ -101,19 +104,19 @@ def evaluate_model(
     split = zero_shot_split(manifest, dataset)
     method = method.to(device)
     q, g = embed_split(method_embedder(method, spec.mean, spec.std), split, root, spec, cfg.batch_size, device,
-                       cfg.progress, "trained")
+                       cfg.progress, "trained", cfg.processes)
     metrics = score(q, g, split, cfg.nmi_seed)
     metrics["num_queries"] = int(len(split.query))
     metrics["num_gallery"] = int(len(split.gallery) if split.gallery is not None else len(split.query))
     baselines: dict[str, dict[str, float]] = {}
     if cfg.baselines:
         pq, pg = embed_split(pixel_embedder(cfg.pixel_size), split, root, spec, cfg.batch_size, device,
-                             cfg.progress, "pixels")
+                             cfg.progress, "pixels", cfg.processes)
         baselines["pixels"] = score(pq, pg, split, cfg.nmi_seed)
         if untrained is not None:
             untrained = untrained.to(device)
             uq, ug = embed_split(method_embedder(untrained, spec.mean, spec.std), split, root, spec,
-                                 cfg.batch_size, device, cfg.progress, untrained_name)
+                                 cfg.batch_size, device, cfg.progress, untrained_name, cfg.processes)
             baselines[untrained_name] = score(uq, ug, split, cfg.nmi_seed)
         baselines["trained"] = {k: v for k, v in metrics.items() if not k.startswith("num_")}
     return metrics, baselines, {"split": split, "query": q, "gallery": g}

@@ -30,7 +30,10 @@ class IndexParams(BaseModel):
     ef_construction: int | None = Field(None, gt=0)
     seed: int = 0
     batch_size: int = Field(64, gt=0, description="images per onnxruntime call while embedding the gallery")
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: its default)")
+    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads (0: its default; with processes > 1, "
+                                              "the cores shared out between the processes)")
+    processes: int = Field(1, ge=0, description="processes embedding the gallery, each a contiguous shard of the "
+                                                "manifest, concatenated in order (0: one per CPU core)")
     # Report: recall of the chosen index against exact (flat) search, on at most `eval_queries` query images.
     recall_ks: list[int] = Field(default_factory=lambda: [1, 10])
     eval_queries: int = Field(1000, gt=0)

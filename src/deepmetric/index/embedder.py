@@ -48,3 +48,23 @@ class OnnxEmbedder:
         if not out:
             return np.zeros((0, getattr(self, "dim", 0)), dtype=np.float32)
         return np.concatenate(out).astype(np.float32, copy=False)
+
+
+# --- the gallery in shards: each worker process holds one session and embeds contiguous ranges of rows --------
+_WORKER: dict[str, Any] = {}
+
+
+def init_shard_worker(onnx_bytes: bytes, threads: int, root: str, paths: list[str], max_pixels: int,
+                      batch_size: int) -> None:
+    _WORKER.update(embedder=OnnxEmbedder(onnx_bytes, threads=threads), root=root, paths=paths,
+                   max_pixels=max_pixels, batch_size=batch_size)
+
+
+def embed_shard(start: int, stop: int) -> np.ndarray:
+    from deepmetric.export.images import iter_batches
+
+    w = _WORKER
+    emb: OnnxEmbedder = w["embedder"]
+    parts = [emb.embed(b, w["batch_size"])
+             for b in iter_batches(w["root"], w["paths"][start:stop], emb.spec, w["max_pixels"], w["batch_size"])]
+    return np.concatenate(parts) if parts else np.zeros((0, emb.dim), dtype=np.float32)

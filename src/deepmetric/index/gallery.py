@@ -13,7 +13,8 @@ import pandas as pd
 from deepmetric.export.images import iter_batches, spaced_subset, test_rows
 from deepmetric.index.build import build_index, evaluate_index, serialize_index
 from deepmetric.index.config import IndexParams
-from deepmetric.index.embedder import OnnxEmbedder
+from deepmetric.index.embedder import OnnxEmbedder, embed_shard, init_shard_worker
+from deepmetric.parallel import resolve_workers, run_sharded, threads_per_worker
 
 GALLERY_ROLES = ("gallery", "both")
 QUERY_ROLES = ("query", "both")
@@ -27,6 +28,19 @@ def embed_rows(embedder: OnnxEmbedder, rows: pd.DataFrame, root: str | os.PathLi
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
 
 
+def embed_gallery(onnx_bytes: bytes, embedder: OnnxEmbedder, rows: pd.DataFrame, root: str | os.PathLike[str],
+                  params: IndexParams, max_pixels: int) -> np.ndarray:
+    """The rows' embeddings in row order: serially, or with ``params.processes`` worker processes, each
+    embedding contiguous batch-aligned shards (the same batches as the serial path), concatenated in order."""
+    processes = resolve_workers(params.processes)
+    if processes == 1 or len(rows) <= params.batch_size:
+        return embed_rows(embedder, rows, root, params.batch_size, max_pixels)
+    threads = params.threads or threads_per_worker(processes)
+    return run_sharded(embed_shard, len(rows), params.batch_size, processes, initializer=init_shard_worker,
+                       initargs=(onnx_bytes, threads, str(root), [str(p) for p in rows["path"]], max_pixels,
+                                 params.batch_size))
+
+
 def build_gallery_index(
     onnx_bytes: bytes, manifest: pd.DataFrame, root: str | os.PathLike[str], params: IndexParams,
     max_pixels: int = 40_000_000,
@@ -37,7 +51,7 @@ def build_gallery_index(
     embedder = OnnxEmbedder(onnx_bytes, threads=params.threads)
     gallery_rows = test_rows(manifest, GALLERY_ROLES)
     t0 = time.perf_counter()
-    x = embed_rows(embedder, gallery_rows, root, params.batch_size, max_pixels)
+    x = embed_gallery(onnx_bytes, embedder, gallery_rows, root, params, max_pixels)
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     index = build_index(x, params.factory, params.search.as_dict(), params.ef_construction, params.seed)
@@ -71,6 +85,7 @@ def build_gallery_index(
         "embed_seconds": round(embed_s, 3),
         "build_seconds": round(build_s, 3),
         "embedded_with": "onnxruntime CPUExecutionProvider",
+        "embed_processes": resolve_workers(params.processes),
         "faiss": faiss.__version__,
         "cpu": platform.processor() or platform.machine(),
         "threads": faiss.omp_get_max_threads(),
@@ -79,4 +94,4 @@ def build_gallery_index(
     return data, ids, report
 
 
-__all__ = ["GALLERY_ROLES", "ID_COLUMNS", "build_gallery_index", "embed_rows", "spaced_subset"]
+__all__ = ["GALLERY_ROLES", "ID_COLUMNS", "build_gallery_index", "embed_gallery", "embed_rows", "spaced_subset"]
