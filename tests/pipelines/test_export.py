@@ -63,3 +63,52 @@ def test_model_params_must_match_the_model_file(work):
     p["model"] = {**p["model"], "crop": 24}
     with pytest.raises(Exception, match="model.crop"):
         run_stage("export", tmp, p)
+
+
+def test_int8_export_then_index_and_bundle_record_it(work):
+    """export.precision: int8 → model.onnx is the quantized graph (a quarter of the size), export.json carries
+    the int8-vs-fp32 report, and the index + bundle stages take it unchanged; the bundle says which model it
+    carries and serves it with the same code. (The model is untrained, so the accuracy limits are opened here;
+    the limits themselves are tested below.)"""
+    from deepmetric.export.onnx_export import read_metadata
+    from deepmetric.serving.bundle import load_bundle
+
+    tmp, root = work
+    int8 = {"mode": "static", "calibration_images": 8, "timing_repeats": 2, "max_map_drop": 1.0, "max_recall_drop": 1.0}
+    params = {**_params(root, precision="int8", int8=int8), "index": load_params("index")["index"],
+              "bundle": {**load_params("bundle")["bundle"], "thumbnails": {"enabled": False}}}
+    run_stage("export", tmp, params)
+    report = json.loads((tmp / "data/08_reporting/export.json").read_text())
+    q = report["int8"]
+    assert report["precision"] == "int8" and q["passed"] and q["mode"] == "static" and q["images"] == 36
+    assert q["size_ratio"] < 0.35 and q["cosine_fp32_int8_min"] > 0.95
+    assert set(q["latency_b1_ms"]) == {"fp32", "int8"} and q["bytes_int8"] == (tmp / "data/06_models/model.onnx").stat().st_size
+    meta = read_metadata((tmp / "data/06_models/model.onnx").read_bytes())
+    assert meta["precision"] == "int8" and meta["quantization"].startswith("static") and json.loads(meta["input"])["crop"] == 32
+    from deepmetric.io.datasets import JSONDataset
+
+    JSONDataset(str(tmp / "data/08_reporting/metrics.json")).save({"map@r": 0.5})
+    run_stage("index", tmp, params)
+    run_stage("bundle", tmp, params)
+    b = load_bundle(tmp / "data/09_deploy/bundle")
+    assert b.manifest["model_precision"] == "int8" and b.manifest["model_quantization"].startswith("static")
+    assert b.gallery_size == 36 and b.dim == 16
+
+
+def test_int8_accuracy_limits():
+    from deepmetric.export.config import Int8Params
+    from deepmetric.export.quantize import QuantizationError
+    from deepmetric.export.stage import check_int8
+
+    def report(r1, mapr):
+        return {"images": 100, "fp32": {"recall@1": 0.9, "map@r": 0.6}, "int8": {"recall@1": r1, "map@r": mapr},
+                "recall@1_drop_points": 100 * (0.9 - r1), "map@r_drop_points": 100 * (0.6 - mapr)}
+
+    ok = report(0.896, 0.595)
+    check_int8(ok, Int8Params(max_map_drop=0.005, max_recall_drop=0.005))
+    assert ok["passed"]
+    with pytest.raises(QuantizationError, match=r"map@r dropped 1.00 points \(fp32 60.00 → int8 59.00\), more than "
+                                               r"export.int8.max_map_drop = 0.005"):
+        check_int8(report(0.9, 0.59), Int8Params(max_map_drop=0.005))
+    with pytest.raises(QuantizationError, match="recall@1 dropped"):
+        check_int8(report(0.85, 0.6), Int8Params())

@@ -139,6 +139,8 @@ def build_bundle(
         "search_params": report.get("search_params", {}),
         "gallery_size": int(index.ntotal),
         "method": embedder.method,
+        "model_precision": meta.get("deepmetric.precision", "fp32"),
+        "model_quantization": meta.get("deepmetric.quantization"),
         "dataset": dataset,
         "accepted_on": accepted,
         "index_report": {k: report[k] for k in report if k.startswith("recall@")},
