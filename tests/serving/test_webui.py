@@ -19,7 +19,7 @@ from tests import browser
 pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # session scope, first argument: checked before the servers are built
 def ctx():
     reason = browser.missing()
     if reason:
@@ -162,3 +162,17 @@ def test_without_thumbnails_the_page_shows_ids(ctx, page_server_without_thumbnai
     assert page.eval_on_selector_all("#grid img", "els => els.length") == 0
     assert page.inner_text("#grid li .thumb") == f"#{hits[0]['id']}"
     page.close()
+
+
+def test_api_docs_render_offline(ctx, page_server):
+    """/docs (Swagger UI) renders the OpenAPI description with only the server's own assets."""
+    base, *_ = page_server
+    for path, ready in (("/docs", ".swagger-ui .opblock-summary-path"),):
+        page = ctx.new_page()
+        outside = []
+        page.on("request", lambda r: outside.append(r.url) if not r.url.startswith((base, "blob:", "data:")) else None)
+        page.goto(base + path)
+        page.wait_for_selector(ready)
+        assert "/v1/search" in page.inner_text("body"), path
+        assert not outside, f"{path} requested other hosts: {outside}"
+        page.close()

@@ -6,8 +6,8 @@ the same code as evaluation and index building. Every refusal is a 4xx with ``{"
 
 For people: ``GET /`` is the search page (`static/`: plain HTML/CSS/JS, package data), fed by
 ``GET /v1/thumbnails/{id}`` (the bundle's gallery thumbnails) and ``GET /v1/examples``; ``/docs`` (Swagger UI)
-and ``/redoc`` render ``/openapi.json`` with assets served by the app itself (the fastapi-offline package), so
-nothing is fetched from a CDN.
+renders ``/openapi.json`` with assets served by the app itself (the fastapi-offline package), so nothing is
+fetched from a CDN. (No ReDoc page: its bundle loads a logo from its vendor's CDN.)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
@@ -53,7 +53,7 @@ _K_PARAM = {"name": "k", "in": "query", "required": False, "description": "neigh
 
 
 def _docs_assets() -> Path | None:
-    """Swagger UI / ReDoc files shipped by the fastapi-offline package (None when it is not installed)."""
+    """Swagger UI files shipped by the fastapi-offline package (None when it is not installed)."""
     import importlib.util
 
     spec = importlib.util.find_spec("fastapi_offline")
@@ -227,14 +227,6 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAP
                                    swagger_css_url="/docs-assets/swagger-ui.css",
                                    swagger_favicon_url="/static/favicon.svg",
                                    swagger_ui_parameters={"validatorUrl": None})
-
-    @app.get("/redoc", include_in_schema=False)
-    async def redoc() -> Response:
-        if assets is None:
-            raise ApiError(404, "not_found", "API docs need the fastapi-offline package (pip install fastapi-offline)")
-        return get_redoc_html(openapi_url="/openapi.json", title="deepmetric API",
-                              redoc_js_url="/docs-assets/redoc.standalone.js", redoc_favicon_url="/static/favicon.svg",
-                              with_google_fonts=False)
 
     @app.get("/v1/thumbnails/{item}", response_class=Response,
              responses={200: {"content": {"image/webp": {}, "image/jpeg": {}}, "description": "the thumbnail"}})

@@ -177,6 +177,8 @@
       li.append(fig);
       grid.append(li);
     });
+    // on a narrow screen the results sit below the query: bring them into view
+    if (window.matchMedia("(max-width: 760px)").matches) $("results").scrollIntoView({ block: "start" });
     const total = state.info ? fmtInt(state.info.gallery_size) : "?";
     $("status").textContent = `Top ${neighbors.length} of ${total} gallery images for “${state.name}” (${ms} ms).`;
   }
