@@ -18,6 +18,7 @@ def evaluate(
     data_cfg = parse_params(DataParams, data, "data")
     cfg = parse_params(EvaluateConfig, evaluate, "evaluate")
     method, spec = load_model(trained_model)
+    limits = {"max_pixels": data_cfg.max_pixels, "max_aspect_ratio": data_cfg.max_aspect_ratio}
     untrained, name = None, "untrained"
     if cfg.baselines:
         # The same network as training started from: same seed, same (pretrained) weights.
@@ -28,8 +29,8 @@ def evaluate(
         seed_everything(tcfg.seed)
         untrained = build_method(tcfg, params, trained_model["num_classes"]).eval()
     metrics, baselines, grid = evaluate_model(
-        method, untrained, name, manifest, data_cfg.root, data_cfg.dataset, spec, cfg
+        method, untrained, name, manifest, data_cfg.root, data_cfg.dataset, spec, cfg, limits
     )
     metrics["best_epoch"] = int(trained_model.get("best_epoch", -1))
-    png = retrieval_grid_png(grid, data_cfg.root, spec, cfg.grid)
+    png = retrieval_grid_png(grid, data_cfg.root, spec, cfg.grid, limits)
     return metrics, baselines, png

@@ -15,4 +15,4 @@ def ingest(data: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     cfg = parse_params(DataParams, data, "data")
     records = read_dataset(cfg.dataset, cfg.root, cfg)
     return build_manifest(records, cfg.root, bad_files=cfg.bad_files, max_pixels=cfg.max_pixels,
-                          workers=cfg.workers)
+                          workers=cfg.workers, max_aspect_ratio=cfg.max_aspect_ratio)

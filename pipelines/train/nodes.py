@@ -18,5 +18,5 @@ def train_model(
     cfg, params = parse_train(train)
     spec = parse_params(InputConfig, model, "model")
     result = fit(manifest, data_cfg.root, cfg, params, spec, checkpoint_dir=checkpoint_dir,
-                 max_pixels=data_cfg.max_pixels)
+                 max_pixels=data_cfg.max_pixels, max_aspect_ratio=data_cfg.max_aspect_ratio)
     return result.payload, result.log_csv()

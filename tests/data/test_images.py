@@ -6,7 +6,14 @@ import os
 import pytest
 from PIL import Image
 
-from deepmetric.data.images import ImageDecodeError, PathEscapeError, image_size, open_image, safe_join
+from deepmetric.data.images import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    PathEscapeError,
+    image_size,
+    open_image,
+    safe_join,
+)
 from tests.data.layouts import png_bytes
 
 
@@ -100,3 +107,77 @@ def test_safe_join_refuses_escapes(tmp_path):
     os.symlink(tmp_path / "outside.png", root / "a" / "link.png")
     with pytest.raises(PathEscapeError, match="outside the dataset root"):
         safe_join(root, "a/link.png")
+
+
+def _thin_png(size: tuple[int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", size, 200).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_thin_images_refused_from_the_header_quoting_the_limit():
+    # 1×100,000 in ~300 bytes: within any pixel limit, but 64×6,400,000 once its short side is resized to 64.
+    for size in [(1, 100_000), (2_000_000, 1)]:
+        data = _thin_png(size)
+        assert len(data) < 10_000
+        for fn in (open_image, image_size):
+            with pytest.raises(ImageTooLargeError, match=r"aspect ratio of [\d,]+:1, above the limit of 100:1 "
+                                                         r"\(parameter max_aspect_ratio\)") as e:
+                fn(data, name="thin.png")
+            assert e.value.path == "thin.png"
+    with pytest.raises(ImageTooLargeError, match="limit of 20:1"):
+        open_image(png_bytes((30, 1)), max_aspect_ratio=20)
+    assert open_image(png_bytes((20, 1)), max_aspect_ratio=20).size == (20, 1)
+
+
+def test_pillow_bomb_check_quotes_the_configured_limit():
+    # Pillow refuses > MAX_IMAGE_PIXELS itself, inside Image.open, before our own check: the message must
+    # still quote our limit, not Pillow's 178,956,970.
+    huge = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 1_000_000
+        with pytest.raises(ImageTooLargeError) as e:
+            open_image(png_bytes((3000, 1000), 0, mode="L"), max_pixels=500_000)
+        assert "limit of 500,000 (parameter max_pixels)" in e.value.reason and "3,000,000 pixels" in e.value.reason
+        assert "2000000" not in e.value.reason and "178" not in e.value.reason
+    finally:
+        Image.MAX_IMAGE_PIXELS = huge
+
+
+_MEMORY_PROBE = r"""
+import io, json, sys
+from PIL import Image
+from deepmetric.data.images import ImageDecodeError
+from deepmetric.data.transforms import InputSpec, eval_image, load_eval_image
+
+def png(size):
+    buf = io.BytesIO(); Image.new("L", size, 200).save(buf, "PNG"); return buf.getvalue()
+
+out = []
+for size in [(1, 100_000), (1, 2_000_000)]:
+    data = png(size)
+    for aspect in (100, None):  # with the aspect check off, the resize bound must still refuse
+        try:
+            load_eval_image(data, InputSpec(resize=64, crop=64), max_aspect_ratio=aspect, name="thin.png")
+            out.append("accepted")
+        except ImageDecodeError as e:
+            out.append(str(e))
+peak_kb = int([l for l in open("/proc/self/status") if l.startswith("VmHWM")][0].split()[1])
+print(json.dumps({"messages": out, "peak_mb": peak_kb / 1024}))
+"""
+
+
+def test_thin_images_cost_bounded_memory():
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _MEMORY_PROBE], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert len(res["messages"]) == 4 and not any(m == "accepted" for m in res["messages"])
+    assert all(m.startswith("thin.png: refused") for m in res["messages"]), res["messages"]
+    assert "limit of 100:1 (parameter max_aspect_ratio)" in res["messages"][0]
+    assert "above the limit of 40,000,000 (parameter max_pixels)" in res["messages"][1]
+    # Before the fix: 1.5 GB for the first image, ~25 GB for the second. Python + Pillow + numpy is ~60 MB.
+    assert res["peak_mb"] < 200, res

@@ -73,3 +73,14 @@ def test_parallel_probe_matches_serial(tmp_path):
     par = probe_files(tmp_path, paths, workers=2, progress=False)
     ser = probe_files(tmp_path, paths, workers=1, progress=False)
     assert par == ser and par[7][3] == "file not found" and par[0][:2] == (8, 8)
+
+
+def test_thin_image_in_a_dataset_is_a_bad_file_named_with_the_limit(tmp_path):
+    root = make_cub(tmp_path / "cub")
+    df = read_dataset("cub", root)
+    (root / df.path.iloc[0]).write_bytes(png_bytes((1, 100_000), 0, mode="L"))
+    with pytest.raises(BadFilesError) as e:
+        build_manifest(df, root, progress=False)
+    assert f"{df.path.iloc[0]}: refused as too thin" in str(e.value) and "limit of 100:1" in str(e.value)
+    with pytest.raises(BadFilesError, match="limit of 50:1"):
+        build_manifest(df, root, progress=False, max_aspect_ratio=50)

@@ -42,3 +42,13 @@ def test_train_transform_shape_and_no_flip_for_glyphs():
     assert any(flips(img)[:, :, -1].float().mean() < 50 for _ in range(20))
     with pytest.raises(ValueError, match="scale"):
         train_transform(InputSpec(), scale=(0.0, 1.0))
+
+
+def test_resize_intermediate_is_bounded_before_resizing():
+    from deepmetric.data.images import ImageTooLargeError
+
+    thin = Image.new("RGB", (1, 5000))  # shorter side 1 → 64: 64×320,000 = 20.5 Mpx
+    with pytest.raises(ImageTooLargeError, match=r"64x320000 = 20,480,000 pixels, above the limit of 1,000,000 "
+                                                 r"\(parameter max_pixels\)"):
+        eval_image(thin, InputSpec(resize=64, crop=64), max_pixels=1_000_000)
+    assert eval_image(thin, InputSpec(resize=64, crop=64)).shape == (64, 64, 3)  # default limit: 40 Mpx

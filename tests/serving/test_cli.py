@@ -57,3 +57,32 @@ def test_bad_image_bad_k_bad_bundle(env, tmp_path):
     assert proc.returncode == 3 and "-k must be in [1, 36]" in proc.stderr
     proc = cli("info", "--bundle", str(tmp_path))
     assert proc.returncode == 2 and "manifest.json" in proc.stderr
+
+
+def test_search_refuses_a_thin_image_naming_the_limit(env, tmp_path):
+    from PIL import Image
+
+    *_, bundle = env
+    thin = tmp_path / "thin.png"
+    Image.new("L", (1, 100_000)).save(thin)
+    proc = cli("search", "--bundle", str(bundle), str(thin))
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr, proc.stderr
+    assert "thin.png" in proc.stderr and "limit of 100:1 (parameter max_aspect_ratio)" in proc.stderr
+    proc = cli("search", "--bundle", str(bundle), str(thin), "--max-aspect-ratio", "0.5")
+    assert proc.returncode == 3 and "max_aspect_ratio" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_bad_port_and_busy_port_are_clear_errors(env):
+    import socket
+
+    *_, bundle = env
+    proc = cli("serve", "--bundle", str(bundle), "--port", "99999")
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert "argument --port: must be in [0, 65535]" in proc.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = cli("serve", "--bundle", str(bundle), "--port", str(port))
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr, proc.stderr

@@ -88,6 +88,9 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
+env_pid: list[int] = []  # the module server's process id (it serves in-process with one worker)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("server")
@@ -95,6 +98,7 @@ def env(tmp_path_factory):
     manifest = make_dataset(root)
     bundle = make_bundle(tmp / "bundle", root, manifest, onnx_model())
     proc, base = start_server(bundle)
+    env_pid[:] = [proc.pid]
     yield base, bundle, root, manifest
     stop(proc)
 
@@ -181,6 +185,62 @@ def test_bad_inputs_get_4xx_and_the_service_stays_up(env):
     assert post_images(base, f"/v1/search?k={gallery}", [("image", "ok.png", good)])[0] == 200
     _expect(request(base, "GET", "/nope"), 404, "not_found")
     _expect(request(base, "GET", "/v1/search"), 405, "method_not_allowed")
+    assert request(base, "GET", "/healthz")[0] == 200
+
+
+def raw_http(base: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send ``data`` as is on a fresh connection; the status, headers and body of the answer."""
+    host, port = base.rsplit("/", 1)[-1].split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as s:
+        s.sendall(data)
+        s.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := s.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(ln.split(": ", 1) for ln in lines[1:])
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+def test_unparseable_request_gets_the_json_error_shape(env):
+    base, *_ = env
+    status, headers, body = raw_http(base, b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n"
+                                           b"Content-Type: multipart/form-data; boundary=b\r\n\r\n")
+    assert status == 400 and headers["content-type"] == "application/json"
+    err = json.loads(body)
+    assert err["error"] == "bad_request" and "Content-Length" in err["message"]
+    assert request(base, "GET", "/healthz")[0] == 200
+
+
+def test_unterminated_multipart_is_bad_multipart(env):
+    base, _, root, manifest = env
+    good = (root / manifest["path"][0]).read_bytes()
+    body, ctype = multipart([("image", "a.png", good)])
+    closing = body.rindex(b"--")  # the final "--BOUNDARY--\r\n" starts 2 bytes before the boundary
+    for cut in (body[: body.rindex(b"\r\n--")], body[: len(body) // 2], body[:closing]):
+        _expect(request(base, "POST", "/v1/search?k=2", cut, ctype), 400, "bad_multipart", "not terminated")
+    _expect(request(base, "POST", "/v1/embed", body, "multipart/form-data"), 400, "bad_multipart", "boundary")
+    assert request(base, "POST", "/v1/search?k=2", body, ctype)[0] == 200
+
+
+def _peak_rss_mb(pid: int) -> float:
+    return int([ln for ln in open(f"/proc/{pid}/status") if ln.startswith("VmHWM")][0].split()[1]) / 1024
+
+
+def test_thin_images_refused_with_bounded_server_memory(env):
+    # 1×100,000 (a 300-byte PNG) passes the pixel limit; before the fix it cost the server 5 s and 1.5 GB.
+    base, *_ = env
+    pid = env_pid[0]
+    before = _peak_rss_mb(pid)
+    thin = png_bytes(Image.new("L", (1, 100_000), 200))
+    wide = png_bytes(Image.new("L", (2_000_000, 1), 200))
+    for path in ["/v1/embed", "/v1/search?k=2"]:
+        _expect(post_images(base, path, [("image", "thin.png", thin)]), 413, "image_too_large", "thin.png",
+                "limit of 100:1 (parameter max_aspect_ratio)")
+        _expect(post_images(base, path, [("image", "wide.png", wide)]), 413, "image_too_large", "wide.png",
+                f"limit of {MAX_PIXELS:,} (parameter max_pixels)")
+    assert _peak_rss_mb(pid) - before < 50
     assert request(base, "GET", "/healthz")[0] == 200
 
 

@@ -158,3 +158,21 @@ def test_empty_dataframe_does_not_crash(tmp_path):
                       for c in ("path", "label", "class_name", "split", "role", "width", "height", "sha256", "dataset")})
     report = validate_manifest(m, tmp_path, "glyphs", {}, progress=False)
     assert not report["success"] and "train and test splits present" in report["failed"]
+
+
+def test_thin_image_fails_validation_naming_the_file_and_limit(cub, tmp_path):
+    import io
+    import shutil
+
+    from PIL import Image
+
+    root = tmp_path / "copy"
+    shutil.copytree(cub[0], root)
+    m = cub[1].copy()
+    buf = io.BytesIO()
+    Image.new("L", (100_000, 1)).save(buf, "PNG")
+    (root / m.path.iloc[2]).write_bytes(buf.getvalue())
+    report = validate_manifest(m, root, "cub", NO_COUNTS, progress=False)
+    assert report["failed"] == ["files present and decodable"]
+    summary = failure_summary(report)
+    assert m.path.iloc[2] in summary and "limit of 100:1 (parameter max_aspect_ratio)" in summary, summary

@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deepmetric.data.contract import DATASETS
+from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, PILLOW_MAX_PIXELS
 
 __all__ = ["DataParams", "ParamsError", "parse_params"]
 
@@ -33,8 +34,12 @@ class DataParams(BaseModel):
     # What ingest does with an unreadable image: "fail" (stop, listing every bad file) or "drop" (warn,
     # leave it out and count it in data/08_reporting/ingest.json).
     bad_files: Literal["fail", "drop"] = "fail"
-    # Images with more pixels than this are refused as decompression bombs.
-    max_pixels: int = Field(default=40_000_000, gt=0)
+    # Images with more pixels than this are refused as decompression bombs (at most Pillow's own limit,
+    # which it enforces first); also the limit on the transform's resized intermediate.
+    max_pixels: int = Field(default=40_000_000, gt=0, le=PILLOW_MAX_PIXELS)
+    # Images whose longer side exceeds this many times the shorter one are refused (from the header, before
+    # decoding): resizing a thin image's short side up would create an intermediate of unbounded size.
+    max_aspect_ratio: float = Field(default=DEFAULT_MAX_ASPECT_RATIO, ge=1)
     # Parallel decode workers for ingest (0: one per CPU core).
     workers: int = Field(default=0, ge=0)
 

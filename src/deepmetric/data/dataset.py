@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deepmetric.data.images import DEFAULT_MAX_PIXELS, open_image, safe_join
+from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, open_image, safe_join
 from deepmetric.data.transforms import InputSpec, eval_image
 
 
@@ -24,12 +24,14 @@ class ManifestImages(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         cache: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
     ) -> None:
         self.root = root
         self.paths = list(paths)
         self.spec = spec
         self.transform = transform
         self.max_pixels = max_pixels
+        self.max_aspect_ratio = max_aspect_ratio
         self._cache: dict[int, Image.Image] | None = {} if cache else None
 
     def __len__(self) -> int:
@@ -38,7 +40,7 @@ class ManifestImages(torch.utils.data.Dataset):
     def image(self, i: int) -> Image.Image:
         if self._cache is not None and i in self._cache:
             return self._cache[i]
-        img = open_image(safe_join(self.root, self.paths[i]), self.max_pixels)
+        img = open_image(safe_join(self.root, self.paths[i]), self.max_pixels, max_aspect_ratio=self.max_aspect_ratio)
         if self._cache is not None:
             self._cache[i] = img
         return img
@@ -54,4 +56,4 @@ class ManifestImages(torch.utils.data.Dataset):
         img = self.image(i)
         if self.transform is not None:
             return self.transform(img)
-        return torch.from_numpy(np.ascontiguousarray(eval_image(img, self.spec).transpose(2, 0, 1)))
+        return torch.from_numpy(np.ascontiguousarray(eval_image(img, self.spec, self.max_pixels).transpose(2, 0, 1)))

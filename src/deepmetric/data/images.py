@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import struct
 import warnings
 from pathlib import Path, PurePosixPath
@@ -18,11 +19,22 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 #: Default pixel limit (width × height) above which a file is treated as a decompression bomb.
 DEFAULT_MAX_PIXELS = 40_000_000
+#: Default limit on the longer side / shorter side. A thin image (1×100,000 pixels in a 500-byte PNG) passes any
+#: pixel limit, but resizing its shorter side up to the model's input would create a huge intermediate
+#: (64×6,400,000 pixels); it is refused from its header, before decoding.
+DEFAULT_MAX_ASPECT_RATIO = 100.0
+#: The most a configured ``max_pixels`` may be: Pillow refuses larger images itself (``Image.MAX_IMAGE_PIXELS``,
+#: as a warning that deepmetric turns into an error) before deepmetric's own check could run.
+PILLOW_MAX_PIXELS = int(Image.MAX_IMAGE_PIXELS or 89_478_485)
 
 __all__ = [
+    "DEFAULT_MAX_ASPECT_RATIO",
     "DEFAULT_MAX_PIXELS",
     "ImageDecodeError",
+    "ImageTooLargeError",
+    "PILLOW_MAX_PIXELS",
     "PathEscapeError",
+    "check_aspect_ratio",
     "image_size",
     "open_image",
     "safe_join",
@@ -36,6 +48,35 @@ class ImageDecodeError(ValueError):
         self.path = None if path is None else str(path)
         self.reason = reason
         super().__init__(f"{self.path or '<bytes>'}: {reason}")
+
+
+class ImageTooLargeError(ImageDecodeError):
+    """An image refused for the work it would cost (too many pixels, too thin), before that work is done.
+    The reason quotes the configured limit and the parameter that sets it."""
+
+
+def check_aspect_ratio(label: str | None, size: tuple[int, int], max_aspect_ratio: float | None) -> None:
+    """Refuse a ``(width, height)`` whose longer side exceeds ``max_aspect_ratio`` × the shorter side."""
+    w, h = size
+    if min(w, h) < 1:
+        raise ImageDecodeError(label, f"corrupt image data (size {w}x{h})")
+    if max_aspect_ratio is not None and max(w, h) > max_aspect_ratio * min(w, h):
+        raise ImageTooLargeError(
+            label,
+            f"refused as too thin: {w}x{h} has an aspect ratio of {max(w, h) / min(w, h):,.0f}:1, above the "
+            f"limit of {max_aspect_ratio:,g}:1 (parameter max_aspect_ratio)",
+        )
+
+
+def _bomb(label: str, pixels: int | None, size: tuple[int, int] | None, max_pixels: int | None) -> ImageTooLargeError:
+    """The refusal message quotes the limit that applied: the configured ``max_pixels``, or Pillow's own
+    (when none is configured, or when Pillow's is the lower one)."""
+    what = f"{size[0]}x{size[1]} = {pixels:,} pixels" if size else (f"{pixels:,} pixels" if pixels else "the image")
+    if max_pixels is not None and (pixels is None or pixels > max_pixels):
+        limit, param = max_pixels, "parameter max_pixels"
+    else:
+        limit, param = int(Image.MAX_IMAGE_PIXELS or PILLOW_MAX_PIXELS), "Pillow's Image.MAX_IMAGE_PIXELS"
+    return ImageTooLargeError(label, f"refused as a decompression bomb: {what} exceeds the limit of {limit:,} ({param})")
 
 
 class PathEscapeError(ValueError):
@@ -101,8 +142,10 @@ def _read(path_or_bytes, name: str | None) -> tuple[bytes, str]:
         raise ImageDecodeError(label, f"cannot read file ({e.strerror or e})") from None
 
 
-def _decode(data: bytes, label: str, max_pixels: int | None) -> Image.Image:
-    """Open and fully decode ``data`` (catches truncation), refusing bombs before decoding."""
+def _decode(data: bytes, label: str, max_pixels: int | None,
+            max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO) -> Image.Image:
+    """Open and fully decode ``data`` (catches truncation), refusing bombs and thin images from the header,
+    before decoding."""
     if not data:
         raise ImageDecodeError(label, "empty file (0 bytes)")
     try:
@@ -112,18 +155,17 @@ def _decode(data: bytes, label: str, max_pixels: int | None) -> Image.Image:
             img = Image.open(io.BytesIO(data))
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
-                raise ImageDecodeError(
-                    label,
-                    f"refused as a decompression bomb: {w}x{h} = {w * h:,} pixels exceeds the limit of "
-                    f"{max_pixels:,} (parameter max_pixels)",
-                )
+                raise _bomb(label, w * h, (w, h), max_pixels)
+            check_aspect_ratio(label, (w, h), max_aspect_ratio)
             img.load()  # full decode: catches truncated data
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError(label, f"not an image file (unrecognised format, {len(data)} bytes)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(label, f"refused as a decompression bomb: {e}") from None
+        # Pillow's own check ran first (in Image.open): quote the configured limit, not Pillow's.
+        found = re.search(r"\((\d+) pixels\)", str(e))
+        raise _bomb(label, int(found.group(1)) if found else None, None, max_pixels) from None
     except OSError as e:
         msg = str(e)
         if "truncated" in msg.lower() or "end of file" in msg.lower():
@@ -142,11 +184,12 @@ def image_size(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     *,
     name: str | None = None,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> tuple[int, int]:
     """``(width, height)`` after EXIF orientation, after fully decoding the file (same checks and errors
     as :func:`open_image`, without the cost of rotating and converting the pixels)."""
     data, label = _read(path_or_bytes, name)
-    img = _decode(data, label, max_pixels)
+    img = _decode(data, label, max_pixels, max_aspect_ratio)
     w, h = img.size
     try:
         orientation = img.getexif().get(0x0112, 1)
@@ -160,15 +203,18 @@ def open_image(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     *,
     name: str | None = None,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> Image.Image:
     """Decode a file path or raw bytes into an RGB image, EXIF orientation applied.
 
-    ``max_pixels`` (``None``: no limit) refuses images with more pixels as decompression bombs, before
-    decoding them. ``name`` is used in error messages for bytes input (e.g. an upload's file name).
-    Raises :class:`ImageDecodeError` for missing, empty, truncated and non-image input.
+    ``max_pixels`` (``None``: Pillow's limit) refuses images with more pixels as decompression bombs, and
+    ``max_aspect_ratio`` (``None``: no limit) images whose longer side is more than that many times the
+    shorter one, both from the header, before decoding (:class:`ImageTooLargeError`). ``name`` is used in
+    error messages for bytes input (e.g. an upload's file name). Raises :class:`ImageDecodeError` for
+    missing, empty, truncated and non-image input.
     """
     data, label = _read(path_or_bytes, name)
-    img = _decode(data, label, max_pixels)
+    img = _decode(data, label, max_pixels, max_aspect_ratio)
     try:
         img = ImageOps.exif_transpose(img) or img
         out = _to_rgb(img)

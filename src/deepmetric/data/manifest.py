@@ -23,7 +23,14 @@ from typing import Any
 import pandas as pd
 
 from deepmetric.data.contract import MANIFEST_COLUMNS
-from deepmetric.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, PathEscapeError, image_size, safe_join
+from deepmetric.data.images import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_PIXELS,
+    ImageDecodeError,
+    PathEscapeError,
+    image_size,
+    safe_join,
+)
 
 __all__ = ["BadFilesError", "build_manifest", "probe_files"]
 
@@ -43,7 +50,8 @@ class BadFilesError(ValueError):
         super().__init__(f"{len(bad)} bad image file(s) under {root}:\n{listed}{more}{hint}")
 
 
-def _probe_one(root: str, rel: str, max_pixels: int | None) -> tuple[int, int, str, str | None]:
+def _probe_one(root: str, rel: str, max_pixels: int | None,
+               max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO) -> tuple[int, int, str, str | None]:
     """``(width, height, sha256, error)`` for one listed file."""
     try:
         path = safe_join(root, rel)
@@ -59,14 +67,15 @@ def _probe_one(root: str, rel: str, max_pixels: int | None) -> tuple[int, int, s
         return 0, 0, "", f"cannot read file ({e.strerror or e})"
     digest = hashlib.sha256(data).hexdigest()
     try:
-        w, h = image_size(data, max_pixels, name=rel)
+        w, h = image_size(data, max_pixels, name=rel, max_aspect_ratio=max_aspect_ratio)
     except ImageDecodeError as e:
         return 0, 0, digest, e.reason
     return w, h, digest, None
 
 
-def _probe_chunk(root: str, rels: Sequence[str], max_pixels: int | None) -> list[tuple[int, int, str, str | None]]:
-    return [_probe_one(root, rel, max_pixels) for rel in rels]
+def _probe_chunk(root: str, rels: Sequence[str], max_pixels: int | None,
+                 max_aspect_ratio: float | None) -> list[tuple[int, int, str, str | None]]:
+    return [_probe_one(root, rel, max_pixels, max_aspect_ratio) for rel in rels]
 
 
 def probe_files(
@@ -76,6 +85,7 @@ def probe_files(
     workers: int = 0,
     desc: str = "decoding images",
     progress: bool | None = None,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> list[tuple[int, int, str, str | None]]:
     """Decode and hash every path (relative to ``root``); returns ``(width, height, sha256, error)`` per path
     in input order (``error`` None for a good file). Parallel over ``workers`` processes (0: all cores)."""
@@ -92,12 +102,12 @@ def probe_files(
     try:
         if workers == 1 or len(paths) <= 4 * _CHUNK:
             for rel in paths:
-                out.append(_probe_one(root, rel, max_pixels))
+                out.append(_probe_one(root, rel, max_pixels, max_aspect_ratio))
                 bar.update(1)
         else:
             chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_probe_chunk, root, c, max_pixels) for c in chunks]
+                futures = [pool.submit(_probe_chunk, root, c, max_pixels, max_aspect_ratio) for c in chunks]
                 for fut, c in zip(futures, chunks):
                     out.extend(fut.result())
                     bar.update(len(c))
@@ -113,6 +123,7 @@ def build_manifest(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     workers: int = 0,
     progress: bool | None = None,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Add ``width``, ``height``, ``sha256`` to a reader's rows; returns ``(manifest, report)``.
 
@@ -125,7 +136,8 @@ def build_manifest(
         raise ValueError(f"reader output lacks column(s) {', '.join(missing)}")
     t0 = time.perf_counter()
     paths = records["path"].astype(str).tolist()
-    results = probe_files(root, paths, max_pixels=max_pixels, workers=workers, progress=progress)
+    results = probe_files(root, paths, max_pixels=max_pixels, workers=workers, progress=progress,
+                          max_aspect_ratio=max_aspect_ratio)
     escapes = [(p, err[len("ESCAPE:"):]) for p, (_, _, _, err) in zip(paths, results)
                if err and err.startswith("ESCAPE:")]
     if escapes:

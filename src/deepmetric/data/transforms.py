@@ -13,10 +13,18 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
+from deepmetric.data.images import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_PIXELS,
+    ImageTooLargeError,
+    open_image,
+)
+
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "eval_image", "resize_shorter", "train_transform"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "eval_image", "load_eval_image", "resize_shorter",
+           "train_transform"]
 
 
 class InputSpec(BaseModel):
@@ -51,8 +59,13 @@ class InputSpec(BaseModel):
         return self
 
 
-def resize_shorter(img: Image.Image, size: int) -> Image.Image:
-    """Resize so the shorter side is ``size`` (aspect kept, longer side truncated like torchvision)."""
+def resize_shorter(img: Image.Image, size: int, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Resize so the shorter side is ``size`` (aspect kept, longer side truncated like torchvision).
+
+    The resized image is the one intermediate whose size the input does not bound (a thin 1×100,000 image
+    becomes 64×6,400,000): above ``max_pixels`` (``None``: no limit) it is refused *before* resizing, with
+    :class:`~deepmetric.data.images.ImageTooLargeError` quoting the limit.
+    """
     w, h = img.size
     if w <= h:
         new_w, new_h = size, int(size * h / w)
@@ -60,14 +73,21 @@ def resize_shorter(img: Image.Image, size: int) -> Image.Image:
         new_w, new_h = int(size * w / h), size
     if (new_w, new_h) == (w, h):
         return img
+    if max_pixels is not None and new_w * new_h > max_pixels:
+        raise ImageTooLargeError(
+            None,
+            f"refused: resizing {w}x{h} to a shorter side of {size} would make {new_w}x{new_h} = "
+            f"{new_w * new_h:,} pixels, above the limit of {max_pixels:,} (parameter max_pixels)",
+        )
     return img.resize((new_w, new_h), Image.BILINEAR)
 
 
-def eval_image(img: Image.Image, spec: InputSpec) -> np.ndarray:
-    """Evaluation transform: RGB ``PIL.Image`` → ``uint8`` array of shape ``(crop, crop, 3)``."""
+def eval_image(img: Image.Image, spec: InputSpec, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Evaluation transform: RGB ``PIL.Image`` → ``uint8`` array of shape ``(crop, crop, 3)``. No intermediate
+    has more than ``max_pixels`` pixels (see :func:`resize_shorter`)."""
     if img.mode != "RGB":
         img = img.convert("RGB")
-    img = resize_shorter(img, spec.resize)
+    img = resize_shorter(img, spec.resize, max_pixels)
     w, h = img.size
     c = spec.crop
     left = int(round((w - c) / 2.0))
@@ -75,6 +95,25 @@ def eval_image(img: Image.Image, spec: InputSpec) -> np.ndarray:
     if (left, top, w, h) != (0, 0, c, c):
         img = img.crop((left, top, left + c, top + c))
     return np.ascontiguousarray(np.asarray(img, dtype=np.uint8))
+
+
+def load_eval_image(
+    source,
+    spec: InputSpec,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    *,
+    name: str | None = None,
+) -> np.ndarray:
+    """A file path or bytes → the evaluation transform's ``uint8 (crop, crop, 3)``: :func:`open_image` then
+    :func:`eval_image`, with every per-image bound applied (pixels and aspect ratio from the header, before
+    decoding; the resize intermediate before resizing). Errors name the file (or ``name``)."""
+    img = open_image(source, max_pixels, name=name, max_aspect_ratio=max_aspect_ratio)
+    try:
+        return eval_image(img, spec, max_pixels)
+    except ImageTooLargeError as e:
+        label = name or ("<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source))
+        raise ImageTooLargeError(label, e.reason) from None
 
 
 def train_transform(

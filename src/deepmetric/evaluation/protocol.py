@@ -3,7 +3,7 @@ a trained model next to its baselines (raw pixels; the same network untrained / 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +68,11 @@ def zero_shot_split(manifest: pd.DataFrame, dataset: str) -> TestSplit:
 
 
 def embed_split(fn: Callable[[torch.Tensor], torch.Tensor], split: TestSplit, root: str, spec: InputSpec,
-                batch_size: int, device: torch.device, progress: bool, desc: str, processes: int = 1):
+                batch_size: int, device: torch.device, progress: bool, desc: str, processes: int = 1,
+                limits: Mapping[str, Any] | None = None):
+    """``limits``: ``max_pixels`` / ``max_aspect_ratio`` of the data parameters (defaults otherwise)."""
     def run(df: pd.DataFrame, what: str) -> np.ndarray:
-        ds = ManifestImages(root, df["path"], spec)
+        ds = ManifestImages(root, df["path"], spec, **dict(limits or {}))
         return embed_dataset(fn, ds, batch_size, device, progress=progress, desc=f"{desc} {what}",
                              processes=processes)
 
@@ -96,33 +98,36 @@ def evaluate_model(
     dataset: str,
     spec: InputSpec,
     cfg: EvaluateConfig,
+    limits: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, Any]]:
-    """Returns (metrics of the trained model, baselines, what the retrieval grid needs)."""
+    """Returns (metrics of the trained model, baselines, what the retrieval grid needs). ``limits``: the
+    per-image bounds (``max_pixels``, ``max_aspect_ratio``) of the data parameters."""
     from deepmetric.training.loop import resolve_device
 
     device = resolve_device(cfg.device)
     split = zero_shot_split(manifest, dataset)
     method = method.to(device)
     q, g = embed_split(method_embedder(method, spec.mean, spec.std), split, root, spec, cfg.batch_size, device,
-                       cfg.progress, "trained", cfg.processes)
+                       cfg.progress, "trained", cfg.processes, limits)
     metrics = score(q, g, split, cfg.nmi_seed)
     metrics["num_queries"] = int(len(split.query))
     metrics["num_gallery"] = int(len(split.gallery) if split.gallery is not None else len(split.query))
     baselines: dict[str, dict[str, float]] = {}
     if cfg.baselines:
         pq, pg = embed_split(pixel_embedder(cfg.pixel_size), split, root, spec, cfg.batch_size, device,
-                             cfg.progress, "pixels", cfg.processes)
+                             cfg.progress, "pixels", cfg.processes, limits)
         baselines["pixels"] = score(pq, pg, split, cfg.nmi_seed)
         if untrained is not None:
             untrained = untrained.to(device)
             uq, ug = embed_split(method_embedder(untrained, spec.mean, spec.std), split, root, spec,
-                                 cfg.batch_size, device, cfg.progress, untrained_name, cfg.processes)
+                                 cfg.batch_size, device, cfg.progress, untrained_name, cfg.processes, limits)
             baselines[untrained_name] = score(uq, ug, split, cfg.nmi_seed)
         baselines["trained"] = {k: v for k, v in metrics.items() if not k.startswith("num_")}
     return metrics, baselines, {"split": split, "query": q, "gallery": g}
 
 
-def retrieval_grid_png(grid_input: dict[str, Any], root: str, spec: InputSpec, cfg: GridConfig) -> bytes:
+def retrieval_grid_png(grid_input: dict[str, Any], root: str, spec: InputSpec, cfg: GridConfig,
+                       limits: Mapping[str, Any] | None = None) -> bytes:
     """A PNG: sampled queries (left column) and their nearest gallery images, green = same class."""
     import io
 
@@ -131,8 +136,8 @@ def retrieval_grid_png(grid_input: dict[str, Any], root: str, spec: InputSpec, c
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from deepmetric.data.images import open_image, safe_join
-    from deepmetric.data.transforms import eval_image
+    from deepmetric.data.images import safe_join
+    from deepmetric.data.transforms import load_eval_image
     from deepmetric.evaluation.knn import knn
 
     split: TestSplit = grid_input["split"]
@@ -147,7 +152,7 @@ def retrieval_grid_png(grid_input: dict[str, Any], root: str, spec: InputSpec, c
     fig, axes = plt.subplots(len(chosen), k + 1, figsize=(1.3 * (k + 1), 1.4 * len(chosen)), squeeze=False)
 
     def show(ax, df: pd.DataFrame, i: int, colour: str | None, title: str) -> None:
-        img = eval_image(open_image(safe_join(root, df["path"].iloc[i])), spec)
+        img = load_eval_image(safe_join(root, df["path"].iloc[i]), spec, **dict(limits or {}))
         ax.imshow(img)
         ax.set_xticks([])
         ax.set_yticks([])

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO
 from deepmetric.export.images import iter_batches, spaced_subset, test_rows
 from deepmetric.export.onnx_export import ExportModule
 
@@ -57,6 +58,7 @@ def check_parity(
     max_images: int,
     batch_size: int,
     max_pixels: int,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> dict[str, Any]:
     """Embed the same test images (through `eval_image`) with PyTorch and onnxruntime; raise `ParityError`
     when the max abs difference exceeds ``tolerance`` or Recall@1 drops by more than ``recall_tolerance``."""
@@ -66,7 +68,7 @@ def check_parity(
     in_name = session.get_inputs()[0].name
     torch_out, ort_out = [], []
     t_torch = t_ort = 0.0
-    for batch in iter_batches(root, list(rows["path"]), input_cfg, max_pixels, batch_size):
+    for batch in iter_batches(root, list(rows["path"]), input_cfg, max_pixels, batch_size, max_aspect_ratio):
         t0 = time.perf_counter()
         with torch.no_grad():
             torch_out.append(module(torch.from_numpy(batch)).numpy())

@@ -55,9 +55,9 @@ _WORKER: dict[str, Any] = {}
 
 
 def init_shard_worker(onnx_bytes: bytes, threads: int, root: str, paths: list[str], max_pixels: int,
-                      batch_size: int) -> None:
+                      batch_size: int, max_aspect_ratio: float | None = None) -> None:
     _WORKER.update(embedder=OnnxEmbedder(onnx_bytes, threads=threads), root=root, paths=paths,
-                   max_pixels=max_pixels, batch_size=batch_size)
+                   max_pixels=max_pixels, batch_size=batch_size, max_aspect_ratio=max_aspect_ratio)
 
 
 def embed_shard(start: int, stop: int) -> np.ndarray:
@@ -66,5 +66,6 @@ def embed_shard(start: int, stop: int) -> np.ndarray:
     w = _WORKER
     emb: OnnxEmbedder = w["embedder"]
     parts = [emb.embed(b, w["batch_size"])
-             for b in iter_batches(w["root"], w["paths"][start:stop], emb.spec, w["max_pixels"], w["batch_size"])]
+             for b in iter_batches(w["root"], w["paths"][start:stop], emb.spec, w["max_pixels"], w["batch_size"],
+                                   w["max_aspect_ratio"])]
     return np.concatenate(parts) if parts else np.zeros((0, emb.dim), dtype=np.float32)

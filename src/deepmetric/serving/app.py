@@ -26,8 +26,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deepmetric.data.images import ImageDecodeError, open_image
-from deepmetric.data.transforms import eval_image
+from deepmetric.data.images import ImageDecodeError, ImageTooLargeError
+from deepmetric.data.transforms import load_eval_image
 from deepmetric.serving.bundle import Bundle, load_bundle
 from deepmetric.serving.config import ServerSettings
 
@@ -98,10 +98,26 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
+def _check_multipart_framing(ctype: str, body: bytes) -> None:
+    """A boundary in the Content-Type and a close delimiter (``--BOUNDARY--``) in the body. The multipart
+    parser accepts a body cut short and returns the parts it completed (often none), which would otherwise
+    read as "no image"."""
+    from multipart.multipart import parse_options_header
+
+    _, options = parse_options_header(ctype)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise ApiError(400, "bad_multipart", "malformed multipart body: the Content-Type has no boundary parameter")
+    if b"--" + boundary + b"--" not in body:
+        raise ApiError(400, "bad_multipart",
+                       f"malformed multipart body: not terminated (no closing delimiter --{boundary.decode('latin-1')}--;"
+                       f" {len(body):,} bytes received)")
+
+
 def _classify(err: ImageDecodeError, name: str) -> ApiError:
     reason = err.reason
     low = reason.lower()
-    if "decompression bomb" in low:
+    if isinstance(err, ImageTooLargeError) or "decompression bomb" in low:
         return ApiError(413, "image_too_large", f"{name}: {reason}")
     if "truncated" in low:
         return ApiError(400, "truncated_image", f"{name}: {reason}")
@@ -142,6 +158,7 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAP
             raise ApiError(415, "not_multipart",
                            f"send images as multipart/form-data in the field {FIELD!r} (got Content-Type {ctype!r})")
         body = await _read_body(request, settings.max_upload_bytes)
+        _check_multipart_framing(ctype, body)
         sent = False
 
         async def replay() -> dict[str, Any]:
@@ -180,10 +197,10 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAP
         arrays = []
         for name, data in files:
             try:
-                img = open_image(data, settings.max_pixels, name=name)
+                arrays.append(load_eval_image(data, bundle.spec, settings.max_pixels, settings.max_aspect_ratio,
+                                              name=name))
             except ImageDecodeError as e:
                 raise _classify(e, name) from None
-            arrays.append(eval_image(img, bundle.spec))
         return np.stack(arrays)
 
     def _k(request: Request) -> int:

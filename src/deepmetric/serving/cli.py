@@ -19,24 +19,44 @@ EXIT_BAD_BUNDLE = 2
 EXIT_BAD_INPUT = 3
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit with EXIT_BAD_INPUT, so that exit status 2 always means "bundle refused"."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {message}\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, 65535], got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"must be in [0, 65535] (0: any free port), got {port}")
+    return port
+
+
 def _settings_args(p: argparse.ArgumentParser) -> None:
     from deepmetric.serving.config import ServerSettings
 
     d = ServerSettings()
     p.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes, help="request body limit")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="per-image pixel limit (bombs)")
+    p.add_argument("--max-aspect-ratio", type=float, default=d.max_aspect_ratio,
+                   help="longer/shorter side limit (thin images)")
     p.add_argument("--max-images", type=int, default=d.max_images, help="images per request")
     p.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads per worker (0: default)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepmetric", description="Serve and query a deepmetric deploy bundle.")
+    parser = _Parser(prog="deepmetric", description="Serve and query a deepmetric deploy bundle.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="HTTP service over a bundle (FastAPI on uvicorn)")
     serve.add_argument("--bundle", required=True, help="bundle folder (data/09_deploy/bundle)")
     serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--workers", type=int, default=1, help="worker processes, each loads the bundle once")
     serve.add_argument("--log-level", default="info")
     _settings_args(serve)
@@ -45,7 +65,8 @@ def _parser() -> argparse.ArgumentParser:
     search.add_argument("--bundle", required=True)
     search.add_argument("images", nargs="+", metavar="IMAGE")
     search.add_argument("-k", type=int, default=10)
-    search.add_argument("--max-pixels", type=int, default=None)
+    search.add_argument("--max-pixels", type=int, default=None, help="per-image pixel limit (bombs)")
+    search.add_argument("--max-aspect-ratio", type=float, default=None, help="longer/shorter side limit")
 
     info = sub.add_parser("info", help="print the bundle's manifest (after verifying it)")
     info.add_argument("--bundle", required=True)
@@ -63,17 +84,18 @@ def _load(root: str, threads: int = 0):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from deepmetric.serving.app import BUNDLE_ENV, create_app
     from deepmetric.serving.config import ServerSettings
+    from deepmetric.serving.http import bind_tcp_socket
+    from deepmetric.serving.runner import serve_single, serve_workers
 
     if args.workers < 1:
         print("deepmetric: --workers must be >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         settings = ServerSettings(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
-                                  max_images=args.max_images, threads=args.threads)
+                                  max_aspect_ratio=args.max_aspect_ratio, max_images=args.max_images,
+                                  threads=args.threads)
     except ValueError as e:
         print(f"deepmetric: invalid setting: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -81,23 +103,35 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"deepmetric: bundle {os.path.abspath(args.bundle)} verified: model {bundle.manifest['model_version']}, "
           f"index {bundle.manifest['index_version']} ({bundle.manifest.get('index_factory')}, "
           f"{bundle.gallery_size} items, dim {bundle.dim})", file=sys.stderr, flush=True)
+    try:
+        sock = bind_tcp_socket(args.host, args.port)
+    except OSError as e:
+        print(f"deepmetric: {e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"deepmetric: listening on http://{args.host}:{sock.getsockname()[1]} ({args.workers} worker"
+          f"{'s' if args.workers > 1 else ''})", file=sys.stderr, flush=True)
     if args.workers == 1:
-        uvicorn.run(create_app(bundle, settings), host=args.host, port=args.port, log_level=args.log_level)
+        serve_single(create_app(bundle, settings), sock, args.log_level)
     else:
         del bundle  # each worker loads its own copy
-        os.environ[BUNDLE_ENV] = os.path.abspath(args.bundle)
-        os.environ.update(settings.to_env())
-        uvicorn.run("deepmetric.serving.app:app_from_env", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, log_level=args.log_level)
+        serve_workers(sock, args.workers, {BUNDLE_ENV: os.path.abspath(args.bundle), **settings.to_env()},
+                      args.log_level)
     return 0
 
 
 def _search(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from deepmetric.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, open_image
-    from deepmetric.data.transforms import eval_image
+    from deepmetric.data.images import ImageDecodeError
+    from deepmetric.data.transforms import load_eval_image
+    from deepmetric.serving.config import ServerSettings
 
+    try:
+        limits = ServerSettings(**{k: v for k, v in (("max_pixels", args.max_pixels),
+                                                     ("max_aspect_ratio", args.max_aspect_ratio)) if v is not None})
+    except ValueError as e:
+        print(f"deepmetric: invalid setting: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     bundle = _load(args.bundle)
     if not 1 <= args.k <= bundle.gallery_size:
         print(f"deepmetric: -k must be in [1, {bundle.gallery_size}] (the gallery size), got {args.k}", file=sys.stderr)
@@ -105,11 +139,10 @@ def _search(args: argparse.Namespace) -> int:
     arrays = []
     for path in args.images:
         try:
-            img = open_image(path, args.max_pixels or DEFAULT_MAX_PIXELS)
+            arrays.append(load_eval_image(path, bundle.spec, limits.max_pixels, limits.max_aspect_ratio))
         except ImageDecodeError as e:
             print(f"deepmetric: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT
-        arrays.append(eval_image(img, bundle.spec))
     hits = bundle.search(bundle.embed(np.stack(arrays)), args.k)
     out = {
         "model_version": bundle.manifest["model_version"],

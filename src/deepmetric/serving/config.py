@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, PILLOW_MAX_PIXELS
+
 
 class ThumbnailParams(BaseModel):
     """`bundle.thumbnails:` — small gallery images in the bundle, shown by the search page at `/`."""
@@ -45,7 +47,10 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="request body limit (all images together)")
-    max_pixels: int = Field(40_000_000, gt=0, description="per image; above it a decompression bomb")
+    max_pixels: int = Field(40_000_000, gt=0, le=PILLOW_MAX_PIXELS,
+                            description="per image and per resize intermediate; above it a decompression bomb")
+    max_aspect_ratio: float = Field(DEFAULT_MAX_ASPECT_RATIO, ge=1,
+                                    description="longer side / shorter side; above it refused (thin images)")
     max_images: int = Field(32, gt=0, description="images per request")
     default_k: int = Field(10, gt=0)
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per worker (0: its default)")

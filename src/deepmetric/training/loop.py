@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from deepmetric.data.dataset import ManifestImages
+from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO
 from deepmetric.data.transforms import InputSpec, train_transform
 from deepmetric.evaluation.embed import embed_dataset, method_embedder
 from deepmetric.evaluation.metrics import evaluate_embeddings
@@ -177,6 +178,7 @@ def fit(
     spec: InputSpec,
     checkpoint_dir: str | Path | None = None,
     max_pixels: int | None = None,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> FitResult:
     """Train ``cfg.method`` on the manifest's ``train`` split; select the best epoch on ``val``."""
     train = manifest[manifest["split"] == "train"].reset_index(drop=True)
@@ -194,7 +196,7 @@ def fit(
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
-    cache = dict(cache=cfg.cache_images, max_pixels=max_pixels)
+    cache = dict(cache=cfg.cache_images, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
     eval_images = ManifestImages(root, train["path"], spec, **cache)
     train_images = eval_images.with_transform(
         train_transform(spec, scale=(cfg.augment.scale_min, 1.0), hflip=cfg.augment.hflip)
