@@ -99,6 +99,15 @@ def make_onnx(payload: dict[str, Any], exporter: str = "torchscript") -> bytes:
     return export_onnx(method, spec, exporter=exporter)
 
 
+def evaluated(onnx_bytes: bytes, metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``metrics`` as the evaluate stage writes them for the weights ``onnx_bytes`` was exported from (these
+    fixtures skip training and evaluation)."""
+    from deepmetric.export.onnx_export import read_metadata
+
+    base = metrics or {"recall@1": 0.5, "map@r": 0.25, "nmi": 0.4}
+    return {**base, "model_weights_sha256": read_metadata(onnx_bytes)["weights_sha256"]}
+
+
 def make_bundle(dest: Path, root: Path, manifest: pd.DataFrame, onnx_bytes: bytes,
                 index: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                 bundle: dict[str, Any] | None = None) -> Path:
@@ -110,7 +119,7 @@ def make_bundle(dest: Path, root: Path, manifest: pd.DataFrame, onnx_bytes: byte
     from deepmetric.serving.config import BundleParams
 
     data, ids, report = build_gallery_index(onnx_bytes, manifest, root, IndexParams(**(index or {})))
-    files = build_bundle(onnx_bytes, data, ids, metrics or {"recall@1": 0.5, "map@r": 0.25, "nmi": 0.4},
+    files = build_bundle(onnx_bytes, data, ids, evaluated(onnx_bytes, metrics),
                          BundleParams(**(bundle or {})), index_report=report, dataset="glyphs", image_root=str(root))
     FileTreeDataset(str(dest)).save(files)
     return Path(dest)

@@ -9,7 +9,7 @@ import pandas as pd
 from deepmetric.data.config import DataParams, parse_params
 from deepmetric.evaluation.protocol import EvaluateConfig, evaluate_model, retrieval_grid_png
 from deepmetric.training.loop import seed_everything
-from deepmetric.training.model_io import build_method, load_model
+from deepmetric.training.model_io import build_method, load_model, weights_sha256
 
 
 def evaluate(
@@ -32,5 +32,7 @@ def evaluate(
         method, untrained, name, manifest, data_cfg.root, data_cfg.dataset, spec, cfg, limits
     )
     metrics["best_epoch"] = int(trained_model.get("best_epoch", -1))
+    # Which weights these figures belong to: the bundle stage ships them only with a model exported from them.
+    metrics["model_weights_sha256"] = weights_sha256(trained_model["state_dict"])
     png = retrieval_grid_png(grid, data_cfg.root, spec, cfg.grid, limits)
     return metrics, baselines, png

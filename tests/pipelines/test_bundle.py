@@ -9,6 +9,7 @@ import pytest
 
 from deepmetric.io.datasets import JSONDataset, ParquetDataset, TorchDataset
 from deepmetric.serving.bundle import load_bundle
+from deepmetric.training.model_io import weights_sha256
 from tests.deploy_fixtures import data_params, make_dataset, make_model_payload, model_params
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
@@ -20,8 +21,11 @@ def work(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bundle_stage")
     root = tmp / "dataset"
     ParquetDataset(str(tmp / "data/02_intermediate/manifest_validated.parquet")).save(make_dataset(root))
-    TorchDataset(str(tmp / "data/06_models/model.pt")).save(make_model_payload())
-    JSONDataset(str(tmp / "data/08_reporting/metrics.json")).save(METRICS)
+    payload = make_model_payload()
+    TorchDataset(str(tmp / "data/06_models/model.pt")).save(payload)
+    # What the evaluate stage writes for this model (its figures + which weights they belong to).
+    JSONDataset(str(tmp / "data/08_reporting/metrics.json")).save(
+        {**METRICS, "model_weights_sha256": weights_sha256(payload["state_dict"])})
     params = {"data": data_params(root), "model": model_params(),
               "export": {**load_params("export")["export"], "exporter": "torchscript"},
               "index": {**load_params("index")["index"], "factory": "HNSW8"},
@@ -43,6 +47,7 @@ def test_export_index_bundle_chain(work):
     assert m["files"]["model.onnx"] == __import__("hashlib").sha256((tmp / "data/06_models/model.onnx").read_bytes()).hexdigest()
     assert m["index_factory"] == "HNSW8" and m["dataset"] == "glyphs" and m["method"] == "margin"
     assert m["accepted_on"] == {k: float(v) for k, v in METRICS.items()}
+    assert m["lineage"]["index_model_sha256"] == m["files"]["model.onnx"]
     assert m["gallery_size"] == b.gallery_size and m["embedding_dim"] == b.dim == 16
     assert m["index_report"]["recall@1_vs_exact"] == json.loads((tmp / "data/08_reporting/index.json").read_text())["recall@1_vs_exact"]
 
@@ -64,3 +69,30 @@ def test_gate_and_wrong_key_fail_and_keep_the_previous_bundle(work):
         run_stage("bundle", tmp, {**params, "bundle": {"require": {"map@r": 0.9}}})
     assert (tmp / "data/09_deploy/bundle/manifest.json").read_bytes() == before
     assert not [p for p in (tmp / "data/09_deploy").iterdir() if p.name != "bundle"], "no temporary left behind"
+
+
+def test_new_model_with_the_old_index_or_old_metrics_is_refused(work, tmp_path):
+    """train → export → bundle without rerunning index/evaluate (the issue's sequence) is refused, naming the
+    stale artefact; the previous bundle stays."""
+    import shutil
+
+    tmp0, params = work
+    tmp = tmp_path / "w"
+    shutil.copytree(tmp0, tmp)
+    run_stage("bundle", tmp, params)
+    before = (tmp / "data/09_deploy/bundle/manifest.json").read_bytes()
+    payload = make_model_payload(seed=1)
+    TorchDataset(str(tmp / "data/06_models/model.pt")).save(payload)
+    run_stage("export", tmp, params)
+    with pytest.raises(Exception, match="index.faiss: the gallery was embedded by model .* rerun the index stage"):
+        run_stage("bundle", tmp, params)
+    run_stage("index", tmp, params)
+    with pytest.raises(Exception, match="metrics.json: are the metrics of weights .* rerun the evaluate stage"):
+        run_stage("bundle", tmp, params)
+    assert (tmp / "data/09_deploy/bundle/manifest.json").read_bytes() == before
+    JSONDataset(str(tmp / "data/08_reporting/metrics.json")).save(
+        {**METRICS, "map@r": 0.5, "model_weights_sha256": weights_sha256(payload["state_dict"])})
+    run_stage("bundle", tmp, params)
+    m = load_bundle(tmp / "data/09_deploy/bundle").manifest
+    assert m["accepted_on"]["map@r"] == 0.5
+    assert m["lineage"]["weights_sha256"] == weights_sha256(payload["state_dict"])

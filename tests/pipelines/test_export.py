@@ -87,7 +87,9 @@ def test_int8_export_then_index_and_bundle_record_it(work):
     assert meta["precision"] == "int8" and meta["quantization"].startswith("static") and json.loads(meta["input"])["crop"] == 32
     from deepmetric.io.datasets import JSONDataset
 
-    JSONDataset(str(tmp / "data/08_reporting/metrics.json")).save({"map@r": 0.5})
+    # What evaluate writes for these weights (the int8 model keeps the fp32 weights' fingerprint).
+    JSONDataset(str(tmp / "data/08_reporting/metrics.json")).save(
+        {"map@r": 0.5, "model_weights_sha256": meta["weights_sha256"]})
     run_stage("index", tmp, params)
     run_stage("bundle", tmp, params)
     b = load_bundle(tmp / "data/09_deploy/bundle")

@@ -6,13 +6,12 @@ import io
 import json
 import shutil
 
-import pandas as pd
 import pytest
 from PIL import Image
 
 from deepmetric.serving.bundle import MANIFEST_FILE, BundleError, build_bundle, load_bundle, sha256
 from deepmetric.serving.config import BundleParams
-from tests.deploy_fixtures import make_bundle, make_dataset, onnx_model
+from tests.deploy_fixtures import evaluated, make_bundle, make_dataset, onnx_model
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +68,13 @@ def test_unreadable_gallery_image_names_it(data, tmp_path):
     shutil.copytree(root, copy)
     victim = manifest[manifest["split"] == "test"]["path"].iloc[3]
     (copy / victim).write_bytes(b"not a png")
-    good = make_bundle(tmp_path / "b", root, manifest, onnx_model(), bundle={"thumbnails": {"enabled": False}})
+    from deepmetric.index.config import IndexParams
+    from deepmetric.index.gallery import build_gallery_index
+
+    index_bytes, ids, report = build_gallery_index(onnx_model(), manifest, root, IndexParams())
     with pytest.raises(BundleError, match="thumbnails") as err:
-        build_bundle(onnx_model(), (good / "index.faiss").read_bytes(), pd.read_parquet(good / "ids.parquet"), {},
-                     BundleParams(), image_root=str(copy))
+        build_bundle(onnx_model(), index_bytes, ids, evaluated(onnx_model()), BundleParams(), image_root=str(copy),
+                     index_report=report)
     assert victim.split("/")[-1] in str(err.value) and "enabled: false" in str(err.value)
 
 

@@ -41,7 +41,8 @@ class ExportModule(nn.Module):
         return F.normalize(self.embedder(x), dim=-1)
 
 
-def onnx_metadata(input_cfg: Any, method_name: str, embedding_dim: int, exporter: str) -> dict[str, str]:
+def onnx_metadata(input_cfg: Any, method_name: str, embedding_dim: int, exporter: str,
+                  weights_sha256: str | None = None) -> dict[str, str]:
     spec = {
         "layout": "NHWC",
         "dtype": "uint8",
@@ -56,6 +57,9 @@ def onnx_metadata(input_cfg: Any, method_name: str, embedding_dim: int, exporter
         META_PREFIX + "embedding_dim": str(int(embedding_dim)),
         META_PREFIX + "exporter": exporter,
         META_PREFIX + "torch": torch.__version__,
+        # The weights this graph was exported from (deepmetric.training.model_io.weights_sha256): the bundle
+        # stage matches it against the metrics it ships (metrics.json's model_weights_sha256).
+        **({META_PREFIX + "weights_sha256": weights_sha256} if weights_sha256 else {}),
     }
 
 
@@ -122,7 +126,10 @@ def export_onnx(method: nn.Module, input_cfg: Any, exporter: str = "dynamo", ops
     else:
         raise ValueError(f"unknown exporter {exporter!r}; use 'dynamo' or 'torchscript'")
     model = onnx.load_from_string(raw)
-    meta = onnx_metadata(input_cfg, getattr(method, "name", type(method).__name__), dim, exporter)
+    from deepmetric.training.model_io import weights_sha256
+
+    meta = onnx_metadata(input_cfg, getattr(method, "name", type(method).__name__), dim, exporter,
+                         weights_sha256(method.state_dict()))
     kept = [p for p in model.metadata_props if not p.key.startswith(META_PREFIX)]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from typing import Any
@@ -52,6 +53,8 @@ def export_stage(
         "onnx_bytes": len(onnx_bytes),
         "method": meta.get("method"),
         "input": meta.get("input"),
+        "weights_sha256": meta.get("weights_sha256"),
+        "model_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
     })
     return onnx_bytes, report
 

@@ -31,6 +31,7 @@ class OnnxEmbedder:
         self.input_meta: dict[str, Any] = json.loads(meta["deepmetric.input"])
         self.spec = InputSpec(**{k: self.input_meta[k] for k in ("resize", "crop", "mean", "std")})
         self.method = meta.get("deepmetric.method", "")
+        self.weights_sha256: str | None = meta.get("deepmetric.weights_sha256")
         inp = self.session.get_inputs()[0]
         if inp.type != "tensor(uint8)" or len(inp.shape) != 4:
             raise ValueError(f"model input {inp.name!r} is {inp.type} {inp.shape}, expected uint8 [N, H, W, 3]")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import platform
 import time
@@ -41,6 +42,22 @@ def embed_gallery(onnx_bytes: bytes, embedder: OnnxEmbedder, rows: pd.DataFrame,
     return run_sharded(embed_shard, len(rows), params.batch_size, processes, initializer=init_shard_worker,
                        initargs=(onnx_bytes, threads, str(root), [str(p) for p in rows["path"]], max_pixels,
                                  params.batch_size, max_aspect_ratio))
+
+
+def ids_digest(ids: pd.DataFrame) -> str:
+    """sha256 of the id table's content (``id, label, class_name, path``, row by row)."""
+    h = hashlib.sha256()
+    for row in ids[ID_COLUMNS].itertuples(index=False):
+        h.update(("\t".join(str(v) for v in row) + "\n").encode())
+    return h.hexdigest()
+
+
+def data_version(manifest: pd.DataFrame) -> str:
+    """sha256 of the validated manifest's rows that matter to a gallery (path, file sha256, label, split, role),
+    in a canonical order: the data version an index was built from."""
+    cols = [c for c in ("path", "sha256", "label", "split", "role") if c in manifest.columns]
+    rows = sorted("\t".join(str(v) for v in r) for r in manifest[cols].itertuples(index=False))
+    return hashlib.sha256(("\n".join([",".join(cols), *rows])).encode()).hexdigest()
 
 
 def build_gallery_index(
@@ -92,9 +109,16 @@ def build_gallery_index(
         "faiss": faiss.__version__,
         "cpu": platform.processor() or platform.machine(),
         "threads": faiss.omp_get_max_threads(),
+        # Lineage, checked by the bundle stage: the model that embedded this gallery, this index, its ids.
+        "model_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "weights_sha256": embedder.weights_sha256,
+        "index_sha256": hashlib.sha256(data).hexdigest(),
+        "ids_sha256": ids_digest(ids),
+        "data_version": data_version(manifest),
         **evaluation,
     }
     return data, ids, report
 
 
-__all__ = ["GALLERY_ROLES", "ID_COLUMNS", "build_gallery_index", "embed_gallery", "embed_rows", "spaced_subset"]
+__all__ = ["GALLERY_ROLES", "ID_COLUMNS", "build_gallery_index", "data_version", "embed_gallery", "embed_rows",
+           "ids_digest", "spaced_subset"]

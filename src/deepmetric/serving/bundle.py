@@ -84,6 +84,71 @@ def _accepted(metrics: Mapping[str, Any] | None, params: BundleParams) -> dict[s
     return {k: numeric[k] for k in params.accepted_on}
 
 
+def _short(digest: Any) -> str:
+    return str(digest)[:12] if digest else "none"
+
+
+def _lineage(onnx_sha: str, index_sha: str, ids: pd.DataFrame, weights: str | None,
+             report: Mapping[str, Any], metrics: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Check that the index was built by this model, the report describes this index and these ids, and the
+    metrics are this model's; return the manifest's ``lineage``. Each mismatch names the stale file and the
+    stage to rerun (``dvc repro`` reruns them all)."""
+    from deepmetric.index.gallery import ids_digest
+
+    built_by = report.get("model_sha256")
+    if not built_by:
+        raise BundleError("index.json", "does not say which model embedded the gallery (a report from before "
+                          "lineage was recorded): rerun the index stage")
+    if built_by != onnx_sha:
+        raise BundleError(INDEX_FILE, f"the gallery was embedded by model {_short(built_by)}, but the packaged "
+                          f"model.onnx is {_short(onnx_sha)}: the index is stale, rerun the index stage "
+                          "(`dvc repro` reruns every stale stage)")
+    if report.get("index_sha256") != index_sha:
+        raise BundleError("index.json", f"describes index {_short(report.get('index_sha256'))}, not the packaged "
+                          f"index.faiss {_short(index_sha)}: rerun the index stage")
+    if report.get("ids_sha256") != ids_digest(ids):
+        raise BundleError(IDS_FILE, "does not match the id table the index stage wrote with this index: rerun "
+                          "the index stage")
+    if not weights:
+        raise BundleError(MODEL_FILE, "carries no weights fingerprint (ONNX metadata deepmetric.weights_sha256): "
+                          "re-export it with the export stage")
+    evaluated = (metrics or {}).get("model_weights_sha256")
+    if not evaluated:
+        raise BundleError("metrics.json", "does not say which model it evaluated (model_weights_sha256): rerun "
+                          "the evaluate stage")
+    if evaluated != weights:
+        raise BundleError("metrics.json", f"are the metrics of weights {_short(evaluated)}, but model.onnx was "
+                          f"exported from weights {_short(weights)}: rerun the evaluate stage so that accepted_on "
+                          "describes the packaged model")
+    return {
+        "model_sha256": onnx_sha,
+        "weights_sha256": weights,
+        "index_model_sha256": built_by,
+        "index_sha256": index_sha,
+        "metrics_weights_sha256": evaluated,
+        "data_version": report.get("data_version"),
+        "gallery_version": 0,
+    }
+
+
+def verify_lineage(manifest: Mapping[str, Any], weights: str | None) -> None:
+    """At load: the index was built by the bundle's model and ``accepted_on`` describes its weights."""
+    lin = manifest.get("lineage")
+    if not isinstance(lin, dict):
+        raise BundleError(MANIFEST_FILE, "has no 'lineage' (which model built the index, which model the metrics "
+                          "describe): rebuild the bundle with the bundle stage")
+    model_sha = manifest["files"][MODEL_FILE]
+    if lin.get("index_model_sha256") != model_sha:
+        raise BundleError(INDEX_FILE, f"was built by model {_short(lin.get('index_model_sha256'))}, but the "
+                          f"bundle's model.onnx is {_short(model_sha)}")
+    if lin.get("weights_sha256") != weights:
+        raise BundleError(MODEL_FILE, f"was exported from weights {_short(weights)}, the manifest says "
+                          f"{_short(lin.get('weights_sha256'))}")
+    if manifest.get("accepted_on") and lin.get("metrics_weights_sha256") != weights:
+        raise BundleError(MANIFEST_FILE, f"accepted_on holds the metrics of weights "
+                          f"{_short(lin.get('metrics_weights_sha256'))}, not of this model ({_short(weights)})")
+
+
 def build_bundle(
     onnx_bytes: bytes,
     index_bytes: bytes,
@@ -114,6 +179,8 @@ def build_bundle(
         raise BundleError(MODEL_FILE, f"model output dimension {embedder.dim} != index dimension {index.d}")
     if index.ntotal != len(ids):
         raise BundleError(IDS_FILE, f"{len(ids)} ids for {index.ntotal} index vectors")
+    report = dict(index_report or {})
+    lineage = _lineage(sha256(onnx_bytes), sha256(index_bytes), ids, embedder.weights_sha256, report, metrics)
     buf = io.BytesIO()
     ids.to_parquet(buf, index=False)
     accepted = _accepted(metrics, params)  # the gate first: no thumbnail work for a model that will not ship
@@ -121,7 +188,6 @@ def build_bundle(
     thumbs = _thumbnails(ids, image_root, params, max_pixels)
     if thumbs is not None:
         files.update(thumbs[1])
-    report = dict(index_report or {})
     meta = embedder.session.get_modelmeta().custom_metadata_map
     manifest: dict[str, Any] = {
         "format": FORMAT,
@@ -146,6 +212,7 @@ def build_bundle(
         "index_report": {k: report[k] for k in report if k.startswith("recall@")},
         "versions": _versions(meta.get("deepmetric.torch")),
         "thumbnails": thumbs[0] if thumbs is not None else None,
+        "lineage": lineage,
     }
     manifest["manifest_sha256"] = sha256(_canonical(manifest))
     files[MANIFEST_FILE] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
@@ -306,6 +373,7 @@ def load_bundle(root: str | Path, threads: int = 0) -> Bundle:
     if len(ids) != index.ntotal or manifest.get("gallery_size") != index.ntotal:
         raise BundleError(IDS_FILE, f"{len(ids)} ids, index holds {index.ntotal}, manifest says gallery_size "
                           f"{manifest.get('gallery_size')}")
+    verify_lineage(manifest, embedder.weights_sha256)
     if manifest.get("search_params"):
         from deepmetric.index.build import apply_search_params
 

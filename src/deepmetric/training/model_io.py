@@ -7,6 +7,7 @@ needed to rebuild the method without the parameter files.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from deepmetric.methods import METHODS, Method, MethodParams
@@ -45,3 +46,26 @@ def load_model(payload: dict[str, Any]) -> tuple[Method, InputConfig]:
     method.load_state_dict(payload["state_dict"])
     method.eval()
     return method, parse(InputConfig, payload["model"], "model")
+
+
+def weights_sha256(state_dict: Mapping[str, Any]) -> str:
+    """Fingerprint of a model's weights: sha256 over every tensor's name, dtype, shape and bytes, in key order.
+
+    The same weights give the same value whether they come from ``model.pt``'s payload or from the method
+    rebuilt from it (``method.state_dict()``), so the `evaluate` stage (metrics.json) and the `export` stage
+    (ONNX metadata ``deepmetric.weights_sha256``) record one value, and the `bundle` stage can check that the
+    metrics it ships are those of the model it ships.
+    """
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name]
+        if not isinstance(t, torch.Tensor):
+            t = torch.as_tensor(t)
+        h.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\0".encode())
+        flat = t.detach().cpu().contiguous().reshape(-1)
+        h.update(flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b"")
+    return h.hexdigest()
