@@ -92,7 +92,9 @@ def _data(n_classes: int = 12, per_class: int = 4):
     return images, labels
 
 
-def test_backbone_lr_is_zero_in_the_freeze_epoch_and_clusters_double(tiny_backbone, simple_context):
+def test_first_split_waits_for_the_warm_up_and_the_schedule_runs_through_the_merge(tiny_backbone, simple_context):
+    """TPAMI code: one learner for the first period (no split at e = 0), then 1 → 2 → 4; freezing and re-clustering
+    go on after the merge (force_full_embedding_epoch), where the masks stop training."""
     images, labels = _data()
     method = _method(tiny_backbone, full_embedding_epoch=6)
     ctx = simple_context(method, images, labels, lr=1e-3, epochs=8)
@@ -103,17 +105,49 @@ def test_backbone_lr_is_zero_in_the_freeze_epoch_and_clusters_double(tiny_backbo
         lrs.append(ctx.lr_of("backbone"))
         masks_lr.append(ctx.lr_of("masks"))
         active.append(int(method.active))
-    assert lrs == [0, 1e-3, 0, 1e-3, 0, 1e-3, 1e-3, 1e-3]  # frozen in the epoch after each re-clustering
-    assert all(m == pytest.approx(0.1) for m in masks_lr)  # masks keep training (lr × 100)
-    assert active[:6] == [2, 2, 4, 4, 4, 4]  # 1 → 2 → 4 = K, then re-clustering into K keeps 4
+    assert active == [1, 1, 2, 2, 4, 4, 4, 4]  # the split waits for the warm-up period (e > 0)
+    assert lrs == [0, 1e-3, 0, 1e-3, 0, 1e-3, 0, 1e-3]  # frozen in the epoch after each re-clustering, merged too
+    assert masks_lr == [1e-3] * 6 + [0, 0]  # absolute mask lr (100 × the paper's 1e-5); off once merged
+
+
+@pytest.mark.parametrize("base_lr", [1e-5, 1e-3])
+def test_mask_and_beta_learning_rates_do_not_scale_with_the_base_lr(tiny_backbone, base_lr):
+    method = _method(tiny_backbone, learn_beta=True)
+    lrs = {g["name"]: g["lr"] for g in method.param_groups(base_lr, 0.0)}
+    assert lrs["masks"] == 1e-3 and lrs["backbone"] == base_lr and lrs["loss"] == base_lr
+    sharing = METHODS["sharing"](METHODS["sharing"].Params(), tiny_backbone(), 16, 12)
+    assert {g["name"]: g["lr"] for g in sharing.param_groups(base_lr, 0.0)}["loss"] == 5e-4  # class_beta_lr
+
+
+def test_masks_stay_positive_at_the_paper_rate(tiny_backbone, simple_context):
+    """With the masks' lr tied to the base lr (the bug: 100 × 1e-3 = 0.1) entries cross 0 within a few dozen steps
+    and never come back under the ReLU; at the paper's absolute rate (1e-3) none do."""
+    images, labels = _data()
+    below = {}
+    for mask_lr in (1e-3, 0.1):
+        method = _method(tiny_backbone, mask_lr=mask_lr, num_clusters=2, recluster_every=1, freeze_epochs=0)
+        method.backbone.requires_grad_(False)  # only the head and the masks matter here (and it is 3x faster)
+        ctx = simple_context(method, images, labels, lr=1e-3, epochs=4)
+        method.train()
+        for epoch in range(2):  # epoch 0: one learner; epoch 1: two
+            ctx.begin_epoch(epoch)
+            method.on_epoch_start(ctx)
+            for idx in method.batch_sampler(labels, BatchConfig(classes_per_batch=4, samples_per_class=2), epoch, 15):
+                x, y = ctx.load(idx)
+                method.training_step(x, y, ctx)
+                ctx.step += 1
+        below[mask_lr] = float((method.masks[: int(method.active)] <= 0).float().mean())
+    assert below[1e-3] == 0.0
+    assert below[0.1] > 0.0, below
 
 
 def test_batches_come_round_robin_from_each_cluster_and_train_that_learner(tiny_backbone, simple_context):
     images, labels = _data()
     method = _method(tiny_backbone, mask_lambda=0.0, num_clusters=2)
     ctx = simple_context(method, images, labels)
-    ctx.begin_epoch(0)
-    method.on_epoch_start(ctx)
+    for epoch in (0, 2):  # the first split comes at the second re-clustering
+        ctx.begin_epoch(epoch)
+        method.on_epoch_start(ctx)
     assign = method.assignment.numpy()
     batches = list(method.batch_sampler(labels, BatchConfig(classes_per_batch=3, samples_per_class=2), 0, 4))
     for b, idx in enumerate(batches):
@@ -133,11 +167,63 @@ def test_state_survives_a_checkpoint(tiny_backbone, simple_context):
     images, labels = _data()
     method = _method(tiny_backbone)
     ctx = simple_context(method, images, labels)
-    ctx.begin_epoch(0)
-    method.on_epoch_start(ctx)
+    for epoch in (0, 2):
+        ctx.begin_epoch(epoch)
+        method.on_epoch_start(ctx)
     fresh = _method(tiny_backbone)
     fresh.load_state_dict({k: v.detach().clone() for k, v in method.state_dict().items()})
     assert torch.equal(fresh.assignment, method.assignment) and int(fresh.active) == int(method.active) == 2
+
+
+def _epochs(method, ctx, n: int) -> list[int]:
+    active = []
+    for epoch in range(n):
+        ctx.begin_epoch(epoch)
+        method.on_epoch_start(ctx)
+        active.append(int(method.active))
+    return active
+
+
+def test_merge_stage_keeps_per_cluster_batches_and_trains_the_full_embedding(tiny_backbone, simple_context):
+    """As the authors' merge_dataloaders: after the merge every batch still comes from one cluster, round-robin;
+    the loss is on the full embedding (no mask receives a gradient)."""
+    images, labels = _data()
+    method = _method(tiny_backbone, num_clusters=2, full_embedding_epoch=3, mask_lambda=0.0)
+    ctx = simple_context(method, images, labels, epochs=4)
+    assert _epochs(method, ctx, 4) == [1, 1, 2, 2]
+    assert method._full
+    assign = method.assignment.numpy()
+    batches = list(method.batch_sampler(labels, BatchConfig(classes_per_batch=3, samples_per_class=2), 3, 6))
+    for b, idx in enumerate(batches):
+        assert (assign[idx] == b % 2).all()
+    method.train()
+    x, y = ctx.load(batches[0])
+    method.zero_grad()
+    out = method.learner_loss(method(x), y, method.current_cluster(ctx))
+    out["loss"].backward()
+    assert method.current_cluster(ctx) is None and "mask_ortho" not in out
+    assert method.masks.grad is None or float(method.masks.grad.abs().sum()) == 0.0
+
+
+def test_merge_batches_all_and_stop_recluster_options(tiny_backbone, simple_context):
+    images, labels = _data()
+    method = _method(tiny_backbone, num_clusters=2, full_embedding_epoch=3, merge_batches="all")
+    ctx = simple_context(method, images, labels, epochs=6)
+    _epochs(method, ctx, 4)
+    batches = list(method.batch_sampler(labels, BatchConfig(classes_per_batch=6, samples_per_class=2), 3, 8))
+    assert len({c for idx in batches for c in method.assignment.numpy()[idx]}) == 2  # batches mix the clusters
+    assert ctx.lr_of("backbone") == pytest.approx(1e-3)
+    stop = _method(tiny_backbone, num_clusters=2, stop_recluster=True, full_embedding_epoch=10)
+    ctx = simple_context(stop, images, labels, epochs=10)
+    lrs = []
+    for epoch in range(6):
+        ctx.begin_epoch(epoch)
+        before = stop.assignment.clone()
+        stop.on_epoch_start(ctx)
+        lrs.append(ctx.lr_of("backbone"))
+        if epoch >= 3:  # K reached at epoch 2: no re-clustering, no freezing from epoch 3 on
+            assert torch.equal(before, stop.assignment)
+    assert lrs == [0, 1e-3, 0, 1e-3, 1e-3, 1e-3]
 
 
 def test_conference_version_slices_and_full_test_embedding(tiny_backbone, simple_context):

@@ -87,6 +87,7 @@ def test_training_improves_validation_map(shapes):
         ({"bogus": 1}, "train.bogus: unknown parameter"),
         ({"methods": {"margin": {"margni": 0.1}}}, "train.methods.margin.margni"),
         ({"backbone": {"name": "resnet50", "pretrained": True}}, "needs weights_path"),
+        ({"optimizer": {"group_lr": {"masks": -1}}}, "train.optimizer.group_lr"),
     ],
 )
 def test_bad_parameters_are_named(block, needle):
@@ -111,3 +112,17 @@ def test_method_backbone_options_apply_unless_set():
     if METHODS["sharing"].backbone_options(METHODS["sharing"].Params()).get("frozen_bn"):
         # frozen BN is for pretrained trunks only: from scratch it stays trainable
         assert parse_train({"method": "sharing"})[0].backbone.frozen_bn is False
+
+
+def test_group_lr_sets_absolute_rates_and_names_an_unknown_group():
+    from deepmetric.training.loop import _make_optimizer
+    from deepmetric.training.model_io import build_method
+
+    cfg, params = parse_train({"method": "divide_conquer", "embedding_dim": 16,
+                               "optimizer": {"lr": 1e-3, "group_lr": {"head": 2e-4}}})
+    opt = _make_optimizer(build_method(cfg, params, 6), cfg)
+    lrs = {g["name"]: g["lr"] for g in opt.param_groups}
+    assert lrs == {"backbone": 1e-3, "head": 2e-4, "masks": 1e-3}  # masks: the method's absolute default
+    cfg, params = parse_train({"method": "margin", "embedding_dim": 16, "optimizer": {"group_lr": {"mask": 1e-3}}})
+    with pytest.raises(ParameterError, match=r"train\.optimizer\.group_lr.*\['mask'\].*backbone"):
+        _make_optimizer(build_method(cfg, params, 6), cfg)

@@ -2,12 +2,14 @@
 
 Each wraps a PML loss (and miner) behind the method interface: `margin` (margin loss + distance-weighted
 sampling, Wu et al. 2017), `triplet` (semi-hard mining), `multi_similarity`, `proxy_anchor`, `contrastive`.
-Embeddings are L2-normalised before every loss (PML's default `LpDistance` normalises too).
+Embeddings are L2-normalised before every loss (PML's default `LpDistance` normalises too). Distance-weighted
+sampling is this project's (`deepmetric.methods.sampling`, per-anchor as Wu et al.), not PML's miner, which
+drops anchors at high dimension (kept as `dw_impl: pml` for comparison).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +17,7 @@ from pydantic import Field
 from pytorch_metric_learning import losses, miners
 
 from deepmetric.methods.base import Method, MethodParams, register
+from deepmetric.methods.sampling import DistanceWeightedSampler
 
 
 def margin_loss(params, num_classes: int | None) -> losses.MarginLoss:
@@ -29,18 +32,34 @@ def margin_loss(params, num_classes: int | None) -> losses.MarginLoss:
     )
 
 
-def distance_weighted_miner(params) -> miners.DistanceWeightedMiner:
-    """Distance-weighted sampling from a params block with ``dw_cutoff`` and ``dw_nonzero_loss_cutoff``."""
-    return miners.DistanceWeightedMiner(cutoff=params.dw_cutoff, nonzero_loss_cutoff=params.dw_nonzero_loss_cutoff)
+def distance_weighted_miner(params):
+    """Distance-weighted sampling from a params block with ``dw_cutoff``, ``dw_nonzero_loss_cutoff``,
+    ``dw_triplets`` and ``dw_impl``: this project's per-anchor sampler, or PML's miner (``dw_impl: pml``)."""
+    if params.dw_impl == "pml":
+        return miners.DistanceWeightedMiner(cutoff=params.dw_cutoff, nonzero_loss_cutoff=params.dw_nonzero_loss_cutoff)
+    return DistanceWeightedSampler(params.dw_cutoff, params.dw_nonzero_loss_cutoff, params.dw_triplets)
 
 
 class MarginParams(MethodParams):
     margin: float = Field(0.2, gt=0, description="γ, the margin around the boundary β")
     beta: float = Field(1.2, gt=0, description="β, initial boundary between positives and negatives")
-    learn_beta: bool = Field(True, description="learn one β per class (Wu et al.); lr = optimizer lr × beta_lr_mult")
-    beta_lr_mult: float = Field(1.0, gt=0)
+    learn_beta: bool = Field(True, description="learn one β per class (Wu et al.)")
+    # An absolute learning rate: β lives in distance units, so its step size must not scale with the backbone's lr.
+    beta_lr: float | None = Field(None, gt=0, description="lr of β (absolute); null: train.optimizer.lr")
     dw_cutoff: float = Field(0.5, gt=0, description="lower distance cut-off of distance-weighted sampling")
-    dw_nonzero_loss_cutoff: float = Field(1.4, gt=0, description="negatives farther than this get no weight")
+    dw_nonzero_loss_cutoff: float = Field(1.4, gt=0, description="negatives farther than this get no weight (≥ 2: off)")
+    dw_triplets: Literal["pair", "anchor"] = Field(
+        "pair", description="pair: one negative per anchor-positive pair (Wu et al.); anchor: one triplet per anchor"
+    )
+    dw_impl: Literal["deepmetric", "pml"] = Field(
+        "deepmetric", description="deepmetric: per-anchor sampler; pml: PML's DistanceWeightedMiner (comparison)"
+    )
+
+    def loss_group(self, params: list, lr: float) -> list[dict[str, Any]]:
+        """The optimiser group of the margin loss's β (empty when β is fixed)."""
+        if not params:
+            return []
+        return [{"name": "loss", "params": params, "lr": self.beta_lr or lr, "weight_decay": 0.0}]
 
 
 @register("margin")
@@ -53,11 +72,7 @@ class MarginMethod(Method):
         self.miner = distance_weighted_miner(params)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        groups = super().param_groups(lr, weight_decay)
-        extra = list(self.criterion.parameters())
-        if extra:
-            groups.append({"name": "loss", "params": extra, "lr": lr * self.params.beta_lr_mult, "weight_decay": 0.0})
-        return groups
+        return super().param_groups(lr, weight_decay) + self.params.loss_group(list(self.criterion.parameters()), lr)
 
     def loss(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         emb = F.normalize(embeddings, dim=-1)

@@ -5,12 +5,14 @@ embedding is divided into K learners; learner k is trained only on batches from 
 distance-weighted sampling on its own L2-normalised sub-embedding). Clusters are recomputed every
 `recluster_every` epochs and re-matched to learners with the Hungarian algorithm so that each learner keeps its
 region of the data. One class-balanced sampler per cluster, interleaved round-robin. From `full_embedding_epoch`
-on the full embedding is trained on all data ("conquer"); the test embedding is always the full one.
+on the full embedding is trained ("conquer"), still on the per-cluster batches and with the same re-clustering and
+freezing schedule, as the authors' TPAMI code (`merge_dataloaders`); the test embedding is always the full one.
 
 - `version: journal` (TPAMI 2021, the default): learners are learnable masks m_k (ReLU(m_k) ⊙ embedding, initialised
   to ones) with an orthogonality term on the masks; clusters are built hierarchically 1 → 2 → 4 → … → K by splitting
-  every cluster in two (retrying seeds until each child has ≥ 2 classes with ≥ 2 images); the backbone's lr is 0
-  in the epoch after each re-clustering.
+  every cluster in two at each re-clustering after the first (the first period is a single-learner warm-up;
+  retrying seeds until each child has ≥ 2 classes with ≥ 2 images); the backbone's lr is 0 in the epoch after
+  each re-clustering. Masks have their own absolute lr (`mask_lr`, 1e-3 = the TPAMI command's 100 × 1e-5).
 - `version: conference` (CVPR 2019): learners are fixed contiguous slices of size D/K, flat k-means into K.
 
 See `/work/shared/docs/methods.md` §3 and `docs/methods/divide_conquer.md`.
@@ -48,7 +50,9 @@ class DivideConquerParams(MarginParams):
     # fraction of train.epochs (handy for short runs).
     full_embedding_epoch: float = Field(80, ge=0, description="epoch (or fraction of train.epochs if < 1) to merge")
     mask_lambda: float = Field(0.01, ge=0, description="weight of the mask orthogonality term (masking_lambda)")
-    mask_lr_mult: float = Field(100.0, gt=0, description="mask lr = lr × this (sample command: 100)")
+    # Absolute: the masks start at 1 and die under the ReLU once ≤ 0, so their step size must not follow the
+    # backbone's lr (TPAMI sample command: mask_lr_mult 100 × base lr 1e-5).
+    mask_lr: float = Field(1e-3, gt=0, description="lr of the masks (absolute)")
     mask_wd_mult: float = Field(1.0, ge=0, description="mask weight decay = weight_decay × this")
     dropout: float = Field(0.01, ge=0, lt=1, description="dropout before the embedding layer")
     kmeans_niter: int = Field(100, ge=1)
@@ -56,6 +60,10 @@ class DivideConquerParams(MarginParams):
     kmeans_seed: int = Field(0, description="faiss k-means seed (fixed, as the papers' code)")
     kmeans_vary_seed: bool = Field(False, description="seed + epoch, so re-clustering does not re-pick centroids")
     split_retries: int = Field(30, ge=1, description="seeds tried per 2-way split (TPAMI: 30)")
+    # The TPAMI code keeps the per-cluster loaders (merge_dataloaders), the re-clustering and the freezing after
+    # the merge; `all`: class-balanced batches over all data from the merge on, no more re-clustering.
+    merge_batches: Literal["clusters", "all"] = Field("clusters", description="batches of the merge stage")
+    stop_recluster: bool = Field(False, description="stop re-clustering/freezing once K is reached (--stop-recluster)")
 
     @model_validator(mode="after")
     def _freeze(self) -> DivideConquerParams:
@@ -229,12 +237,9 @@ class DivideConquerMethod(Method):
         p = self.params
         groups = super().param_groups(lr, weight_decay)
         if p.version == "journal":
-            groups.append({"name": "masks", "params": [self.masks], "lr": lr * p.mask_lr_mult,
+            groups.append({"name": "masks", "params": [self.masks], "lr": p.mask_lr,
                            "weight_decay": weight_decay * p.mask_wd_mult})
-        beta = [q for c in self.criteria for q in c.parameters()]
-        if beta:
-            groups.append({"name": "loss", "params": beta, "lr": lr * p.beta_lr_mult, "weight_decay": 0.0})
-        return groups
+        return groups + p.loss_group([q for c in self.criteria for q in c.parameters()], lr)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # the assignment buffer is sized by the training set: take the checkpoint's size
@@ -252,13 +257,23 @@ class DivideConquerMethod(Method):
         p = self.params
         self._epoch_start_step = ctx.step
         self._full = ctx.epoch >= self.full_embedding_start(ctx.epochs) or p.num_clusters == 1
-        if self._full:
+        if self._full and p.version == "journal":
+            ctx.set_lr_scale("masks", 0.0)  # the masks leave the forward pass and the optimiser
+        if p.num_clusters == 1 or (self._full and p.merge_batches == "all"):
             return
+        if p.stop_recluster and self._divided(ctx.epoch) and self.assignment.numel() == len(ctx.labels):
+            return  # --stop-recluster: clusters, and the backbone, stay as they are from here on
         since = ctx.epoch % p.recluster_every
         if since == 0 or self.assignment.numel() != len(ctx.labels):
             self.recluster(ctx)
         if since < p.freeze_epochs:
             ctx.set_lr_scale("backbone", 0.0)  # only the embedding (and masks) train in this epoch
+
+    def _divided(self, epoch: int) -> bool:
+        """All K clusters exist (journal) / the first freeze period is over (conference)."""
+        if self.params.version == "journal":
+            return int(self.active) >= self.params.num_clusters
+        return int(self.active) > 0 and epoch >= self.params.freeze_epochs
 
     @torch.no_grad()
     def recluster(self, ctx) -> None:
@@ -275,7 +290,8 @@ class DivideConquerMethod(Method):
         new = kmeans(features, k, seed, p.kmeans_niter, p.kmeans_nredo)
         if not first:
             new = match_clusters(previous, new, k)
-        if p.version == "journal" and k < p.num_clusters:
+        if p.version == "journal" and k < p.num_clusters and ctx.epoch > 0:
+            # as the TPAMI code (`e > 0`): the first period trains a single learner, splits start after it
             new, splits = split_clusters(features, new, labels, p.num_clusters, seed, p.split_retries, p.kmeans_niter)
             for parent, child in splits:
                 self.masks.data[child] = self.masks.data[parent]  # children start from the parent's mask
@@ -288,7 +304,8 @@ class DivideConquerMethod(Method):
     # --- batches --------------------------------------------------------------------------------------------
     def batch_sampler(self, labels: np.ndarray, batch: BatchConfig, seed: int, num_batches: int) -> Iterator[list[int]]:
         labels = np.asarray(labels)
-        if self._full or self.assignment.numel() != len(labels):
+        merged_all = self._full and (self.params.merge_batches == "all" or self.params.num_clusters == 1)
+        if merged_all or self.assignment.numel() != len(labels):
             return class_balanced_batches(labels, batch, seed, num_batches)
         assignment = self.assignment.cpu().numpy()
         keep = trainable_mask(assignment, labels)

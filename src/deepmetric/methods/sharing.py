@@ -4,8 +4,9 @@ Two linear heads on the shared backbone feature: the class-discriminative embedd
 shared embedding φ_s (`shared_dim`), both L2-normalised. Each iteration takes two batches and makes two optimiser
 steps, as the authors' code:
 
-1. a class-balanced batch: margin loss with distance-weighted sampling on φ_c, + `adv_weight` × the adversarial
-   decorrelation term; optimiser step;
+1. a class-balanced batch: margin loss with distance-weighted sampling on φ_c (one triplet per anchor: a random
+   positive and a distance-weighted negative, as the authors' `distanceweightedsampling`), + `adv_weight` × the
+   adversarial decorrelation term; optimiser step;
 2. a random "surrogate" batch, in consecutive groups of `group_size` images of *different* classes that share a
    surrogate label: shared triplets on φ_s — the positive is another member of the anchor's group (so never of the
    anchor's class), the negative is distance-weighted among images with neither the anchor's surrogate label nor
@@ -30,14 +31,17 @@ from torch import nn
 
 from deepmetric.methods.base import BatchConfig, Method, MethodParams, class_balanced_batches, register
 from deepmetric.methods.baselines import MarginParams, distance_weighted_miner, margin_loss
+from deepmetric.methods.sampling import inverse_sphere_log_density, negative_probabilities
 
 
 class SharingParams(MarginParams):
-    # Margin loss (methods.md §1): β 1.2 learnable per class with lr 5e-4 (= ×50 the paper's lr 1e-5), γ 0.2;
-    # distance-weighted sampling clamped at 0.5 with the upper cut-off disabled in the authors' code (≥ 2 disables).
+    # Margin loss (methods.md §1): β 1.2 learnable per class with lr 5e-4 (absolute: class_beta_lr), γ 0.2;
+    # distance-weighted sampling clamped at 0.5 with the upper cut-off disabled in the authors' code (≥ 2 disables),
+    # one (random positive, distance-weighted negative) triplet per anchor.
     learn_beta: bool = True
-    beta_lr_mult: float = Field(50.0, gt=0, description="β lr = lr × this (paper: 5e-4 vs lr 1e-5)")
+    beta_lr: float | None = Field(5e-4, gt=0, description="lr of β (absolute; class_beta_lr / intra_beta_lr)")
     dw_nonzero_loss_cutoff: float = Field(4.0, gt=0, description="≥ 2 disables it (the authors' code)")
+    dw_triplets: Literal["pair", "anchor"] = Field("anchor", description="one triplet per anchor (authors' code)")
     shared_dim: int = Field(128, gt=0, description="size of the shared embedding (intraclassembed = 128)")
     group_size: int = Field(4, ge=2, description="images per surrogate group (samples_per_class = 4)")
     shared_weight: float = Field(1.0, ge=0, description="weight of the shared margin loss")
@@ -103,12 +107,6 @@ def surrogate_batch(labels: np.ndarray, batch_size: int, group_size: int, rng: n
     return out
 
 
-def distance_weighted_log_weights(dist: torch.Tensor, dim: int, cutoff: float) -> torch.Tensor:
-    """log 1/q(d): inverse density of distances between points on the unit sphere in `dim` dimensions."""
-    d = dist.clamp(min=cutoff)
-    return (2.0 - dim) * torch.log(d) - ((dim - 3) / 2.0) * torch.log((1.0 - 0.25 * d * d).clamp(min=1e-8))
-
-
 def shared_triplets(
     emb: torch.Tensor, classes: torch.Tensor, surrogate: torch.Tensor, cutoff: float = 0.5,
     generator: torch.Generator | None = None,
@@ -116,7 +114,7 @@ def shared_triplets(
     """(anchor, positive, negative) indices of the shared triplets (`distanceweightedsampling_noise`).
 
     Positive: uniformly random among the anchor's surrogate group, excluding images of the anchor's class.
-    Negative: distance-weighted (on detached distances, in log space, shifted by the max) among images with
+    Negative: distance-weighted (on detached distances, in log space, normalised per anchor) among images with
     neither the anchor's surrogate label nor its class. Anchors without a valid positive or negative are skipped.
     """
     with torch.no_grad():
@@ -125,16 +123,13 @@ def shared_triplets(
         pos_ok = same_group & ~same_class  # excludes the anchor itself (same class)
         neg_ok = ~same_group & ~same_class
         dist = torch.cdist(emb.detach().float(), emb.detach().float())
-        logw = distance_weighted_log_weights(dist, emb.shape[1], cutoff)
-        logw = torch.where(neg_ok, logw, torch.full_like(logw, -torch.inf))
+        probs = negative_probabilities(inverse_sphere_log_density(dist, emb.shape[1], cutoff), neg_ok)
         valid = pos_ok.any(1) & neg_ok.any(1)
         anchors = torch.nonzero(valid).flatten()
         if len(anchors) == 0:
             empty = torch.zeros(0, dtype=torch.long, device=emb.device)
             return empty, empty, empty
-        row = logw[anchors]
-        probs = torch.exp(row - row.max(dim=1, keepdim=True).values)
-        negatives = torch.multinomial(probs.cpu(), 1, generator=generator).flatten().to(emb.device)
+        negatives = torch.multinomial(probs[anchors].cpu(), 1, generator=generator).flatten().to(emb.device)
         positives = torch.multinomial(pos_ok[anchors].float().cpu(), 1, generator=generator).flatten().to(emb.device)
     return anchors, positives, negatives
 
@@ -164,10 +159,9 @@ class SharingMethod(Method):
                        "weight_decay": weight_decay})
         groups.append({"name": "regressor", "params": list(self.adversary.parameters()), "lr": lr,
                        "weight_decay": p.adv_weight_decay})
-        beta = list(self.class_criterion.parameters()) + list(self.shared_criterion.parameters())
-        if beta:
-            groups.append({"name": "loss", "params": beta, "lr": lr * p.beta_lr_mult, "weight_decay": 0.0})
-        return groups
+        return groups + p.loss_group(
+            list(self.class_criterion.parameters()) + list(self.shared_criterion.parameters()), lr
+        )
 
     # --- batches: [class-balanced batch | surrogate batch] -----------------------------------------------------
     def batch_sampler(self, labels: np.ndarray, batch: BatchConfig, seed: int, num_batches: int) -> Iterator[list[int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deepmetric.data.config import ParamsError, parse_params
 
@@ -28,6 +28,36 @@ class OptimizerConfig(BaseModel):
     # Multiply the lr by `gamma` at these epochs (0-based epoch numbers).
     milestones: list[int] = Field(default_factory=list)
     gamma: float = Field(0.1, gt=0)
+    # Absolute lr per optimiser group of the method (names in docs/methods/, e.g. backbone, head, masks, loss);
+    # wins over `lr` and over the method's own per-part lr. The schedule scales these too.
+    group_lr: dict[str, float] = Field(default_factory=dict, description="absolute lr per optimiser group")
+
+    @field_validator("group_lr")
+    @classmethod
+    def _group_lr(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = {k: x for k, x in v.items() if not x >= 0}
+        if bad:
+            raise ValueError(f"group learning rates must be >= 0, got {bad}")
+        return v
+
+    @field_validator("milestones")
+    @classmethod
+    def _milestones(cls, v: list[int]) -> list[int]:
+        if any(m < 0 for m in v):
+            raise ValueError(f"milestones are 0-based epoch numbers (>= 0), got {v}")
+        return v
+
+
+def apply_group_lr(groups: list[dict[str, Any]], group_lr: dict[str, float], method: str) -> list[dict[str, Any]]:
+    """Set the absolute lr of the optimiser groups named in `train.optimizer.group_lr`; a name the method does
+    not have is a parameter error naming it."""
+    names = [g["name"] for g in groups]
+    unknown = sorted(set(group_lr) - set(names))
+    if unknown:
+        raise ParamsError(
+            f"train.optimizer.group_lr: method {method!r} has no optimiser group(s) {unknown}; its groups: {names}"
+        )
+    return [{**g, "lr": group_lr[g["name"]]} if g["name"] in group_lr else g for g in groups]
 
 
 class AugmentConfig(BaseModel):

@@ -31,7 +31,7 @@ from deepmetric.evaluation.metrics import evaluate_embeddings
 from deepmetric.io.atomic import atomic_path
 from deepmetric.methods import Method, MethodParams
 from deepmetric.models.preprocess import to_model_input
-from deepmetric.training.config import TrainConfig
+from deepmetric.training.config import TrainConfig, apply_group_lr
 from deepmetric.training.model_io import build_method, make_payload
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ class _Context:
 
 def _make_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
     groups = [g for g in method.param_groups(cfg.optimizer.lr, cfg.optimizer.weight_decay) if g["params"]]
+    groups = apply_group_lr(groups, cfg.optimizer.group_lr, method.name)
     names = [g["name"] for g in groups]
     if len(set(names)) != len(names):
         raise ValueError(f"method {method.name!r} returned duplicate optimiser group names {names}")
