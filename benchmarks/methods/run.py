@@ -47,6 +47,9 @@ def run_one(args: argparse.Namespace) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
+    import faiss
+
+    faiss.omp_set_num_threads(args.threads)  # D&C's k-means and the NMI k-means: the same thread budget
     from deepmetric.evaluation.embed import method_embedder
     from deepmetric.evaluation.protocol import embed_split, score, zero_shot_split
     from deepmetric.training.config import InputConfig, parse_train
@@ -58,7 +61,8 @@ def run_one(args: argparse.Namespace) -> dict:
         "method": args.method, "seed": args.seed, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "embedding_dim": args.embedding_dim, "progress": False, "device": "cpu",
         "batch": {"classes_per_batch": args.classes_per_batch, "samples_per_class": args.samples_per_class},
-        "optimizer": {"name": "adam", "lr": args.lr, "weight_decay": 1e-4},
+        "optimizer": {"name": "adam", "lr": args.lr, "weight_decay": 1e-4, "milestones": args.milestones,
+                      "gamma": 0.1},
         # same backbone for every method; from scratch, so BatchNorm is trainable for all (frozen statistics of an
         # untrained network are meaningless); pooling stays each method's own choice
         "backbone": {"name": "resnet18", "pretrained": False, "frozen_bn": False},
@@ -67,9 +71,9 @@ def run_one(args: argparse.Namespace) -> dict:
     }
     cfg, params = parse_train(train)
     spec = InputConfig(resize=args.size, crop=args.size)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = fit(manifest, args.data, cfg, params, spec)
-    wall = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     method, _ = load_model(result.payload)
     split = zero_shot_split(manifest, "glyphs")
     q, g = embed_split(method_embedder(method, spec.mean, spec.std), split, args.data, spec, 256,
@@ -81,13 +85,31 @@ def run_one(args: argparse.Namespace) -> dict:
         "method": args.method, "seed": args.seed,
         "map@r": metrics["map@r"], "recall@1": metrics["recall@1"], "nmi": metrics.get("nmi", float("nan")),
         "train_images_per_s": images / max(seconds, 1e-9), "train_seconds": seconds, "wall_seconds": wall,
+        # CPU seconds of the whole fit (1 torch thread: the work done, whatever else shares the machine)
+        "fit_cpu_seconds": cpu, "threads": args.threads,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "final_loss": result.log[-1].get("loss"), "test_queries": int(len(split.query)),
         "params": params.model_dump(mode="json"), "iterations": cfg.epochs * cfg.steps_per_epoch,
         "train_images": int((manifest["split"] == "train").sum()),
         "train_classes": int(manifest.loc[manifest["split"] == "train", "label"].nunique()),
         "num_params": int(sum(p.numel() for p in method.parameters())),
+        "train": cfg.model_dump(mode="json", exclude={"methods"}), "code": _code_version(),
     }
+
+
+def _code_version() -> str:
+    """The deepmetric source the run imported: git commit of its checkout (+ "-dirty"), or the path."""
+    import deepmetric
+
+    src = Path(deepmetric.__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "-C", str(src), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(src), "status", "--porcelain", "--", "."], capture_output=True,
+                               text=True).stdout.strip()
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return str(src)
 
 
 def table(results: list[dict]) -> str:
@@ -132,6 +154,7 @@ def main() -> None:
     ap.add_argument("--samples-per-class", type=int, default=4)
     ap.add_argument("--embedding-dim", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--milestones", nargs="*", type=int, default=[], help="epochs (0-based) where the lr drops × 0.1")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: the 2-core machine is shared)")
     ap.add_argument("--method-params", default=json.dumps({"divide_conquer": {"num_clusters": 4,
                                                                                "full_embedding_epoch": 0.5}}))

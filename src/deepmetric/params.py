@@ -2,13 +2,15 @@
 
 `ParamsCheckHook` (registered in settings.py) runs this as soon as Kedro has loaded the configuration, so a
 misspelt key or a bad value in any block stops `kedro run` (and so `dvc repro`) with a message naming it,
-before any stage does work.
+before any stage does work. It also applies a paper preset (`preset.name`, `deepmetric.training.presets`): the
+preset's `train` and `model` blocks replace the parameter files' in the catalog, so every node sees them.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
@@ -23,6 +25,7 @@ BLOCKS: dict[str, str] = {
     "train": "deepmetric.training.config:parse_train",
     "model": "deepmetric.data.transforms:InputSpec",
     "train_checkpoint_dir": "builtins:str",
+    "preset": "deepmetric.training.presets:PresetParams",
     "evaluate": "deepmetric.evaluation.protocol:EvaluateConfig",
     "export": "deepmetric.export.config:ExportParams",
     "index": "deepmetric.index.config:IndexParams",
@@ -35,9 +38,16 @@ def _resolve(spec: str) -> Callable[..., Any] | type:
     return getattr(importlib.import_module(module), attr)
 
 
-def validate_params(params: Mapping[str, Any]) -> None:
-    """Raise `ParamsError` listing every invalid or unknown block."""
+def validate_params(params: Mapping[str, Any], root: str | Path = ".") -> None:
+    """Raise `ParamsError` listing every invalid or unknown block (after applying a preset, see
+    `deepmetric.training.presets`; `root` is the project folder holding conf/presets)."""
+    from deepmetric.training.presets import resolve
+
     problems: list[str] = []
+    try:
+        params = resolve(params, root)
+    except ParamsError as exc:
+        problems.append(str(exc))
     unknown = sorted(set(params) - set(BLOCKS))
     if unknown:
         problems.append(f"unknown parameter block(s) {unknown}; known: {sorted(BLOCKS)}")
@@ -59,7 +69,34 @@ def validate_params(params: Mapping[str, Any]) -> None:
         raise ParamsError("\n".join(problems))
 
 
+def _catalog_entries(name: str, value: Any) -> dict[str, Any]:
+    """`params:<name>` and its nested `params:<name>.<key>` entries, as Kedro adds them."""
+    out = {f"params:{name}": value}
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            out.update(_catalog_entries(f"{name}.{k}", v))
+    return out
+
+
 class ParamsCheckHook:
+    """Validates every block before a run and puts the selected preset's `train`/`model` into the catalog."""
+
+    root: Path = Path(".")
+
     @hook_impl
     def after_context_created(self, context) -> None:
-        validate_params(context.params)
+        self.root = Path(context.project_path)
+        validate_params(context.params, self.root)
+
+    @hook_impl
+    def after_catalog_created(self, catalog, parameters: Mapping[str, Any]) -> None:
+        from deepmetric.training.presets import resolve
+
+        params = parameters.get("parameters", parameters)
+        resolved = resolve(params, self.root)
+        if resolved == dict(params):
+            return
+        for block in ("train", "model"):
+            for key, value in _catalog_entries(block, resolved[block]).items():
+                catalog[key] = value
+        catalog["parameters"] = resolved

@@ -52,3 +52,64 @@ def test_resize_intermediate_is_bounded_before_resizing():
                                                  r"\(parameter max_pixels\)"):
         eval_image(thin, InputSpec(resize=64, crop=64), max_pixels=1_000_000)
     assert eval_image(thin, InputSpec(resize=64, crop=64)).shape == (64, 64, 3)  # default limit: 40 Mpx
+
+
+def _augment(**kw):
+    from deepmetric.training.config import parse_train
+
+    return parse_train({"augment": kw})[0].augment
+
+
+def test_default_augmentation_is_the_glyph_transform():
+    from deepmetric.data.transforms import augmentation
+
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    spec = InputSpec(resize=32, crop=32)
+    torch.manual_seed(3)
+    a = augmentation(spec, _augment(scale_min=0.6))(img)
+    torch.manual_seed(3)
+    b = train_transform(spec, scale=(0.6, 1.0), hflip=False)(img)
+    assert torch.equal(a, b)
+
+
+def test_random_crop_is_a_window_of_the_resized_image():
+    from deepmetric.data.transforms import augmentation, resize_shorter
+
+    arr = np.random.default_rng(1).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    spec = InputSpec(resize=40, crop=32)
+    resized = np.asarray(resize_shorter(Image.fromarray(arr), 40))  # 40 × 53
+    t = augmentation(spec, _augment(crop="random"))
+    torch.manual_seed(0)
+    offsets = set()
+    for _ in range(20):
+        out = t(Image.fromarray(arr)).permute(1, 2, 0).numpy()
+        hits = [(y, x) for y in range(resized.shape[0] - 31) for x in range(resized.shape[1] - 31)
+                if np.array_equal(resized[y : y + 32, x : x + 32], out)]
+        assert len(hits) >= 1
+        offsets.add(hits[0])
+    assert len(offsets) > 5  # the window moves
+    square = augmentation(spec, _augment(crop="random", square_resize=True, resize=36))
+    assert square(Image.fromarray(arr)).shape == (3, 32, 32)
+    with pytest.raises(ValueError, match="train.augment.resize"):
+        augmentation(InputSpec(resize=64, crop=64), _augment(crop="random", resize=48))
+
+
+def test_random_erasing_fills_one_rectangle_with_the_normalised_value():
+    from deepmetric.data.transforms import augmentation
+
+    spec = InputSpec(resize=64, crop=64)
+    img = Image.new("RGB", (64, 64), (0, 0, 0))
+    on = augmentation(spec, _augment(scale_min=1.0, erasing={"p": 1.0, "value": [0.0, 0.0, 0.0]}))
+    fill = np.round(np.array(spec.mean) * 255).astype(np.uint8)  # normalised 0 = the mean pixel
+    torch.manual_seed(0)
+    areas = []
+    for _ in range(30):
+        out = on(img).permute(1, 2, 0).numpy()
+        erased = (out == fill).all(-1)
+        ys, xs = np.nonzero(erased)
+        assert erased.sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)  # one filled rectangle
+        assert not out[~erased].any()
+        areas.append(erased.mean())
+    assert 0.015 < min(areas) and max(areas) < 0.42  # area 0.02–0.4 (rounding of the sides)
+    off = augmentation(spec, _augment(scale_min=1.0, erasing={"p": 0.0}))
+    assert not off(img).any()

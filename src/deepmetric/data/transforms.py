@@ -23,8 +23,10 @@ from deepmetric.data.images import (
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "eval_image", "load_eval_image", "resize_shorter",
-           "train_transform"]
+__all__ = [
+    "IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "RandomCrop", "augmentation", "eval_image", "load_eval_image",
+    "random_erase_", "resize_shorter", "train_transform",
+]
 
 
 class InputSpec(BaseModel):
@@ -146,3 +148,81 @@ def train_transform(
         return pipeline(img)
 
     return apply
+
+
+# --- paper augmentations (train.augment): fixed-size random crops and Random Erasing ---------------------------------
+
+def random_erase_(x, p: float, area: tuple[float, float], min_aspect: float, fill: tuple[int, int, int]):
+    """Random Erasing (Zhong et al. 2017, as the re-id code Intra-Batch uses) on a ``uint8 (3, H, W)`` tensor, in
+    place: with probability ``p`` one rectangle of ``area`` (fraction of the image, uniform) and aspect ratio
+    uniform in ``[min_aspect, 1/min_aspect]`` is filled with ``fill``; up to 100 tries to fit it. Randomness from
+    torch's global generator."""
+    import torch
+
+    if p <= 0 or float(torch.rand(1)) >= p:
+        return x
+    _, height, width = x.shape
+    for _ in range(100):
+        target = float(torch.empty(1).uniform_(area[0], area[1])) * height * width
+        aspect = float(torch.empty(1).uniform_(min_aspect, 1.0 / min_aspect))
+        h = int(round((target * aspect) ** 0.5))
+        w = int(round((target / aspect) ** 0.5))
+        if 0 < w < width and 0 < h < height:
+            top = int(torch.randint(0, height - h + 1, (1,)))
+            left = int(torch.randint(0, width - w + 1, (1,)))
+            x[:, top : top + h, left : left + w] = torch.tensor(fill, dtype=x.dtype).view(3, 1, 1)
+            return x
+    return x
+
+
+class RandomCrop:
+    """Resize the shorter side to ``resize`` (``square``: both sides, aspect not kept, as Caffe's 256×256 warp),
+    then a random ``crop × crop`` window, optional horizontal flip → ``uint8 (3, crop, crop)`` tensor (the
+    Ranked-List-Loss / Caffe-style augmentation)."""
+
+    def __init__(self, crop: int, resize: int, hflip: bool, square: bool = False) -> None:
+        if resize < crop:
+            raise ValueError(f"train.augment.resize ({resize}) must be >= the crop ({crop})")
+        self.crop, self.resize, self.hflip, self.square = crop, resize, hflip, square
+
+    def __call__(self, img: Image.Image):
+        import torch
+
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        img = img.resize((self.resize, self.resize), Image.BILINEAR) if self.square else resize_shorter(img, self.resize)
+        w, h = img.size
+        top = int(torch.randint(0, h - self.crop + 1, (1,)))
+        left = int(torch.randint(0, w - self.crop + 1, (1,)))
+        img = img.crop((left, top, left + self.crop, top + self.crop))
+        if self.hflip and float(torch.rand(1)) < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1)))
+
+
+class _Erasing:
+    def __init__(self, base: Callable, p: float, area: tuple[float, float], min_aspect: float,
+                 fill: tuple[int, int, int]) -> None:
+        self.base, self.p, self.area, self.min_aspect, self.fill = base, p, area, min_aspect, fill
+
+    def __call__(self, img: Image.Image):
+        return random_erase_(self.base(img), self.p, self.area, self.min_aspect, self.fill)
+
+
+def augmentation(spec: InputSpec, augment) -> Callable[[Image.Image], object]:
+    """The training transform of a ``train.augment`` block (`deepmetric.training.config.AugmentConfig`):
+    ``crop: resized`` → :func:`train_transform` (RandomResizedCrop with ``scale``/``ratio``, flip);
+    ``crop: random`` → :class:`RandomCrop` from an image resized to ``augment.resize`` (default ``spec.resize``);
+    then Random Erasing when ``augment.erasing.p > 0``. With the defaults this is exactly :func:`train_transform`.
+    """
+    if augment.crop == "random":
+        base = RandomCrop(spec.crop, augment.resize or spec.resize, augment.hflip, augment.square_resize)
+    else:
+        base = train_transform(spec, scale=(augment.scale_min, augment.scale_max), hflip=augment.hflip,
+                               ratio=tuple(augment.ratio))
+    er = augment.erasing
+    if er.p <= 0:
+        return base
+    # the fill is given in normalised units (the re-id code erases after Normalize); here pixels are uint8
+    fill = tuple(int(round(min(255.0, max(0.0, (v * s + m) * 255.0)))) for v, m, s in zip(er.value, spec.mean, spec.std))
+    return _Erasing(base, er.p, tuple(er.area), er.min_aspect, fill)

@@ -60,11 +60,47 @@ def apply_group_lr(groups: list[dict[str, Any]], group_lr: dict[str, float], met
     return [{**g, "lr": group_lr[g["name"]]} if g["name"] in group_lr else g for g in groups]
 
 
-class AugmentConfig(BaseModel):
+class ErasingConfig(BaseModel):
+    """`train.augment.erasing`: Random Erasing (Zhong et al.), as Intra-Batch's re-id transform. p = 0: off."""
+
     model_config = ConfigDict(extra="forbid")
 
-    scale_min: float = Field(0.5, gt=0, le=1, description="RandomResizedCrop lower area bound")
+    p: float = Field(0.0, ge=0, le=1, description="probability of erasing one rectangle (Intra-Batch: 0.5)")
+    area: tuple[float, float] = Field((0.02, 0.4), description="erased fraction of the image, min and max")
+    min_aspect: float = Field(0.3, gt=0, le=1, description="aspect ratio drawn from [min_aspect, 1/min_aspect]")
+    value: tuple[float, float, float] = Field((0.4914, 0.4822, 0.4465), description="fill, in normalised units")
+
+    @field_validator("area")
+    @classmethod
+    def _area(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] < 1:
+            raise ValueError(f"must satisfy 0 < min <= max < 1, got {list(v)}")
+        return v
+
+
+class AugmentConfig(BaseModel):
+    """`train.augment`. The defaults are the glyph set's (no flip); the paper presets set the rest."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    crop: Literal["resized", "random"] = Field(
+        "resized", description="resized: RandomResizedCrop(model.crop, scale, ratio); random: resize then a random crop"
+    )
+    scale_min: float = Field(0.5, gt=0, le=1, description="RandomResizedCrop lower area bound (torchvision: 0.08)")
+    scale_max: float = Field(1.0, gt=0, le=1, description="RandomResizedCrop upper area bound")
+    ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="RandomResizedCrop aspect-ratio range")
+    resize: int | None = Field(None, gt=0, description="crop: random — shorter side before cropping (null: model.resize)")
+    square_resize: bool = Field(False, description="crop: random — warp to resize × resize (Caffe), aspect not kept")
     hflip: bool = Field(False, description="horizontal flips (off for glyphs: b vs d)")
+    erasing: ErasingConfig = Field(default_factory=ErasingConfig)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> AugmentConfig:
+        if self.scale_min > self.scale_max:
+            raise ValueError(f"scale_min ({self.scale_min}) must not exceed scale_max ({self.scale_max})")
+        if not 0 < self.ratio[0] <= self.ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {list(self.ratio)}")
+        return self
 
 
 # The `model` parameters are the data module's `InputSpec` (one definition of the input).

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from deepmetric.data.dataset import ManifestImages
 from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO
-from deepmetric.data.transforms import InputSpec, train_transform
+from deepmetric.data.transforms import InputSpec, augmentation
 from deepmetric.evaluation.embed import embed_dataset, method_embedder
 from deepmetric.evaluation.metrics import evaluate_embeddings
 from deepmetric.io.atomic import atomic_path
@@ -199,9 +199,7 @@ def fit(
 
     cache = dict(cache=cfg.cache_images, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
     eval_images = ManifestImages(root, train["path"], spec, **cache)
-    train_images = eval_images.with_transform(
-        train_transform(spec, scale=(cfg.augment.scale_min, 1.0), hflip=cfg.augment.hflip)
-    )
+    train_images = eval_images.with_transform(augmentation(spec, cfg.augment))
     val_images = ManifestImages(root, val["path"], spec, **cache) if len(val) else None
     val_labels = val["label"].to_numpy()
     can_validate = val_images is not None and len(np.unique(val_labels)) >= 2
