@@ -87,6 +87,11 @@ def test_every_stage_writes_its_outputs(project):
     assert not missing
     metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
     assert {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi"} <= set(metrics)
+    # training time for `dvc exp show`: the epochs' training seconds of the log
+    import pandas as pd
+
+    log = pd.read_csv(project / "data/08_reporting/train_log.csv")
+    assert metrics["train_seconds"] == pytest.approx(log["seconds"].sum(), abs=0.1) and metrics["train_seconds"] > 0
     baselines = json.loads((project / "data/08_reporting/baselines.json").read_text())
     assert {"pixels", "untrained", "trained"} <= set(baselines)
     assert (project / "data/08_reporting/retrieval_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
