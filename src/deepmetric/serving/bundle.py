@@ -215,7 +215,7 @@ def build_bundle(
         "lineage": lineage,
     }
     manifest["manifest_sha256"] = sha256(_canonical(manifest))
-    files[MANIFEST_FILE] = (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+    files[MANIFEST_FILE] = manifest_bytes(manifest)
     return files
 
 
@@ -239,6 +239,20 @@ def _thumbnails(ids: pd.DataFrame, image_root: str | None, params: BundleParams,
     info = {"format": t.format, "size": t.size, "quality": t.quality, "shard_items": t.shard_items,
             "count": len(ids), "files": list(shards), "bytes": sum(len(v) for v in shards.values())}
     return info, shards
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """How manifest.json is written (indented, sorted keys)."""
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def restamp(manifest: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """A copy of ``manifest`` with ``fields`` set and ``manifest_sha256`` recomputed. Releases use it to add
+    their name and provenance to a built bundle's manifest; the payload files and their sha256 stay as built."""
+    out = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    out.update(fields)
+    out["manifest_sha256"] = sha256(_canonical(out))
+    return out
 
 
 @dataclass

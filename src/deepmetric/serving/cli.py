@@ -3,6 +3,7 @@
     deepmetric serve  --bundle DIR [--host 127.0.0.1] [--port 8000] [--workers N]
     deepmetric search --bundle DIR IMAGE... [-k 10]
     deepmetric info   --bundle DIR
+    deepmetric publish NAME | pull NAME --repo URL | releases --repo URL   (releases: deepmetric.release.cli)
 
 A bundle that fails verification (checksums, dimensions) is refused with a message and exit status 2.
 """
@@ -70,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="print the bundle's manifest (after verifying it)")
     info.add_argument("--bundle", required=True)
+
+    from deepmetric.release.cli import add_parsers
+
+    add_parsers(sub)
     return parser
 
 
@@ -114,7 +119,8 @@ def _serve(args: argparse.Namespace) -> int:
         serve_single(create_app(bundle, settings), sock, args.log_level)
     else:
         del bundle  # each worker loads its own copy
-        serve_workers(sock, args.workers, {BUNDLE_ENV: os.path.abspath(args.bundle), **settings.to_env()},
+        # the resolved folder: a `pull` that swaps releases/current must not change what a respawned worker loads
+        serve_workers(sock, args.workers, {BUNDLE_ENV: os.path.realpath(args.bundle), **settings.to_env()},
                       args.log_level)
     return 0
 
@@ -165,7 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     onnxruntime's and faiss's native thread pools occasionally abort ("terminate called without an active
     exception") while the interpreter tears them down, which would turn a finished command into exit 134."""
     args = _parser().parse_args(argv)
-    handler = {"serve": _serve, "search": _search, "info": _info}[args.command]
+    from deepmetric.release.cli import HANDLERS
+
+    handler = {"serve": _serve, "search": _search, "info": _info, **HANDLERS}[args.command]
     try:
         code = handler(args)
     except BrokenPipeError:  # output piped into `head` and the like
@@ -176,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = e.code if isinstance(e.code, int) else 1
         if argv is not None:
             raise
-    if argv is None and args.command in ("info", "search"):
+    if argv is None and args.command in ("info", "search", "pull", "publish"):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -1,0 +1,197 @@
+"""`deepmetric pull NAME --repo URL`: fetch release NAME on an inference host, verify it, install it.
+
+The download goes through DVC's own API (`dvc.api.DVCFileSystem` at the tag: DVC clones the git repository,
+reads ``release/bundle.dvc`` and fetches the objects from the DVC remote). Then the checks the server runs on
+any bundle (`deepmetric.serving.bundle.load_bundle`: every file's sha256, the manifest's own hash, dimensions),
+plus one only a release has: the manifest's sha256 must equal the one in ``release/release.json`` at the tag,
+which git, not the remote, holds — so an object altered in the remote is refused even when whoever altered it
+also rewrote the manifest's checksums. Nothing lands in ``DEST/NAME`` unless every check passed; ``DEST/current``
+then points at it (a symlink swapped atomically). Rolling back is pulling the previous name.
+
+Imports DVC, onnxruntime and faiss; not torch, not Kedro.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from deepmetric.release.record import RELEASE_BUNDLE, RELEASE_RECORD, ReleaseError, check_name
+
+CURRENT = "current"
+_OVERRIDE = "deepmetric-release"
+
+
+@dataclass
+class Pulled:
+    name: str
+    path: Path
+    record: dict[str, Any]
+    manifest: dict[str, Any]
+    remote: str
+
+
+def _fs(repo: str, rev: str, config: dict[str, Any] | None = None):
+    import dvc.api
+
+    return dvc.api.DVCFileSystem(repo, rev=rev, config=config)
+
+
+def _unreachable_repo(repo: str, err: Exception) -> ReleaseError:
+    return ReleaseError("unreachable", f"git repository {repo} unreachable: {err or type(err).__name__}")
+
+
+def list_tags(repo: str) -> list[str]:
+    import dvc.api
+    from dvc.exceptions import DvcException
+
+    try:
+        return sorted(dvc.api.all_tags(repo))
+    except DvcException as e:
+        raise _unreachable_repo(repo, e) from None
+
+
+def read_record(repo: str, name: str) -> dict[str, Any] | None:
+    """``release/release.json`` at tag ``name`` (None when that tag is not a release)."""
+    fs = _fs(repo, name)
+    try:
+        return json.loads(fs.read_bytes(RELEASE_RECORD))
+    except FileNotFoundError:
+        return None
+    finally:
+        fs.close()
+
+
+def releases(repo: str) -> list[dict[str, Any]]:
+    """The release records of every tag of ``repo`` that holds one, oldest tag name first."""
+    from dvc.repo.open_repo import clean_repos
+
+    try:
+        out = []
+        for tag in list_tags(repo):
+            record = read_record(repo, tag)
+            if record is not None:
+                out.append(record)
+        return out
+    finally:
+        clean_repos()
+
+
+def _remote_config(fs, record: dict[str, Any], remote: str | None, remote_url: str | None) -> dict[str, Any] | None:
+    """DVC config overrides: ``--remote-url`` > ``--remote`` > the repository's default remote > the URL the
+    release was pushed to (recorded in release.json; used when the repository's committed config names none)."""
+    if remote_url:
+        return {"core": {"remote": _OVERRIDE}, "remote": {_OVERRIDE: {"url": remote_url}}}
+    if remote:
+        return {"core": {"remote": remote}}
+    if fs.repo.config["core"].get("remote"):
+        return None
+    url = (record.get("remote") or {}).get("url")
+    if url:
+        return {"core": {"remote": _OVERRIDE}, "remote": {_OVERRIDE: {"url": url}}}
+    return None
+
+
+def _check_remote(fs) -> str:
+    from dvc.config import NoRemoteError
+
+    try:
+        remote = fs.repo.cloud.get_remote()
+    except NoRemoteError as e:
+        raise ReleaseError("unreachable", f"no DVC remote to fetch from ({e}); pass --remote-url") from None
+    url = remote.fs.unstrip_protocol(remote.path)
+    try:
+        ok = remote.fs.exists(remote.path)
+    except Exception as e:  # credentials, DNS, refused connections: each filesystem raises its own
+        raise ReleaseError("unreachable", f"DVC remote {url} unreachable: {e}") from None
+    if not ok:
+        raise ReleaseError("unreachable", f"DVC remote {url} unreachable: it does not exist")
+    return url
+
+
+def verify(folder: Path, name: str, record: dict[str, Any]):
+    """The bundle's own checks, then: it is release ``name`` and its manifest is the one git recorded."""
+    from deepmetric.serving.bundle import BundleError, load_bundle, read_manifest
+
+    manifest = read_manifest(folder)
+    want = record.get("manifest_sha256")
+    if manifest.get("manifest_sha256") != want:
+        raise BundleError("manifest.json", f"checksum mismatch: manifest_sha256 {str(manifest.get('manifest_sha256'))[:16]}… "
+                          f"differs from release {name}'s record in git ({str(want)[:16]}…): the copy in the DVC remote "
+                          "was altered")
+    if manifest.get("release") != name:
+        raise BundleError("manifest.json", f"release is {manifest.get('release')!r}, expected {name!r}")
+    return load_bundle(folder)
+
+
+def _install(staged: Path, dest: Path, name: str) -> Path:
+    from deepmetric.io.atomic import atomic_path
+
+    with atomic_path(dest / name) as tmp:
+        os.replace(staged, tmp)
+    link = dest / f".{CURRENT}.{os.getpid()}.tmp"
+    link.unlink(missing_ok=True)
+    link.symlink_to(name)
+    os.replace(link, dest / CURRENT)
+    return dest / name
+
+
+def pull(name: str, repo: str, dest: str | Path, remote: str | None = None, remote_url: str | None = None) -> Pulled:
+    """Fetch release ``name`` from ``repo`` (a git URL or path) into ``dest/name`` and point ``dest/current`` at it."""
+    from dvc.exceptions import DvcException
+    from dvc.repo.open_repo import clean_repos
+    from dvc.scm import RevError
+
+    from deepmetric.serving.bundle import BundleError
+
+    check_name(name)
+    dest = Path(dest)
+    try:
+        tags = list_tags(repo)
+        if name not in tags:
+            known = [t for t in tags if read_record(repo, t) is not None]
+            raise ReleaseError("unknown_release", f"unknown release {name!r}: {repo} has no tag {name} "
+                               f"(its releases: {', '.join(known) or 'none'})")
+        try:
+            record = read_record(repo, name)
+        except RevError as e:
+            raise ReleaseError("unknown_release", f"unknown release {name!r} in {repo}: {e}") from None
+        if record is None:
+            raise ReleaseError("unknown_release", f"tag {name} of {repo} is not a deepmetric release "
+                               f"(no {RELEASE_RECORD} in it)")
+        fs = _fs(repo, name)
+        config = _remote_config(fs, record, remote, remote_url)
+        if config is not None:
+            fs.close()
+            fs = _fs(repo, name, config)
+        try:
+            url = _check_remote(fs)
+            dest.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".pull", dir=dest))
+            try:
+                try:
+                    fs.get(RELEASE_BUNDLE, str(staging / "bundle"), recursive=True)
+                except FileNotFoundError as e:
+                    raise ReleaseError("unreachable", f"DVC remote {url} lacks files of release {name} ({e}); was "
+                                       "`dvc push` interrupted?") from None
+                except (OSError, DvcException) as e:
+                    raise ReleaseError("unreachable", f"fetching release {name} from DVC remote {url} failed: {e}") from None
+                try:
+                    bundle = verify(staging / "bundle", name, record)
+                except BundleError as e:
+                    raise ReleaseError("checksum", f"release {name} refused: {e}") from None
+                manifest = bundle.manifest
+                del bundle
+                path = _install(staging / "bundle", dest, name)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            fs.close()
+        return Pulled(name=name, path=path, record=record, manifest=manifest, remote=url)
+    finally:
+        clean_repos()

@@ -1,0 +1,306 @@
+"""Releases through a real DVC remote (a local folder) and a real git origin (a bare repository).
+
+The build side is a copy of the project whose pipeline outputs are the small deploy fixtures (two untrained
+models, seeds 0 and 1, indexed and bundled by the real `index` and `bundle` stages) recorded in dvc.lock with
+`dvc commit`, so no training runs here (`tests/release/test_release_e2e.py`, slow, does it with `dvc repro`).
+The host is a separate folder with no access to the build clone: `deepmetric pull` has DVC clone the origin and
+fetch from the remote, in a process where importing torch or Kedro fails. It pulls v2 and serves it over a
+socket, rolls back to v1 and the answers change back; tampered remote objects, unknown tags and unreachable
+remotes are refused with their own exit status.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.deploy_fixtures import data_params, make_dataset, make_model_payload, model_params, onnx_model, png_bytes
+from tests.pipelines.kedro_helpers import load_params, run_stage
+from tests.pipelines.test_chain import TINY, make_project, run
+from tests.serving.test_server import free_port, post_images, request
+
+BLOCKED = ("torch", "torchvision", "kedro", "kedro_datasets", "great_expectations", "pytorch_metric_learning")
+METRICS = {1: {"recall@1": 0.61, "map@r": 0.31, "nmi": 0.52, "best_epoch": 1},
+           2: {"recall@1": 0.72, "map@r": 0.44, "nmi": 0.58, "best_epoch": 2}}
+
+
+def host_cmd(*args: str) -> list[str]:
+    """`deepmetric ARGS` in a process where torch, Kedro, GX and PML cannot be imported (an inference host)."""
+    code = ("import runpy, sys\n"
+            f"for m in {BLOCKED!r}: sys.modules[m] = None\n"
+            f"sys.argv = ['deepmetric', *{list(args)!r}]\n"
+            "runpy.run_module('deepmetric.serving.cli', run_name='__main__')\n")
+    return [sys.executable, "-c", code]
+
+
+def host(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(host_cmd(*args), capture_output=True, text=True, timeout=300)
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`deepmetric ARGS` in this process (the refusals: cheaper than a process each)."""
+    import contextlib
+    import io
+
+    from deepmetric.serving.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    old = os.getcwd()
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(list(args))
+    finally:
+        os.chdir(old)
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
+def build_outputs(project: Path, version: int) -> None:
+    """Every output of the pipeline for model ``version`` (seed version-1), then `dvc commit` records them."""
+    from deepmetric.io.datasets import BytesDataset, FileTreeDataset, JSONDataset, ParquetDataset, TextDataset, TorchDataset
+    from tests.deploy_fixtures import draw_image
+
+    data = project / "data"
+    root = data / "01_raw/glyphs"
+    if not root.exists():
+        manifest = make_dataset(root)
+        ParquetDataset(str(data / "02_intermediate/manifest.parquet")).save(manifest)
+        ParquetDataset(str(data / "02_intermediate/manifest_validated.parquet")).save(manifest)
+        JSONDataset(str(data / "08_reporting/ingest.json")).save({"images": len(manifest)})
+        JSONDataset(str(data / "08_reporting/validation.json")).save({"success": True})
+        FileTreeDataset(str(data / "08_reporting/validation_docs")).save({"index.html": b"<html></html>"})
+        (data / "06_models/checkpoints").mkdir(parents=True)
+    seed = version - 1
+    TorchDataset(str(data / "06_models/model.pt")).save(make_model_payload(seed=seed))
+    TextDataset(str(data / "08_reporting/train_log.csv")).save("epoch,loss\n1,0.5\n")
+    JSONDataset(str(data / "08_reporting/metrics.json")).save(METRICS[version])
+    JSONDataset(str(data / "08_reporting/baselines.json")).save({"pixels": {"map@r": 0.1}})
+    BytesDataset(str(data / "08_reporting/retrieval_grid.png")).save(png_bytes(draw_image(0, 0)))
+    BytesDataset(str(data / "06_models/model.onnx")).save(onnx_model(seed=seed))
+    JSONDataset(str(data / "08_reporting/export.json")).save({"max_abs_diff": 0.0})
+    params = {"data": data_params(root), "model": model_params(), "index": load_params("index")["index"],
+              "bundle": load_params("bundle")["bundle"]}
+    run_stage("index", project, params)
+    run_stage("bundle", project, params)
+    run(["dvc", "commit", "-f", "-q"], project)
+    run(["git", "add", "-A"], project)
+    run(["git", "commit", "-q", "-m", f"pipeline outputs of model {version}"], project)
+
+
+def remote_object(remote: Path, md5: str) -> Path:
+    return remote / "files" / "md5" / md5[:2] / md5[2:]
+
+
+def bundle_objects(remote: Path, release_md5: str) -> dict[str, Path]:
+    listing = json.loads(remote_object(remote, release_md5).read_text())
+    return {e["relpath"]: remote_object(remote, e["md5"]) for e in listing}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    from deepmetric.serving.bundle import load_bundle
+
+    tmp = tmp_path_factory.mktemp("release")
+    origin, remote = tmp / "origin.git", tmp / "dvc-remote"
+    run(["git", "init", "-q", "--bare", str(origin)], tmp)
+    (tmp / "build").mkdir()
+    project = make_project(tmp / "build", TINY)
+    for key, value in [("user.name", "release test"), ("user.email", "release@test"), ("commit.gpgsign", "false"),
+                       ("tag.gpgsign", "false")]:
+        run(["git", "config", key, value], project)
+    run(["git", "remote", "add", "origin", str(origin)], project)
+    # `make release` on the built-in set: a local-folder default remote in .dvc/config.local (not in git).
+    run(["dvc", "remote", "add", "--local", "-d", "local", str(remote)], project)
+    expected, revisions = {}, {}
+    for version in (1, 2):
+        build_outputs(project, version)
+        revisions[version] = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+        if version == 1:  # the command as a user runs it
+            proc = run([sys.executable, "-m", "deepmetric.serving.cli", "publish", "v1", "--git-remote", "origin"],
+                       project)
+        else:
+            proc = cli("publish", "v2", "--git-remote", "origin", cwd=project)
+            assert proc.returncode == 0, proc.stderr
+        assert f"published release v{version}" in proc.stderr
+        built = load_bundle(project / "release/bundle")
+        query = [("image", "q.png", (project / "data/01_raw/glyphs" / built.ids["path"][3]).read_bytes())]
+        from deepmetric.data.images import open_image
+        from deepmetric.data.transforms import eval_image
+        import io
+        import numpy as np
+
+        arr = eval_image(open_image(io.BytesIO(query[0][2]).getvalue(), 10**8), built.spec)
+        expected[version] = built.search(built.embed(np.stack([arr])), 5)[0]
+    return {"tmp": tmp, "origin": origin, "remote": remote, "project": project, "query": query,
+            "expected": expected, "revisions": revisions}
+
+
+def _neighbours(hits):
+    return [(h["id"], round(h["score"], 4)) for h in hits]
+
+
+def test_publish_records_revision_stage_hash_and_data_version(world):
+    from deepmetric.release.provenance import stage_hash
+
+    project = world["project"]
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    record = json.loads(run(["git", "show", "v2:release/release.json"], project).stdout)
+    manifest = json.loads((project / "release/bundle/manifest.json").read_text())
+    prov = manifest["provenance"]
+    assert manifest["release"] == record["name"] == "v2"
+    assert prov["git_revision"] == record["git_revision"] == world["revisions"][2]
+    # the tag is the release commit on top of the revision that built it
+    assert run(["git", "rev-parse", "v2^"], project).stdout.strip() == world["revisions"][2]
+    assert prov["dvc"]["stage"] == "bundle" and prov["dvc"]["stage_hash"] == stage_hash(lock["stages"]["bundle"])
+    assert prov["dvc"]["out_md5"] == lock["stages"]["bundle"]["outs"][0]["md5"]
+    glyphs = lock["stages"]["glyphs"]["outs"][0]
+    assert prov["data"]["root"] == "data/01_raw/glyphs" and prov["data"]["root_md5"] == glyphs["md5"]
+    validated = [o for o in lock["stages"]["validate"]["outs"] if o["path"].endswith("manifest_validated.parquet")][0]
+    assert prov["data"]["manifest_md5"] == validated["md5"]
+    assert prov["metrics"] == METRICS[2] and record["metrics"] == METRICS[2]
+    assert prov["params"]["train"]["method"] == "margin"
+    assert record["manifest_sha256"] == manifest["manifest_sha256"]
+    # the payload is the built bundle's, byte for byte
+    assert {"model.onnx", "index.faiss", "ids.parquet"} <= set(manifest["files"])
+    for f in manifest["files"]:
+        assert (project / "release/bundle" / f).read_bytes() == (project / "data/09_deploy/bundle" / f).read_bytes()
+    # origin has both tags; the remote has the release bundle's objects
+    tags = run(["git", "ls-remote", "--tags", str(world["origin"])], project).stdout
+    assert "refs/tags/v1" in tags and "refs/tags/v2" in tags
+    assert set(bundle_objects(world["remote"], record["bundle_md5"])) == {*manifest["files"], "manifest.json"}
+    assert "up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_publish_refusals(world, tmp_path):
+    project = world["project"]
+
+    def publish(*args):
+        return cli("publish", *args, cwd=project)
+
+    proc = publish("v2")
+    assert proc.returncode == 6 and "release v2 exists" in proc.stderr
+    proc = publish("bad/name")
+    assert proc.returncode == 3 and "not valid" in proc.stderr
+    params = project / "conf/base/parameters_bundle.yml"
+    original = params.read_text()
+    try:
+        params.write_text(original.replace("release: null", "release: other"))
+        proc = publish("v3")
+        assert proc.returncode == 6 and "uncommitted changes" in proc.stderr and "parameters_bundle.yml" in proc.stderr
+        run(["git", "commit", "-q", "-am", "a parameter change not reproduced"], project)
+        proc = publish("v3")
+        assert proc.returncode == 6 and "not up to date with dvc.lock" in proc.stderr and "bundle" in proc.stderr
+    finally:
+        run(["git", "reset", "-q", "--hard", "v2"], project)
+    assert run(["git", "tag"], project).stdout.split() == ["v1", "v2"]
+
+
+def start_host_server(bundle: Path) -> tuple[subprocess.Popen, str]:
+    import time
+    import urllib.error
+
+    port = free_port()
+    proc = subprocess.Popen(host_cmd("serve", "--bundle", str(bundle), "--port", str(port), "--log-level", "warning"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited {proc.returncode}: {proc.stdout.read().decode()}")
+        try:
+            if request(base, "GET", "/healthz")[0] == 200:
+                return proc, base
+        except (urllib.error.URLError, ConnectionError, OSError):
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError("server did not become healthy in 90 s")
+
+
+def served(bundle: Path, query) -> tuple[str, list]:
+    proc, base = start_host_server(bundle)
+    try:
+        status, info = request(base, "GET", "/v1/info")
+        assert status == 200
+        status, body = post_images(base, "/v1/search?k=5", query)
+        assert status == 200, body
+        return info["manifest"]["release"] if "manifest" in info else info["release"], body["results"][0]["neighbors"]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_host_pulls_v2_serves_it_rolls_back_to_v1(world, tmp_path):
+    dest = tmp_path / "releases"
+    proc = host("pull", "v2", "--repo", str(world["origin"]), "--dest", str(dest))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(dest / "v2") and os.readlink(dest / "current") == "v2"
+    release, hits = served(dest / "current", world["query"])
+    assert release == "v2"
+    assert _neighbours(hits) == _neighbours(world["expected"][2]) != _neighbours(world["expected"][1])
+
+    proc = host("pull", "v1", "--repo", str(world["origin"]), "--dest", str(dest))
+    assert proc.returncode == 0, proc.stderr
+    assert os.readlink(dest / "current") == "v1"
+    release, hits = served(dest / "current", world["query"])
+    assert release == "v1" and _neighbours(hits) == _neighbours(world["expected"][1])
+    assert sorted(p.name for p in dest.iterdir()) == ["current", "v1", "v2"], "no temporary left behind"
+
+
+def _tampered_remote(world, tmp_path, name: str, change) -> Path:
+    copy = tmp_path / name
+    shutil.copytree(world["remote"], copy)
+    record = json.loads(run(["git", "show", "v2:release/release.json"], world["project"]).stdout)
+    target = bundle_objects(copy, record["bundle_md5"])
+    change(target)
+    return copy
+
+
+def test_tampered_remote_objects_are_refused(world, tmp_path):
+    from deepmetric.serving.bundle import restamp
+
+    def flip_model(objs):
+        path = objs["model.onnx"]
+        os.chmod(path, 0o644)
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+
+    def forge_manifest(objs):
+        # rewrite the manifest with self-consistent checksums: only the record in git can tell
+        path = objs["manifest.json"]
+        os.chmod(path, 0o644)
+        manifest = json.loads(path.read_text())
+        forged = restamp(manifest, accepted_on={"map@r": 0.99})
+        path.write_text(json.dumps(forged, indent=2, sort_keys=True) + "\n")
+
+    dest = tmp_path / "releases"
+    for name, change, names in [("flipped", flip_model, "model.onnx"), ("forged", forge_manifest, "manifest.json")]:
+        remote = _tampered_remote(world, tmp_path, name, change)
+        proc = cli("pull", "v2", "--repo", str(world["origin"]), "--dest", str(dest), "--remote-url", str(remote))
+        assert proc.returncode == 2, (proc.returncode, proc.stderr)
+        assert "release v2 refused" in proc.stderr and names in proc.stderr
+        assert "does not match" in proc.stderr or "checksum mismatch" in proc.stderr
+        assert not (dest / "v2").exists() and not (dest / "current").exists()
+        assert [p.name for p in dest.iterdir()] == [], "no half-installed release"
+
+
+def test_unknown_tag_and_unreachable_remote_or_repository(world, tmp_path):
+    dest = tmp_path / "releases"
+    proc = cli("pull", "v9", "--repo", str(world["origin"]), "--dest", str(dest))
+    assert proc.returncode == 4 and "unknown release 'v9'" in proc.stderr and "v1, v2" in proc.stderr
+    proc = cli("pull", "v2", "--repo", str(world["origin"]), "--dest", str(dest), "--remote-url", str(tmp_path / "gone"))
+    assert proc.returncode == 5 and "unreachable" in proc.stderr and "gone" in proc.stderr
+    proc = cli("pull", "v2", "--repo", str(tmp_path / "no-such-repo.git"), "--dest", str(dest))
+    assert proc.returncode == 5 and "no-such-repo.git" in proc.stderr and "unreachable" in proc.stderr
+    proc = cli("releases", "--repo", str(world["origin"]))
+    assert proc.returncode == 0, proc.stderr
+    assert [line.split()[1] for line in proc.stdout.splitlines()] == ["v1:", "v2:"]
+    assert not dest.exists() or not any(dest.iterdir())
