@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy_fixtures import data_params, make_dataset, make_model_payload, model_params, onnx_model, png_bytes
+from tests.deploy_fixtures import (data_params, evaluated, make_dataset, make_model_payload, model_params, onnx_model,
+                                   png_bytes)
 from tests.pipelines.kedro_helpers import load_params, run_stage
 from tests.pipelines.test_chain import TINY, make_project, run
 from tests.serving.test_server import free_port, post_images, request
@@ -81,10 +82,11 @@ def build_outputs(project: Path, version: int) -> None:
     seed = version - 1
     TorchDataset(str(data / "06_models/model.pt")).save(make_model_payload(seed=seed))
     TextDataset(str(data / "08_reporting/train_log.csv")).save("epoch,loss\n1,0.5\n")
-    JSONDataset(str(data / "08_reporting/metrics.json")).save(METRICS[version])
     JSONDataset(str(data / "08_reporting/baselines.json")).save({"pixels": {"map@r": 0.1}})
     BytesDataset(str(data / "08_reporting/retrieval_grid.png")).save(png_bytes(draw_image(0, 0)))
-    BytesDataset(str(data / "06_models/model.onnx")).save(onnx_model(seed=seed))
+    onnx = onnx_model(seed=seed)
+    BytesDataset(str(data / "06_models/model.onnx")).save(onnx)
+    JSONDataset(str(data / "08_reporting/metrics.json")).save(evaluated(onnx, METRICS[version]))
     JSONDataset(str(data / "08_reporting/export.json")).save({"max_abs_diff": 0.0})
     params = {"data": data_params(root), "model": model_params(), "index": load_params("index")["index"],
               "bundle": load_params("bundle")["bundle"]}
@@ -165,7 +167,9 @@ def test_publish_records_revision_stage_hash_and_data_version(world):
     assert prov["data"]["root"] == "data/01_raw/glyphs" and prov["data"]["root_md5"] == glyphs["md5"]
     validated = [o for o in lock["stages"]["validate"]["outs"] if o["path"].endswith("manifest_validated.parquet")][0]
     assert prov["data"]["manifest_md5"] == validated["md5"]
-    assert prov["metrics"] == METRICS[2] and record["metrics"] == METRICS[2]
+    metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
+    assert metrics["map@r"] == METRICS[2]["map@r"]
+    assert prov["metrics"] == record["metrics"] == metrics
     assert prov["params"]["train"]["method"] == "margin"
     assert record["manifest_sha256"] == manifest["manifest_sha256"]
     # the payload is the built bundle's, byte for byte
