@@ -34,7 +34,8 @@ def _lock(root="data/01_raw/glyphs"):
                      "outs": [{"path": "data/02_intermediate/manifest_validated.parquet", "hash": "md5", "md5": "m1",
                                "size": 1}]},
         "train": {"cmd": "kedro run --pipeline train",
-                  "params": {"conf/base/parameters_train.yml": {"train": {"method": "margin"}, "model": {"crop": 64}}}},
+                  "params": {"conf/base/parameters_train.yml": {"train": {"method": "margin"}, "model": {"crop": 64}},
+                             "conf/base/parameters_preset.yml": {"preset": {"name": None}}}},
         "bundle": {"cmd": "kedro run --pipeline bundle",
                    "deps": [{"path": "data/06_models/model.onnx", "hash": "md5", "md5": "o1", "size": 5}],
                    "params": {"conf/base/parameters_bundle.yml": {"bundle": {"release": None}}},
@@ -50,7 +51,7 @@ def test_provenance_from_lock():
                            "out": "data/09_deploy/bundle", "out_md5": "b1.dir"}
     assert prov["data"] == {"dataset": "glyphs", "root": "data/01_raw/glyphs", "root_md5": "aa.dir", "files": 3,
                             "manifest": "data/02_intermediate/manifest_validated.parquet", "manifest_md5": "m1"}
-    assert prov["params"] == {"train": {"method": "margin"}, "model": {"crop": 64}}
+    assert prov["params"] == {"train": {"method": "margin"}, "model": {"crop": 64}, "preset": {"name": None}}
     assert prov["metrics"] == {"map@r": 0.5}
 
 

@@ -16,6 +16,7 @@ from deepmetric.release.record import BUILD_BUNDLE, ReleaseError
 
 INGEST_PARAMS = "conf/base/parameters_ingest.yml"
 TRAIN_PARAMS = "conf/base/parameters_train.yml"
+PRESET_PARAMS = "conf/base/parameters_preset.yml"  # preset.name set: train/model come from conf/presets/<name>.yml
 VALIDATED_MANIFEST = "data/02_intermediate/manifest_validated.parquet"
 
 
@@ -84,11 +85,11 @@ def provenance(lock: Mapping[str, Any], git_revision: str, metrics: Mapping[str,
     """The ``provenance`` block of a release manifest."""
     name, entry = stage_writing(lock, BUILD_BUNDLE)
     out = next(o for o in entry["outs"] if o.get("path") == BUILD_BUNDLE)
-    train = stage_params(lock, TRAIN_PARAMS)
+    train = {**stage_params(lock, TRAIN_PARAMS), **stage_params(lock, PRESET_PARAMS)}
     return {
         "git_revision": git_revision,
         "dvc": {"stage": name, "stage_hash": stage_hash(entry), "out": BUILD_BUNDLE, "out_md5": out.get("md5")},
         "data": data_version(lock, dataset),
-        "params": {k: train[k] for k in ("train", "model") if k in train},
+        "params": {k: train[k] for k in ("train", "model", "preset") if k in train},
         "metrics": dict(metrics or {}),
     }
