@@ -45,6 +45,9 @@ def main() -> int:
             out = Path(args.out)
             page.screenshot(path=str(out / "search-page.png"))
             page.set_viewport_size({"width": 390, "height": 844})
+            page.click("#search-btn")  # a search on a narrow screen scrolls the results into view
+            page.wait_for_selector("#status:has-text('Top ')")
+            page.wait_for_load_state("networkidle")
             page.wait_for_timeout(300)
             page.screenshot(path=str(out / "search-page-mobile.png"))
             print(f"wrote {out / 'search-page.png'} and {out / 'search-page-mobile.png'}")

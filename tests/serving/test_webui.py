@@ -58,7 +58,7 @@ def test_upload_a_gallery_image_finds_it_and_its_class_first(ctx, page_server, t
     page.set_input_files("#file", str(root / row["path"]))
     hits = results(page, 10)
     assert hits[0]["id"] == int(row["id"]) and hits[0]["label"] == int(row["label"])
-    assert row["class_name"] in hits[0]["text"] and f"id {row['id']}" in hits[0]["text"] and "1.000" in hits[0]["text"]
+    assert row["class_name"].replace("_", " ") in hits[0]["text"] and f"id {row['id']}" in hits[0]["text"] and "1.000" in hits[0]["text"]
     assert page.is_visible("#query-preview img") and page.is_hidden("#error")
     loaded = page.eval_on_selector_all("#grid img", "els => els.map(e => e.complete && e.naturalWidth > 0)")
     assert len(loaded) == 10 and all(loaded)
@@ -96,6 +96,9 @@ def test_keyboard_only_flow(ctx, page_server):
 
     ids = pd.read_parquet(bundle / "ids.parquet")
     page, _ = open_page(ctx, base)
+    # Playwright turns on file-chooser interception without waiting for it: register a listener well before the
+    # key press, or the press can win the race and the browser's own (headless, empty) dialog opens instead
+    page.on("filechooser", lambda chooser: None)
     page.wait_for_selector("#examples button")
     assert _tab_to(page, "choose")
     with page.expect_file_chooser() as chooser:

@@ -34,6 +34,8 @@
   function clearError() { $("error").hidden = true; $("error").replaceChildren(); }
 
   function fmtInt(n) { return Number(n).toLocaleString("en-US"); }
+  // folder-style class names ("001.Black_footed_Albatross") read and wrap better with spaces
+  function label(name) { return String(name).replace(/_/g, " "); }
 
   async function loadInfo() {
     try {
@@ -76,7 +78,7 @@
         const img = el("img");
         img.src = `/v1/thumbnails/${ex.id}`;
         img.alt = "";
-        b.append(img, el("span", "", ex.class_name));
+        b.append(img, el("span", "", label(ex.class_name)));
         b.addEventListener("click", () => useExample(ex));
         li.append(b);
         list.append(li);
@@ -163,7 +165,7 @@
         thumb.append(el("span", "", `#${n.id}`));
       }
       const cap = el("figcaption");
-      const cls = el("span", "cls", n.class_name);
+      const cls = el("span", "cls", label(n.class_name));
       cls.title = `${n.class_name} (label ${n.label})\n${n.path}`;
       const meta = el("span", "meta");
       meta.append(el("span", "rank", `${i + 1}. id ${n.id}`), el("span", "score", n.score.toFixed(3)));
