@@ -12,11 +12,12 @@ from deepmetric.training.loop import fit
 
 
 def train_model(
-    manifest: pd.DataFrame, data: dict[str, Any], train: dict[str, Any], model: dict[str, Any], checkpoint_dir: str
+    manifest: pd.DataFrame, data: dict[str, Any], train: dict[str, Any], model: dict[str, Any], checkpoint_dir: str,
+    cache_dir: str | None = None,
 ) -> tuple[dict[str, Any], str]:
     data_cfg = parse_params(DataParams, data, "data")
     cfg, params = parse_train(train)
     spec = parse_params(InputConfig, model, "model")
     result = fit(manifest, data_cfg.root, cfg, params, spec, checkpoint_dir=checkpoint_dir,
-                 max_pixels=data_cfg.max_pixels, max_aspect_ratio=data_cfg.max_aspect_ratio)
+                 max_pixels=data_cfg.max_pixels, max_aspect_ratio=data_cfg.max_aspect_ratio, cache_dir=cache_dir)
     return result.payload, result.log_csv()

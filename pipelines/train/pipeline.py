@@ -8,7 +8,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 train_model,
-                inputs=["validated_manifest", "params:data", "params:train", "params:model", "params:train_checkpoint_dir"],
+                inputs=["validated_manifest", "params:data", "params:train", "params:model", "params:train_checkpoint_dir",
+                        "params:train_cache_dir"],
                 outputs=["trained_model", "train_log"],
                 name="train_model",
             )

@@ -26,6 +26,7 @@ BLOCKS: dict[str, str] = {
     "model": "deepmetric.data.transforms:InputSpec",
     "train_checkpoint_dir": "builtins:str",
     "preset": "deepmetric.training.presets:PresetParams",
+    "train_cache_dir": "builtins:str",
     "evaluate": "deepmetric.evaluation.protocol:EvaluateConfig",
     "export": "deepmetric.export.config:ExportParams",
     "index": "deepmetric.index.config:IndexParams",

@@ -1,4 +1,5 @@
-"""Every seed method through the real training loop: trains, resumes from its model file, embeds consistently."""
+"""Every seed method through the real training loop (bf16 autocast, two DataLoader workers): trains, resumes from
+its model file, embeds consistently."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ def test_seed_method_trains_in_the_loop(bars, method):
               "intra_batch": {"mpn_heads": 2}}
     cfg, params = parse_train({
         "method": method, "epochs": 2, "steps_per_epoch": 2, "embedding_dim": 16, "progress": False, "device": "cpu",
+        "precision": "bf16", "num_workers": 2,
         "batch": {"classes_per_batch": 3, "samples_per_class": 2}, "eval_batch_size": 32,
         "backbone": {"name": "resnet18"}, "methods": {method: blocks.get(method, {})},
     })

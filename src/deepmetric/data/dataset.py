@@ -1,4 +1,9 @@
-"""A torch Dataset over manifest rows: decode (`open_image`) → transform → uint8 CHW tensor."""
+"""A torch Dataset over manifest rows: decode (`open_image`, or the on-disk image cache) → transform → uint8 CHW.
+
+Keys are either an index ``i`` (the transform draws from torch's global generator, as any torchvision
+transform) or a pair ``(i, seed)``: the transform then draws from a generator seeded with ``seed`` alone, so the
+same key gives the same pixels in whichever process (DataLoader worker or main) runs it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from deepmetric.data.cache import CachedImages
 from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, open_image, safe_join
 from deepmetric.data.transforms import InputSpec, eval_image
 
 
 class ManifestImages(torch.utils.data.Dataset):
     """Images of ``paths`` (relative to ``root``). ``transform`` maps an RGB PIL image to a uint8 CHW tensor
-    (default: the evaluation transform of ``spec``). ``cache`` keeps decoded images in memory."""
+    (default: the evaluation transform of ``spec``). ``cached``: read decoded, pre-resized images from an
+    :class:`~deepmetric.data.cache.CachedImages` (same order as ``paths``) instead of decoding the files."""
 
     def __init__(
         self,
@@ -22,9 +29,9 @@ class ManifestImages(torch.utils.data.Dataset):
         paths: Sequence[str],
         spec: InputSpec,
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
-        cache: bool = False,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+        cached: CachedImages | None = None,
     ) -> None:
         self.root = root
         self.paths = list(paths)
@@ -32,27 +39,34 @@ class ManifestImages(torch.utils.data.Dataset):
         self.transform = transform
         self.max_pixels = max_pixels
         self.max_aspect_ratio = max_aspect_ratio
-        self._cache: dict[int, Image.Image] | None = {} if cache else None
+        if cached is not None and len(cached) != len(self.paths):
+            raise ValueError(f"the image cache view has {len(cached)} images for {len(self.paths)} paths")
+        self.cached = cached
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def image(self, i: int) -> Image.Image:
-        if self._cache is not None and i in self._cache:
-            return self._cache[i]
-        img = open_image(safe_join(self.root, self.paths[i]), self.max_pixels, max_aspect_ratio=self.max_aspect_ratio)
-        if self._cache is not None:
-            self._cache[i] = img
-        return img
+        if self.cached is not None:
+            return self.cached.image(i)
+        return open_image(safe_join(self.root, self.paths[i]), self.max_pixels, max_aspect_ratio=self.max_aspect_ratio)
 
     def with_transform(self, transform: Callable[[Image.Image], torch.Tensor] | None) -> ManifestImages:
         """The same images (sharing the cache) under another transform."""
-        other = ManifestImages.__new__(ManifestImages)
+        other = type(self).__new__(type(self))
         other.__dict__.update(self.__dict__)
         other.transform = transform
         return other
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
+        if isinstance(key, tuple):
+            i, seed = key
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(int(seed))
+                return self._item(int(i))
+        return self._item(int(key))
+
+    def _item(self, i: int) -> torch.Tensor:
         img = self.image(i)
         if self.transform is not None:
             return self.transform(img)

@@ -7,7 +7,9 @@ pixels, normalisation happens inside the model (``mean``/``std`` of the spec).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
@@ -24,8 +26,8 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "InputSpec", "RandomCrop", "augmentation", "eval_image", "load_eval_image",
-    "random_erase_", "resize_shorter", "train_transform",
+    "IMAGENET_MEAN", "IMAGENET_STD", "CropParams", "InputSpec", "RandomCrop", "TrainTransform", "augmentation",
+    "eval_image", "load_eval_image", "random_erase_", "resize_shorter", "sample_resized_crop", "train_transform",
 ]
 
 
@@ -118,36 +120,112 @@ def load_eval_image(
         raise ImageTooLargeError(label, e.reason) from None
 
 
+@dataclass(frozen=True)
+class CropParams:
+    """One training crop: the box ``(left, top, width, height)`` in the source image and whether to mirror it."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+    flip: bool
+
+
+def sample_resized_crop(
+    width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """The Inception-style random crop box (area fraction in ``scale``, aspect ratio in ``ratio``, log-uniform),
+    drawn from torch's global generator: up to 10 tries, then the largest centred box within ``ratio``.
+    Returns ``(left, top, w, h)``."""
+    import torch
+
+    area = width * height
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * float(torch.empty(1).uniform_(scale[0], scale[1]))
+        aspect = math.exp(float(torch.empty(1).uniform_(log_lo, log_hi)))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            top = int(torch.randint(0, height - h + 1, size=(1,)))
+            left = int(torch.randint(0, width - w + 1, size=(1,)))
+            return left, top, w, h
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (width - w) // 2, (height - h) // 2, w, h
+
+
+class TrainTransform:
+    """Training augmentation: random resized crop to ``spec.crop`` (+ optional horizontal flip).
+
+    The randomness is drawn from torch's global generator in :meth:`params` (the data path seeds it per sample
+    from (seed, epoch, step, position), so the draws do not depend on which worker process runs them). The same
+    parameters can be applied to a PIL image on the CPU (:meth:`apply_pil`, PIL bilinear with antialiasing, the
+    resampling of :func:`eval_image`) or to a decoded tensor on any device (:meth:`apply_tensor`, for GPU-side
+    decoding). Calling the object on a PIL image does both steps and returns a ``uint8 (3, crop, crop)`` tensor.
+    """
+
+    def __init__(self, spec: InputSpec, scale: tuple[float, float] = (0.5, 1.0), hflip: bool = True,
+                 ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> None:
+        lo, hi = scale
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
+        if not 0 < ratio[0] <= ratio[1]:
+            raise ValueError(f"ratio must satisfy 0 < min <= max, got {ratio}")
+        self.crop = spec.crop
+        self.scale = (float(lo), float(hi))
+        self.ratio = (float(ratio[0]), float(ratio[1]))
+        self.hflip = hflip
+
+    def params(self, width: int, height: int) -> CropParams:
+        import torch
+
+        left, top, w, h = sample_resized_crop(width, height, self.scale, self.ratio)
+        flip = bool(self.hflip and float(torch.rand(1)) < 0.5)
+        return CropParams(left, top, w, h, flip)
+
+    def apply_pil(self, img: Image.Image, p: CropParams):
+        import torch
+
+        if img.mode != "RGB":
+            img = img.convert("RGB")
+        out = img.resize((self.crop, self.crop), Image.BILINEAR, box=(p.left, p.top, p.left + p.width, p.top + p.height))
+        if p.flip:
+            out = out.transpose(Image.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.ascontiguousarray(np.asarray(out, dtype=np.uint8).transpose(2, 0, 1)))
+
+    def apply_tensor(self, x, p: CropParams):
+        """``x``: ``uint8 (3, H, W)`` on any device → ``uint8 (3, crop, crop)`` on the same device."""
+        import torch
+        import torch.nn.functional as F
+
+        patch = x[:, p.top : p.top + p.height, p.left : p.left + p.width].unsqueeze(0).float()
+        out = F.interpolate(patch, size=(self.crop, self.crop), mode="bilinear", align_corners=False, antialias=True)
+        out = out[0].round_().clamp_(0, 255).to(torch.uint8)
+        return out.flip(-1) if p.flip else out
+
+    def __call__(self, img: Image.Image):
+        return self.apply_pil(img, self.params(*img.size))
+
+
 def train_transform(
     spec: InputSpec,
     scale: tuple[float, float] = (0.5, 1.0),
     hflip: bool = True,
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
-) -> Callable[[Image.Image], object]:
-    """Training augmentation: ``RandomResizedCrop(spec.crop, scale, ratio)`` + optional horizontal flip.
+) -> TrainTransform:
+    """Training augmentation: random resized crop ``(spec.crop, scale, ratio)`` + optional horizontal flip.
 
-    Returns a callable ``PIL.Image -> torch.uint8 tensor (3, crop, crop)``. Randomness comes from torch's
-    global generator (seed it). Pass ``hflip=False`` for glyphs (a mirrored b is a d).
+    Returns a callable ``PIL.Image -> torch.uint8 tensor (3, crop, crop)`` (a :class:`TrainTransform`).
+    Randomness comes from torch's global generator (seed it). Pass ``hflip=False`` for glyphs (a mirrored b
+    is a d).
     """
-    import torch
-    from torchvision.transforms import v2
-
-    lo, hi = scale
-    if not 0 < lo <= hi <= 1:
-        raise ValueError(f"scale must satisfy 0 < min <= max <= 1, got {scale}")
-    # Crop and flip on the PIL image (same bilinear resampling as eval_image), then to a uint8 tensor.
-    steps: list = [v2.RandomResizedCrop(spec.crop, scale=(lo, hi), ratio=ratio, antialias=True)]
-    if hflip:
-        steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.PILToTensor(), v2.ToDtype(torch.uint8)]
-    pipeline = v2.Compose(steps)
-
-    def apply(img: Image.Image):
-        if img.mode != "RGB":
-            img = img.convert("RGB")
-        return pipeline(img)
-
-    return apply
+    return TrainTransform(spec, scale=scale, hflip=hflip, ratio=ratio)
 
 
 # --- paper augmentations (train.augment): fixed-size random crops and Random Erasing ---------------------------------

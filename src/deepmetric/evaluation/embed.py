@@ -38,13 +38,22 @@ def embed_dataset(
             _embed_range, len(dataset), batch_size, processes, initializer=_init_worker,
             initargs=(fn, dataset, batch_size, torch.device(device).type, num_workers, threads_per_worker(processes)),
         )
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    kwargs = {"multiprocessing_context": "fork"} if num_workers > 0 and _can_fork() else {}
+    # Its own generator: an embedding pass must not consume the global RNG of a training run.
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         generator=torch.Generator(), **kwargs)
     out = []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         out.append(fn(batch.to(device)).float().cpu().numpy())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     return np.concatenate(out).astype(np.float32, copy=False)
+
+
+def _can_fork() -> bool:
+    import multiprocessing as mp
+
+    return "fork" in mp.get_all_start_methods()
 
 
 # --- worker processes of the sharded path ---------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -39,6 +39,7 @@ class EvaluateConfig(BaseModel):
     device: str = "auto"
     processes: int = Field(1, ge=0, description="processes embedding the test split, each a contiguous shard "
                                                 "(0: one per CPU core; with CUDA, one per GPU in turn)")
+    num_workers: int | Literal["auto"] = Field("auto", description="DataLoader decode workers (auto: one per core)")
     progress: bool = True
     grid: GridConfig = Field(default_factory=GridConfig)
 
@@ -69,12 +70,16 @@ def zero_shot_split(manifest: pd.DataFrame, dataset: str) -> TestSplit:
 
 def embed_split(fn: Callable[[torch.Tensor], torch.Tensor], split: TestSplit, root: str, spec: InputSpec,
                 batch_size: int, device: torch.device, progress: bool, desc: str, processes: int = 1,
-                limits: Mapping[str, Any] | None = None):
-    """``limits``: ``max_pixels`` / ``max_aspect_ratio`` of the data parameters (defaults otherwise)."""
+                limits: Mapping[str, Any] | None = None, num_workers: int = 0):
+    """``limits``: ``max_pixels`` / ``max_aspect_ratio`` of the data parameters (defaults otherwise);
+    ``num_workers``: DataLoader decode workers (only when ``processes`` is 1: shards already decode in parallel)."""
+    from deepmetric.training.data import eval_loader_workers
+
     def run(df: pd.DataFrame, what: str) -> np.ndarray:
         ds = ManifestImages(root, df["path"], spec, **dict(limits or {}))
-        return embed_dataset(fn, ds, batch_size, device, progress=progress, desc=f"{desc} {what}",
-                             processes=processes)
+        workers = eval_loader_workers(num_workers, len(ds), batch_size) if processes == 1 else 0
+        return embed_dataset(fn, ds, batch_size, device, num_workers=workers, progress=progress,
+                             desc=f"{desc} {what}", processes=processes)
 
     q = run(split.query, "queries")
     g = run(split.gallery, "gallery") if split.gallery is not None else None
@@ -102,25 +107,27 @@ def evaluate_model(
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, Any]]:
     """Returns (metrics of the trained model, baselines, what the retrieval grid needs). ``limits``: the
     per-image bounds (``max_pixels``, ``max_aspect_ratio``) of the data parameters."""
+    from deepmetric.training.data import resolve_workers
     from deepmetric.training.loop import resolve_device
 
     device = resolve_device(cfg.device)
+    workers = resolve_workers(cfg.num_workers)
     split = zero_shot_split(manifest, dataset)
     method = method.to(device)
     q, g = embed_split(method_embedder(method, spec.mean, spec.std), split, root, spec, cfg.batch_size, device,
-                       cfg.progress, "trained", cfg.processes, limits)
+                       cfg.progress, "trained", cfg.processes, limits, workers)
     metrics = score(q, g, split, cfg.nmi_seed)
     metrics["num_queries"] = int(len(split.query))
     metrics["num_gallery"] = int(len(split.gallery) if split.gallery is not None else len(split.query))
     baselines: dict[str, dict[str, float]] = {}
     if cfg.baselines:
         pq, pg = embed_split(pixel_embedder(cfg.pixel_size), split, root, spec, cfg.batch_size, device,
-                             cfg.progress, "pixels", cfg.processes, limits)
+                             cfg.progress, "pixels", cfg.processes, limits, workers)
         baselines["pixels"] = score(pq, pg, split, cfg.nmi_seed)
         if untrained is not None:
             untrained = untrained.to(device)
             uq, ug = embed_split(method_embedder(untrained, spec.mean, spec.std), split, root, spec,
-                                 cfg.batch_size, device, cfg.progress, untrained_name, cfg.processes, limits)
+                                 cfg.batch_size, device, cfg.progress, untrained_name, cfg.processes, limits, workers)
             baselines[untrained_name] = score(uq, ug, split, cfg.nmi_seed)
         baselines["trained"] = {k: v for k, v in metrics.items() if not k.startswith("num_")}
     return metrics, baselines, {"split": split, "query": q, "gallery": g}

@@ -82,13 +82,19 @@ def class_balanced_batches(
             f"a batch of {batch.classes_per_batch} classes × {k} needs {batch.classes_per_batch} classes, "
             f"the training split has {n_classes}"
         )
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
+    # The sampler draws from pytorch-metric-learning's numpy generator (`c_f.NUMPY_RANDOM`, numpy's global one by
+    # default): seed it for this call only, so the batches depend on `seed` alone (every rank of a distributed
+    # run, and a resumed run, draws the same ones), and restore it afterwards.
+    from pytorch_metric_learning.utils import common_functions as c_f
+
+    rng = c_f.NUMPY_RANDOM
+    state = rng.get_state()
+    rng.seed(int(seed) % (2**32))
     try:
         sampler = MPerClassSampler(labels, m=k, batch_size=size, length_before_new_iter=size * num_batches)
-        order = list(iter(sampler))
+        order = [int(i) for i in sampler]
     finally:
-        torch.random.set_rng_state(gen_state)
+        rng.set_state(state)
     for b in range(num_batches):
         yield order[b * size : (b + 1) * size]
 

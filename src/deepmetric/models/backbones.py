@@ -89,7 +89,11 @@ class Backbone(nn.Module):
                     m.eval()
         return self
 
-    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+    # Set by `deepmetric.training.precision.Precision.prepare` during training: autocast and memory format of
+    # the trunk. Not part of the state dict; a rebuilt model (evaluation, export) runs plain float32.
+    runtime = None
+
+    def _stages(self, x: torch.Tensor) -> list[torch.Tensor]:
         x = self.stem(x)
         out = []
         for stage in self.stages:
@@ -97,8 +101,21 @@ class Backbone(nn.Module):
             out.append(x)
         return out
 
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        rt = self.runtime
+        if rt is None:
+            return self._stages(x)
+        with rt.autocast():
+            maps = self._stages(rt.input(x))
+        return [m.float() for m in maps]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pool(self.forward_stages(x)[-1])
+        rt = self.runtime
+        if rt is None:
+            return self.pool(self._stages(x)[-1])
+        with rt.autocast():
+            out = self.pool(self._stages(rt.input(x))[-1])
+        return out.float()
 
 
 def _resnet(cfg: BackboneConfig) -> Backbone:

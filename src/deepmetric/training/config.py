@@ -11,6 +11,7 @@ from deepmetric.data.config import ParamsError, parse_params
 from deepmetric.data.transforms import InputSpec
 from deepmetric.methods import METHODS, BatchConfig, MethodParams
 from deepmetric.models.backbones import BackboneConfig
+from deepmetric.training.data import CacheConfig
 
 
 # One parameter-error type and parser for the whole project (message names every bad key).
@@ -119,14 +120,32 @@ class TrainConfig(BaseModel):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
-    amp: bool = Field(False, description="mixed precision (CUDA only; ignored on CPU)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes for image decoding")
-    cache_images: bool = Field(True, description="keep decoded images in memory (small datasets)")
+    # --- the data path (deepmetric.training.data) ---
+    num_workers: int | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes that decode and augment (auto: one per core, at most 16)")
+    prefetch_factor: int = Field(2, ge=1, description="batches each worker prepares ahead")
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    decode: Literal["cpu", "gpu"] = Field("cpu", description="gpu: nvJPEG batch decode + crop on the GPU (CUDA)")
+    # --- precision and speed (deepmetric.training.precision) ---
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="autocast dtype of the backbone")
+    channels_last: bool = Field(False, description="NHWC weights and inputs for the backbone")
+    compile: bool = Field(False, description="torch.compile the backbone")
     eval_batch_size: int = Field(128, gt=0)
     select_metric: str = Field("map@r", description="validation metric that picks the best epoch")
     progress: bool = True
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method parameter blocks")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            moved = {"amp": "train.precision (fp32 | bf16 | fp16)", "cache_images": "train.cache.mode (auto | raw | "
+                     "jpeg | off: a bounded cache on disk)"}
+            for old, new in moved.items():
+                if old in data:
+                    raise ValueError(f"train.{old} was replaced by {new}; remove train.{old}")
+        return data
 
     @model_validator(mode="after")
     def _method(self) -> TrainConfig:

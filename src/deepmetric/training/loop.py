@@ -1,8 +1,10 @@
 """The training loop. Method-agnostic: everything method-specific goes through `deepmetric.methods.base.Method`.
 
 Per epoch: seed (so a resumed epoch is the epoch it would have been) → ``method.on_epoch_start(ctx)`` →
-``method.batch_sampler(...)`` → ``method.training_step(images, labels, ctx)`` per batch → validation on the
-validation classes (MAP@R by default picks the best epoch) → checkpoint (atomic), which a rerun resumes from.
+``method.batch_sampler(...)`` → the data path (`deepmetric.training.data`: DataLoader workers, image cache,
+seeded augmentation) → ``method.training_step(images, labels, ctx)`` per batch → validation on the validation
+classes (MAP@R by default picks the best epoch) → checkpoint (atomic), which a rerun resumes from. Precision,
+channels_last and compile are one object (`deepmetric.training.precision.Precision`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from tqdm.auto import tqdm
 from deepmetric.data.dataset import ManifestImages
 from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO
 from deepmetric.data.transforms import InputSpec, augmentation
+from deepmetric.training.data import TrainLoader, choose_cache, eval_loader_workers, open_images, resolve_workers
+from deepmetric.training.precision import Precision
 from deepmetric.evaluation.embed import embed_dataset, method_embedder
 from deepmetric.evaluation.metrics import evaluate_embeddings
 from deepmetric.io.atomic import atomic_path
@@ -38,7 +42,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "last.pt"
 # Settings that may change between a run and its resumption without invalidating the checkpoint.
-_RESUMABLE_KEYS = ("epochs", "progress", "num_workers", "device", "eval_batch_size", "cache_images")
+_RESUMABLE_KEYS = ("epochs", "progress", "num_workers", "prefetch_factor", "device", "eval_batch_size")
 
 
 def seed_everything(seed: int) -> None:
@@ -66,11 +70,12 @@ class _Context:
     labels: np.ndarray
     seed: int
     epochs: int
-    train_images: ManifestImages
+    loader: TrainLoader
     eval_images: ManifestImages
     spec: InputSpec
     eval_batch_size: int
-    scaler: Any = None
+    precision: Precision
+    eval_workers: int = 0
     epoch: int = 0
     step: int = 0
     lr_scales: dict[str, float] = field(default_factory=dict)
@@ -80,19 +85,15 @@ class _Context:
     def optimizer_step(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {float(loss)} at epoch {self.epoch}, step {self.step}")
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.scaler is not None:
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-        else:
-            loss.backward()
-            self.optimizer.step()
+        self.precision.backward_step(loss, self.optimizer)
 
-    def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        images = torch.stack([self.train_images[int(i)] for i in indices]).to(self.device)
+    def batch(self, indices: Sequence[int], images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.as_tensor(self.labels[np.asarray(indices, dtype=np.int64)], device=self.device)
         return to_model_input(images, self.spec.mean, self.spec.std), labels
+
+    def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        seed = self.seed * 100_003 + self.step
+        return self.batch(indices, self.loader.load(indices, seed))
 
     def extract(self, fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int | None = None) -> np.ndarray:
         was = self.method.training
@@ -103,6 +104,7 @@ class _Context:
                 self.eval_images,
                 batch_size or self.eval_batch_size,
                 self.device,
+                num_workers=self.eval_workers,
             )
         finally:
             self.method.train(was)
@@ -180,6 +182,7 @@ def fit(
     checkpoint_dir: str | Path | None = None,
     max_pixels: int | None = None,
     max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    cache_dir: str | Path | None = None,
 ) -> FitResult:
     """Train ``cfg.method`` on the manifest's ``train`` split; select the best epoch on ``val``."""
     train = manifest[manifest["split"] == "train"].reset_index(drop=True)
@@ -193,22 +196,43 @@ def fit(
 
     seed_everything(cfg.seed)
     method = build_method(cfg, params, num_classes).to(device)
+    precision = Precision(device, cfg.precision, cfg.channels_last, cfg.compile)
+    precision.prepare(method)
     optimizer = _make_optimizer(method, cfg)
-    use_amp = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_amp else None
 
-    cache = dict(cache=cfg.cache_images, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio)
-    eval_images = ManifestImages(root, train["path"], spec, **cache)
-    train_images = eval_images.with_transform(augmentation(spec, cfg.augment))
-    val_images = ManifestImages(root, val["path"], spec, **cache) if len(val) else None
+    workers = resolve_workers(cfg.num_workers)
+    decode = cfg.decode
+    if decode == "gpu" and device.type != "cuda":
+        log.warning("train.decode=gpu but training runs on %s: decoding on the CPU instead", device)
+        decode = "cpu"
+    cache = choose_cache(cfg.cache, cache_dir, spec, manifest[manifest["split"].isin(["train", "val"])])
+    eval_images = open_images(root, train, spec, cache, max_pixels, workers, cfg.progress, max_aspect_ratio)
+    transform = augmentation(spec, cfg.augment)
+    loader = TrainLoader(eval_images, transform, device, workers, cfg.prefetch_factor, decode)
+    val_images = (open_images(root, val, spec, cache, max_pixels, workers, cfg.progress, max_aspect_ratio)
+                  if len(val) else None)
     val_labels = val["label"].to_numpy()
     can_validate = val_images is not None and len(np.unique(val_labels)) >= 2
 
     ctx = _Context(
         method=method, optimizer=optimizer, device=device, labels=labels, seed=cfg.seed, epochs=cfg.epochs,
-        train_images=train_images, eval_images=eval_images, spec=spec, eval_batch_size=cfg.eval_batch_size,
-        scaler=scaler, base_lrs={g["name"]: g["lr"] for g in optimizer.param_groups},
+        loader=loader, eval_images=eval_images, spec=spec, eval_batch_size=cfg.eval_batch_size,
+        precision=precision, eval_workers=eval_loader_workers(workers, len(train), cfg.eval_batch_size),
+        base_lrs={g["name"]: g["lr"] for g in optimizer.param_groups},
     )
+    try:
+        return _fit_epochs(ctx, cfg, params, spec, train, classes, checkpoint_dir, val_images, val_labels,
+                           can_validate, workers)
+    finally:
+        loader.close()
+
+
+def _fit_epochs(ctx: _Context, cfg: TrainConfig, params: MethodParams, spec: InputSpec, train: pd.DataFrame,
+                classes: np.ndarray, checkpoint_dir, val_images, val_labels, can_validate: bool,
+                workers: int) -> FitResult:
+    method, optimizer, device, labels = ctx.method, ctx.optimizer, ctx.device, ctx.labels
+    num_classes = len(classes)
+    val_workers = eval_loader_workers(workers, len(val_labels), cfg.eval_batch_size)
     steps = cfg.steps_per_epoch or max(1, len(train) // cfg.batch.size)
     fp = fingerprint(cfg, params, spec, train)
 
@@ -226,8 +250,7 @@ def fit(
         else:
             method.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
-            if scaler is not None and state.get("scaler"):
-                scaler.load_state_dict(state["scaler"])
+            ctx.precision.load_state_dict(state.get("scaler"))
             rows, best, start = state["log"], state["best"], state["epochs_done"]
             ctx.step = state["step"]
             log.info("resuming from %s after epoch %d of %d", ckpt_path, start, cfg.epochs)
@@ -244,12 +267,11 @@ def fit(
         t0 = time.perf_counter()
         n_images = 0
         totals: dict[str, float] = {}
-        bar = tqdm(batches, desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress,
-                   leave=False)
-        for indices in bar:
-            images, batch_labels = ctx.load(indices)
-            with torch.autocast(device.type, enabled=use_amp):
-                stats = method.training_step(images, batch_labels, ctx)
+        bar = tqdm(ctx.loader.epoch(batches, cfg.seed, epoch), total=len(batches),
+                   desc=f"{cfg.method} epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress, leave=False)
+        for indices, raw in bar:
+            images, batch_labels = ctx.batch(indices, raw)
+            stats = method.training_step(images, batch_labels, ctx)
             ctx.step += 1
             n_images += len(indices)
             for k, v in stats.items():
@@ -264,7 +286,8 @@ def fit(
             "images_per_s": round(n_images / max(seconds, 1e-9), 2),
         }
         if can_validate:
-            emb = embed_dataset(method_embedder(method, spec.mean, spec.std), val_images, cfg.eval_batch_size, device)
+            emb = embed_dataset(method_embedder(method, spec.mean, spec.std), val_images, cfg.eval_batch_size, device,
+                                num_workers=val_workers)
             val_metrics = evaluate_embeddings(emb, val_labels, ks=(1,), with_nmi=False)
             row.update({f"val_{k}": v for k, v in val_metrics.items()})
             score = val_metrics.get(cfg.select_metric, np.nan)
@@ -281,7 +304,7 @@ def fit(
             _save_checkpoint(ckpt_path, {
                 "fingerprint": fp, "epochs_done": epoch + 1, "step": ctx.step,
                 "state_dict": _state_copy(method), "optimizer": optimizer.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None, "best": best, "log": rows,
+                "scaler": ctx.precision.state_dict(), "best": best, "log": rows,
             })
 
     if best["state"] is not None:
