@@ -35,8 +35,10 @@ dvc-setup: setup
 
 repro: dvc-setup
 	@echo ">> make: dvc repro (glyphs → ingest → validate → train → evaluate → export → index → bundle)"
+	@mkdir -p logs
 	$(BIN)/dvc repro
-	@$(BIN)/dvc metrics show
+	@echo ">> make: results (all figures: dvc metrics show; full log: logs/deepmetric.log)"
+	@$(BIN)/python -m deepmetric.evaluation.summary data/08_reporting
 
 # A clone with no DVC remote publishes to this local folder (written to .dvc/config.local, not committed).
 RELEASE_REMOTE ?= $(abspath $(CURDIR)/..)/deepmetric-dvc-remote

@@ -58,6 +58,7 @@ def make_project(dest: Path, overrides: dict[str, dict] = TINY) -> Path:
         else:
             shutil.copy2(src, dest / item)
     (dest / "conf" / "local").mkdir(exist_ok=True)
+    (dest / "logs").mkdir(exist_ok=True)  # conf/logging.yml writes logs/deepmetric.log (a fresh clone has logs/)
     for name, over in overrides.items():
         p = dest / "conf" / "base" / name
         p.write_text(yaml.safe_dump(_merge(yaml.safe_load(p.read_text()), over), sort_keys=False))
@@ -108,9 +109,15 @@ def test_second_repro_does_nothing(project):
 def test_evaluate_runs_alone_on_existing_artefacts(project):
     metrics = project / "data/08_reporting/metrics.json"
     before = metrics.stat().st_mtime_ns
-    run(["kedro", "run", "--pipeline", "evaluate"], project)
+    proc = run(["kedro", "run", "--pipeline", "evaluate"], project)
     assert metrics.stat().st_mtime_ns > before
     assert json.loads(metrics.read_text())["map@r"] >= 0
+    # conf/logging.yml: the console has one line per node; per-dataset lines go to logs/deepmetric.log
+    console = proc.stdout + proc.stderr
+    assert "Running node: evaluate" in console
+    assert "Loading data from" not in console and "Saving data to" not in console
+    logged = (project / "logs" / "deepmetric.log").read_text()
+    assert "Loading data from" in logged and "Saving data to" in logged
 
 
 def test_dvc_metrics_and_plots_show(project, tmp_path):
@@ -119,6 +126,12 @@ def test_dvc_metrics_and_plots_show(project, tmp_path):
     assert "map@r" in json.dumps(shown)
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
     assert (tmp_path / "plots" / "index.html").exists()
+    # the short table `make repro` ends with
+    table = run([sys.executable, "-m", "deepmetric.evaluation.summary", "data/08_reporting"], project).stdout
+    trained = json.loads((project / "data/08_reporting/metrics.json").read_text())
+    row = next(line for line in table.splitlines() if line.startswith("trained"))
+    assert f"{100 * trained['map@r']:.1f}" in row and f"{100 * trained['recall@1']:.1f}" in row
+    assert any(line.startswith("raw pixels") for line in table.splitlines())
 
 
 def test_bad_parameter_stops_before_any_work(project):
