@@ -99,3 +99,12 @@ def test_a_damaged_shard_is_named(tmp_path):
     shard.write_bytes(shard.read_bytes()[:100])
     with pytest.raises(ImageDecodeError, match="is damaged"):
         view.array(len(paths) - 1)
+
+
+def test_a_thin_image_is_refused_before_it_is_cached(tmp_path):
+    """The per-image bounds of open_image (aspect ratio from the header) apply when the cache is built."""
+    root = tmp_path / "data"
+    paths = _images(root, n=2)
+    Image.new("RGB", (5000, 1), "white").save(root / "thin.png")
+    with pytest.raises(ImageDecodeError, match=r"thin\.png: refused as too thin.*max_aspect_ratio"):
+        ImageCache.at(tmp_path / "cache", 64).ensure(str(root), [*paths, "thin.png"], max_aspect_ratio=100)
