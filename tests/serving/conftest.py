@@ -17,12 +17,18 @@ def page_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def page_server(page_data):
+def page_bundle(page_data):
+    """(bundle folder with thumbnails, dataset root, manifest), built once per test session."""
+    tmp, root, manifest = page_data
+    return make_bundle(tmp / "bundle", root, manifest, onnx_model()), root, manifest
+
+
+@pytest.fixture(scope="session")
+def page_server(page_bundle):
     """(base URL, bundle folder, dataset root, manifest) of a server whose bundle has thumbnails."""
     from tests.serving.test_server import start_server, stop
 
-    tmp, root, manifest = page_data
-    bundle = make_bundle(tmp / "bundle", root, manifest, onnx_model())
+    bundle, root, manifest = page_bundle
     proc, base = start_server(bundle)
     yield base, bundle, root, manifest
     stop(proc)

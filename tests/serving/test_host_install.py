@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
-from tests.deploy_fixtures import make_bundle, make_dataset, onnx_model
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINING_STACK = {"torch", "torchvision", "kedro", "kedro_datasets", "dvc", "great_expectations", "sklearn",
@@ -67,11 +66,8 @@ def test_declared_dependencies_are_pinned_and_serve_has_no_training_stack():
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("host")
-    root = tmp / "data"
-    manifest = make_dataset(root)
-    return make_bundle(tmp / "bundle", root, manifest, onnx_model()), root, manifest
+def bundle(page_bundle):  # tests/serving/conftest.py: shared with the page tests
+    return page_bundle
 
 
 PROBE = r"""

@@ -11,19 +11,16 @@ from PIL import Image
 
 from deepmetric.serving.bundle import MANIFEST_FILE, BundleError, build_bundle, load_bundle, sha256
 from deepmetric.serving.config import BundleParams
-from tests.deploy_fixtures import evaluated, make_bundle, make_dataset, onnx_model
+from tests.deploy_fixtures import evaluated, make_bundle, onnx_model
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("thumbs")
-    root = tmp / "data"
-    return tmp, root, make_dataset(root)
+def data(page_data):
+    return page_data
 
 
-def test_thumbnails_are_small_images_in_gallery_order(data):
-    tmp, root, manifest = data
-    folder = make_bundle(tmp / "b", root, manifest, onnx_model())
+def test_thumbnails_are_small_images_in_gallery_order(page_bundle):
+    folder, root, manifest = page_bundle  # tests/serving/conftest.py: default bundle parameters
     b = load_bundle(folder)
     info = b.manifest["thumbnails"]
     assert info["files"] == ["thumbnails-00000.parquet"] and info["count"] == b.gallery_size == 36
