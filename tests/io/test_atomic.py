@@ -89,7 +89,7 @@ def _start(code: str, *args: str):
 
 
 def test_a_killed_writer_leaves_a_temp_that_the_next_write_removes(tmp_path):
-    ckpt = tmp_path / "checkpoints"  # like the DVC `persist` checkpoint folder: several names, one folder
+    ckpt = tmp_path / "checkpoints"  # like the training checkpoint folder: several names, one folder
     write_bytes(ckpt / "epoch_2.pt", b"good")
     child = _start(_SLOW_WRITER, str(ckpt / "epoch_3.pt"))
     try:

@@ -78,7 +78,6 @@ def build_outputs(project: Path, version: int) -> None:
         JSONDataset(str(data / "08_reporting/ingest.json")).save({"images": len(manifest)})
         JSONDataset(str(data / "08_reporting/validation.json")).save({"success": True})
         FileTreeDataset(str(data / "08_reporting/validation_docs")).save({"index.html": b"<html></html>"})
-        (data / "06_models/checkpoints").mkdir(parents=True)
     seed = version - 1
     TorchDataset(str(data / "06_models/model.pt")).save(make_model_payload(seed=seed))
     TextDataset(str(data / "08_reporting/train_log.csv")).save("epoch,loss\n1,0.5\n")
@@ -181,6 +180,17 @@ def test_publish_records_revision_stage_hash_and_data_version(world):
     assert "refs/tags/v1" in tags and "refs/tags/v2" in tags
     assert set(bundle_objects(world["remote"], record["bundle_md5"])) == {*manifest["files"], "manifest.json"}
     assert "up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_a_clone_of_a_release_is_restored_by_dvc_pull(world, tmp_path):
+    """`git clone -b v2 && dvc pull` gives the release's workspace, with nothing for `dvc repro` to redo."""
+    clone = tmp_path / "teammate"
+    run(["git", "clone", "-q", "--branch", "v2", str(world["origin"]), str(clone)], tmp_path)
+    run(["dvc", "remote", "add", "--local", "-d", "local", str(world["remote"])], clone)
+    run(["dvc", "pull", "-q"], clone)
+    assert "up to date" in run(["dvc", "status"], clone).stdout
+    for path in ("release/bundle/manifest.json", "data/09_deploy/bundle/model.onnx", "data/06_models/model.pt"):
+        assert (clone / path).read_bytes() == (world["project"] / path).read_bytes()
 
 
 def test_publish_refusals(world, tmp_path):
