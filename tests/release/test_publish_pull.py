@@ -25,7 +25,7 @@ from tests.deploy_fixtures import (data_params, evaluated, make_dataset, make_mo
                                    png_bytes)
 from tests.pipelines.kedro_helpers import load_params, run_stage
 from tests.pipelines.test_chain import TINY, make_project, run
-from tests.serving.test_server import free_port, post_images, request
+from tests.serving.test_server import free_port, post_images, request, wait_healthy
 
 BLOCKED = ("torch", "torchvision", "kedro", "kedro_datasets", "great_expectations", "pytorch_metric_learning")
 METRICS = {1: {"recall@1": 0.61, "map@r": 0.31, "nmi": 0.52, "best_epoch": 1},
@@ -105,11 +105,10 @@ def bundle_objects(remote: Path, release_md5: str) -> dict[str, Path]:
     return {e["relpath"]: remote_object(remote, e["md5"]) for e in listing}
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    from deepmetric.serving.bundle import load_bundle
-
-    tmp = tmp_path_factory.mktemp("release")
+def build_repo(tmp: Path, committed_remote: bool) -> tuple[Path, Path, Path]:
+    """(build clone, bare git origin, DVC remote folder): a copy of the project (tiny parameters) in git, with
+    origin as its git remote and a local-folder DVC default remote, committed (as a team sharing a remote has it)
+    or in .dvc/config.local (as `make release` sets it up)."""
     origin, remote = tmp / "origin.git", tmp / "dvc-remote"
     run(["git", "init", "-q", "--bare", str(origin)], tmp)
     (tmp / "build").mkdir()
@@ -118,8 +117,21 @@ def world(tmp_path_factory):
                        ("tag.gpgsign", "false")]:
         run(["git", "config", key, value], project)
     run(["git", "remote", "add", "origin", str(origin)], project)
+    run(["dvc", "remote", "add", *([] if committed_remote else ["--local"]), "-d", "store", str(remote)], project)
+    return project, origin, remote
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    import numpy as np
+
+    from deepmetric.data.images import open_image
+    from deepmetric.data.transforms import eval_image
+    from deepmetric.serving.bundle import load_bundle
+
+    tmp = tmp_path_factory.mktemp("release")
     # `make release` on the built-in set: a local-folder default remote in .dvc/config.local (not in git).
-    run(["dvc", "remote", "add", "--local", "-d", "local", str(remote)], project)
+    project, origin, remote = build_repo(tmp, committed_remote=False)
     expected, revisions = {}, {}
     for version in (1, 2):
         build_outputs(project, version)
@@ -131,15 +143,12 @@ def world(tmp_path_factory):
             proc = cli("publish", "v2", "--git-remote", "origin", cwd=project)
             assert proc.returncode == 0, proc.stderr
         assert f"published release v{version}" in proc.stderr
+        # what this release answers, computed here from the published folder: the host must give the same
         built = load_bundle(project / "release/bundle")
-        query = [("image", "q.png", (project / "data/01_raw/glyphs" / built.ids["path"][3]).read_bytes())]
-        from deepmetric.data.images import open_image
-        from deepmetric.data.transforms import eval_image
-        import io
-        import numpy as np
-
-        arr = eval_image(open_image(io.BytesIO(query[0][2]).getvalue(), 10**8), built.spec)
-        expected[version] = built.search(built.embed(np.stack([arr])), 5)[0]
+        image = (project / "data/01_raw/glyphs" / built.ids["path"][3]).read_bytes()
+        query = [("image", "q.png", image)]
+        pixels = eval_image(open_image(image, 10**8), built.spec)
+        expected[version] = built.search(built.embed(np.stack([pixels])), 5)[0]
     return {"tmp": tmp, "origin": origin, "remote": remote, "project": project, "query": query,
             "expected": expected, "revisions": revisions}
 
@@ -186,7 +195,7 @@ def test_a_clone_of_a_release_is_restored_by_dvc_pull(world, tmp_path):
     """`git clone -b v2 && dvc pull` gives the release's workspace, with nothing for `dvc repro` to redo."""
     clone = tmp_path / "teammate"
     run(["git", "clone", "-q", "--branch", "v2", str(world["origin"]), str(clone)], tmp_path)
-    run(["dvc", "remote", "add", "--local", "-d", "local", str(world["remote"])], clone)
+    run(["dvc", "remote", "add", "--local", "-d", "store", str(world["remote"])], clone)
     run(["dvc", "pull", "-q"], clone)
     assert "up to date" in run(["dvc", "status"], clone).stdout
     for path in ("release/bundle/manifest.json", "data/09_deploy/bundle/model.onnx", "data/06_models/model.pt"):
@@ -218,24 +227,10 @@ def test_publish_refusals(world, tmp_path):
 
 
 def start_host_server(bundle: Path) -> tuple[subprocess.Popen, str]:
-    import time
-    import urllib.error
-
     port = free_port()
     proc = subprocess.Popen(host_cmd("serve", "--bundle", str(bundle), "--port", str(port), "--log-level", "warning"),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {proc.stdout.read().decode()}")
-        try:
-            if request(base, "GET", "/healthz")[0] == 200:
-                return proc, base
-        except (urllib.error.URLError, ConnectionError, OSError):
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError("server did not become healthy in 90 s")
+    return proc, wait_healthy(proc, port)
 
 
 def served(bundle: Path, query) -> tuple[str, list]:
@@ -310,6 +305,9 @@ def test_unknown_tag_and_unreachable_remote_or_repository(world, tmp_path):
     dest = tmp_path / "releases"
     proc = cli("pull", "v9", "--repo", str(world["origin"]), "--dest", str(dest))
     assert proc.returncode == 4 and "unknown release 'v9'" in proc.stderr and "v1, v2" in proc.stderr
+    branch = run(["git", "symbolic-ref", "--short", "HEAD"], world["project"]).stdout.strip()
+    proc = cli("pull", branch, "--repo", str(world["origin"]), "--dest", str(dest))
+    assert proc.returncode == 4 and f"{branch} is not a release tag" in proc.stderr, proc.stderr
     proc = cli("pull", "v2", "--repo", str(world["origin"]), "--dest", str(dest), "--remote-url", str(tmp_path / "gone"))
     assert proc.returncode == 5 and "unreachable" in proc.stderr and "gone" in proc.stderr
     proc = cli("pull", "v2", "--repo", str(tmp_path / "no-such-repo.git"), "--dest", str(dest))

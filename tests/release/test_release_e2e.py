@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from tests.pipelines.test_chain import TINY, make_project, run
-from tests.release.test_publish_pull import host
+from tests.pipelines.test_chain import run
+from tests.release.test_publish_pull import build_repo, host
 
 pytestmark = pytest.mark.slow
 
@@ -24,16 +24,8 @@ def _search(bundle, image) -> list:
 
 
 def test_repro_publish_pull_roll_back(tmp_path):
-    origin, remote = tmp_path / "origin.git", tmp_path / "dvc-remote"
-    run(["git", "init", "-q", "--bare", str(origin)], tmp_path)
-    (tmp_path / "build").mkdir()
-    project = make_project(tmp_path / "build", TINY)
-    for key, value in [("user.name", "e2e"), ("user.email", "e2e@test"), ("commit.gpgsign", "false"),
-                       ("tag.gpgsign", "false")]:
-        run(["git", "config", key, value], project)
-    run(["git", "remote", "add", "origin", str(origin)], project)
     # as a team with a shared remote would: the remote in the committed .dvc/config
-    run(["dvc", "remote", "add", "-d", "store", str(remote)], project)
+    project, origin, remote = build_repo(tmp_path, committed_remote=True)
     run(["dvc", "repro"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "pipeline, seed 0"], project)

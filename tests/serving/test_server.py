@@ -65,18 +65,23 @@ def start_server(bundle: Path, *extra: str) -> tuple[subprocess.Popen, str]:
            "--port", str(port), "--max-upload-bytes", str(MAX_UPLOAD), "--max-pixels", str(MAX_PIXELS),
            "--max-images", str(MAX_IMAGES), "--log-level", "warning", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
+    return proc, wait_healthy(proc, port)
+
+
+def wait_healthy(proc: subprocess.Popen, port: int, seconds: float = 90) -> str:
+    """The base URL once the server started as ``proc`` answers /healthz on ``port``; raise if it exits first."""
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited {proc.returncode}: {proc.stdout.read().decode()}")
         try:
             if request(base, "GET", "/healthz")[0] == 200:
-                return proc, base
+                return base
         except (urllib.error.URLError, ConnectionError, OSError):
             time.sleep(0.2)
     proc.kill()
-    raise RuntimeError("server did not become healthy in 90 s")
+    raise RuntimeError(f"server did not become healthy in {seconds:.0f} s")
 
 
 def stop(proc: subprocess.Popen) -> None:

@@ -43,17 +43,31 @@ def _fs(repo: str, rev: str, config: dict[str, Any] | None = None):
 
 
 def _unreachable_repo(repo: str, err: Exception) -> ReleaseError:
-    return ReleaseError("unreachable", f"git repository {repo} unreachable: {err or type(err).__name__}")
+    cause = f" ({err.__cause__})" if err.__cause__ is not None else ""
+    return ReleaseError("unreachable", f"git repository {repo} unreachable: {err or type(err).__name__}{cause}")
 
 
 def list_tags(repo: str) -> list[str]:
     import dvc.api
     from dvc.exceptions import DvcException
+    from dvc.scm import RevError
 
     try:
         return sorted(dvc.api.all_tags(repo))
+    except RevError as e:  # DVC opens a repository at its default branch (origin/HEAD) to list tags
+        raise ReleaseError("unreachable", f"cannot list the tags of {repo}: its default branch does not resolve "
+                           f"({e})") from None
     except DvcException as e:
         raise _unreachable_repo(repo, e) from None
+
+
+def _known_releases(repo: str) -> str:
+    """For a refusal message: the tags of ``repo`` that hold a release, or why they could not be listed."""
+    try:
+        known = [t for t in list_tags(repo) if read_record(repo, t) is not None]
+    except Exception as e:  # best effort: the refusal itself is what matters
+        return f"its releases could not be listed: {e}"
+    return f"its releases: {', '.join(known) or 'none'}"
 
 
 def read_record(repo: str, name: str) -> dict[str, Any] | None:
@@ -152,18 +166,19 @@ def pull(name: str, repo: str, dest: str | Path, remote: str | None = None, remo
     check_name(name)
     dest = Path(dest)
     try:
-        tags = list_tags(repo)
-        if name not in tags:
-            known = [t for t in tags if read_record(repo, t) is not None]
-            raise ReleaseError("unknown_release", f"unknown release {name!r}: {repo} has no tag {name} "
-                               f"(its releases: {', '.join(known) or 'none'})")
         try:
             record = read_record(repo, name)
-        except RevError as e:
-            raise ReleaseError("unknown_release", f"unknown release {name!r} in {repo}: {e}") from None
+        except RevError:
+            raise ReleaseError("unknown_release", f"unknown release {name!r}: {repo} has no tag {name} "
+                               f"({_known_releases(repo)})") from None
+        except DvcException as e:  # CloneError and the like
+            raise _unreachable_repo(repo, e) from None
         if record is None:
-            raise ReleaseError("unknown_release", f"tag {name} of {repo} is not a deepmetric release "
-                               f"(no {RELEASE_RECORD} in it)")
+            raise ReleaseError("unknown_release", f"{name} of {repo} is not a deepmetric release "
+                               f"(no {RELEASE_RECORD} in it; {_known_releases(repo)})")
+        if record.get("name") != name:  # a branch or commit that merely contains the record of another release
+            raise ReleaseError("unknown_release", f"{name} is not a release tag of {repo}: at {name}, "
+                               f"{RELEASE_RECORD} is release {record.get('name')!r} ({_known_releases(repo)})")
         fs = _fs(repo, name)
         config = _remote_config(fs, record, remote, remote_url)
         if config is not None:
