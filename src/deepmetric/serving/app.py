@@ -4,6 +4,12 @@
 multipart files in the field ``image`` and go through the evaluation transform (`open_image` + `eval_image`),
 the same code as evaluation and index building. Every refusal is a 4xx with ``{"error": code, "message": …}``.
 
+Serving a bundle version: :class:`~deepmetric.serving.state.ServingState` holds it; each request keeps the
+version it started with. With batching on (the default), concurrent requests' images run through onnxruntime and
+faiss as one batch (:mod:`deepmetric.serving.batching`). ``POST /v1/admin/reload`` (``Authorization: Bearer
+<token>``, enabled by an admin token) and the signals SIGHUP / SIGUSR1 reload the bundle folder: verified first,
+swapped in without dropping a request, refused (the old version keeps serving) when it fails verification.
+
 For people: ``GET /`` is the search page (`static/`: plain HTML/CSS/JS, package data), fed by
 ``GET /v1/thumbnails/{id}`` (the bundle's gallery thumbnails) and ``GET /v1/examples``; ``/docs`` (Swagger UI)
 renders ``/openapi.json`` with assets served by the app itself (the fastapi-offline package), so nothing is
@@ -12,7 +18,12 @@ fetched from a CDN. (No ReDoc page: its bundle loads a logo from its vendor's CD
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hmac
+import json
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +39,14 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deepmetric.data.images import ImageDecodeError, ImageTooLargeError
 from deepmetric.data.transforms import load_eval_image
-from deepmetric.serving.bundle import Bundle, load_bundle
+from deepmetric.serving.bundle import Bundle, BundleError, load_bundle
 from deepmetric.serving.config import ServerSettings
+from deepmetric.serving.state import Served, ServingState, bundle_summary
 
 BUNDLE_ENV = "DEEPMETRIC_BUNDLE"
+ADMIN_TOKEN_ENV = "DEEPMETRIC_ADMIN_TOKEN"
+SUPERVISED_ENV = "DEEPMETRIC_SUPERVISED"  # set in workers started by `serve --workers N` (runner.serve_workers)
+RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
 FIELD = "image"
 STATIC_DIR = Path(__file__).with_name("static")
 # The page loads only its own files (and blob: previews of the query): a CDN reference would be blocked.
@@ -69,8 +84,13 @@ class ApiError(Exception):
         self.status, self.code, self.message = status, code, message
 
 
-def _error(status: int, code: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": code, "message": message}, status_code=status)
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status, headers=headers)
+
+
+def _json(content: Any) -> Response:
+    """A JSON response without FastAPI's jsonable_encoder pass (the payloads here are plain JSON types)."""
+    return Response(json.dumps(content, separators=(",", ":")).encode(), media_type="application/json")
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -126,13 +146,45 @@ def _classify(err: ImageDecodeError, name: str) -> ApiError:
     return ApiError(400, "corrupt_image", f"{name}: {reason}")
 
 
-def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAPI:
+def create_app(bundle: Bundle, settings: ServerSettings | None = None, *, root: str | os.PathLike[str] | None = None,
+               admin_token: str | None = None) -> FastAPI:
+    """The app over ``bundle`` (loaded from ``root``, the folder reloads read; default ``bundle.root``).
+    ``admin_token``: enables ``POST /v1/admin/reload`` for requests carrying it as a Bearer token."""
     settings = settings or ServerSettings()
+    state = ServingState(root if root is not None else bundle.root, settings, bundle)
+
+    async def reload_now() -> dict[str, Any]:
+        return await asyncio.get_running_loop().run_in_executor(None, state.reload)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        loop = asyncio.get_running_loop()
+        installed = []
+
+        def on_signal() -> None:
+            async def go() -> None:
+                with contextlib.suppress(BundleError):  # refused: logged in state.last_reload, old one serves
+                    await reload_now()
+            loop.create_task(go())
+
+        for sig in RELOAD_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, on_signal)
+                installed.append(sig)
+            except (ValueError, RuntimeError, NotImplementedError):  # not the main thread (e.g. a test client)
+                pass
+        try:
+            yield
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            state.close()
+
     app = FastAPI(title="deepmetric", version=str(bundle.manifest.get("model_version")),
                   description="Image retrieval over a deepmetric deploy bundle: embed images with the bundle's ONNX "
                               "model, search its faiss gallery. The search page is at `/`.",
-                  docs_url=None, redoc_url=None, openapi_url="/openapi.json")
-    app.state.bundle = bundle
+                  docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan)
+    app.state.serving = state
     app.state.settings = settings
 
     @app.exception_handler(ApiError)
@@ -193,7 +245,7 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAP
         finally:
             await form.close()
 
-    def _prepare(files: list[tuple[str, bytes]]) -> np.ndarray:
+    def _prepare(bundle: Bundle, files: list[tuple[str, bytes]]) -> np.ndarray:
         arrays = []
         for name, data in files:
             try:
@@ -203,7 +255,22 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAP
                 raise _classify(e, name) from None
         return np.stack(arrays)
 
-    def _k(request: Request) -> int:
+    async def _run(served: Served, files: list[tuple[str, bytes]], k: int):
+        """(embeddings, scores, rows) of the request's images: through the batcher, or (batching off) in the
+        thread pool, one onnxruntime call per request."""
+        if served.batcher is None:
+            return await run_in_threadpool(lambda: served.run(_prepare(served.bundle, files), k))
+        loop = asyncio.get_running_loop()
+        served.batcher.announce()
+        try:
+            images = await loop.run_in_executor(state.prep_pool, _prepare, served.bundle, files)
+        except BaseException:
+            served.batcher.withdraw()
+            raise
+        result = await asyncio.wrap_future(served.batcher.submit(images, k))
+        return result.embeddings, result.scores, result.rows
+
+    def _k(request: Request, bundle: Bundle) -> int:
         raw = request.query_params.get("k")
         if raw is None:
             k = settings.default_k
@@ -218,12 +285,34 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAP
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "model_version": bundle.manifest.get("model_version"),
-                "index_version": bundle.manifest.get("index_version"), "pid": os.getpid()}
+        served = state.current
+        return {"status": "ok", **bundle_summary(served.bundle), "pid": os.getpid(),
+                "batching": served.batcher is not None, "reloads": state.reloads}
 
     @app.get("/v1/info")
     async def info() -> dict[str, Any]:
-        return {**bundle.manifest, "limits": settings.model_dump()}
+        return {**state.current.bundle.manifest, "limits": settings.model_dump()}
+
+    @app.post("/v1/admin/reload")
+    async def admin_reload(request: Request) -> Response:
+        """Reload the bundle folder (verified first; refused → 409 and the current version keeps serving).
+        Needs ``Authorization: Bearer <admin token>``. With several workers, every worker reloads."""
+        if not admin_token:
+            raise ApiError(403, "admin_disabled", "admin calls are disabled: start the server with "
+                           "--admin-token-file (or DEEPMETRIC_ADMIN_TOKEN) to enable them")
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), admin_token.encode()):
+            return _error(401, "unauthorized", "missing or wrong admin token (Authorization: Bearer <token>)",
+                          headers={"WWW-Authenticate": "Bearer"})
+        try:
+            result = await reload_now()
+        except BundleError as e:
+            return _error(409, "bundle_refused", f"{e}; still serving "
+                          + json.dumps(bundle_summary(state.current.bundle), sort_keys=True))
+        if os.environ.get(SUPERVISED_ENV) and result["status"] == "reloaded":
+            os.kill(os.getppid(), signal.SIGHUP)  # the supervisor has every other worker reload as well
+            result["workers"] = "all (signalled the supervisor)"
+        return _json(result)
 
     page = (STATIC_DIR / "index.html").read_bytes()
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
@@ -249,12 +338,14 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAP
              responses={200: {"content": {"image/webp": {}, "image/jpeg": {}}, "description": "the thumbnail"}})
     async def thumbnail(item: int) -> Response:
         """The gallery thumbnail of one id (from the bundle; 404 when the bundle has none)."""
+        bundle = state.current.bundle
         if bundle.thumbnails is None:
             raise ApiError(404, "no_thumbnails", "this bundle was built without thumbnails "
                            "(bundle.thumbnails.enabled: false)")
-        data = bundle.thumbnails.get(item)
+        row = bundle.row_of(item)
+        data = None if row is None else bundle.thumbnails.get(row)
         if data is None:
-            raise ApiError(404, "not_found", f"no thumbnail for id {item} (the gallery has ids 0..{bundle.thumbnails.count - 1})")
+            raise ApiError(404, "not_found", f"no thumbnail for id {item} (no gallery item has that id)")
         return Response(data, media_type=bundle.thumbnails.media_type,
                         headers={"Cache-Control": "public, max-age=86400",
                                  "ETag": f'"{bundle.manifest.get("index_version")}-{item}"'})
@@ -264,37 +355,34 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None) -> FastAP
         """A few gallery items from different classes (evenly spread), for the page's example queries."""
         if not 1 <= n <= 64:
             raise ApiError(422, "invalid_n", f"n must be in [1, 64], got {n}")
+        bundle = state.current.bundle
         return {"thumbnails": bundle.thumbnails is not None, "examples": bundle.examples(n)}
 
     @app.post("/v1/embed", openapi_extra=_IMAGES_BODY)
-    async def embed(request: Request) -> dict[str, Any]:
+    async def embed(request: Request) -> Response:
         files = await _images(request)
-
-        def work():
-            return bundle.embed(_prepare(files))
-
-        emb = await run_in_threadpool(work)
-        return {
+        with state.use() as served:
+            emb, _, _ = await _run(served, files, 0)
+            bundle = served.bundle
+        return _json({
             "model_version": bundle.manifest.get("model_version"),
             "dim": bundle.dim,
-            "embeddings": [{"image": name, "embedding": [float(v) for v in row]} for (name, _), row in zip(files, emb)],
-        }
+            "embeddings": [{"image": name, "embedding": row.tolist()} for (name, _), row in zip(files, emb)],
+        })
 
     @app.post("/v1/search", openapi_extra={**_IMAGES_BODY, "parameters": [_K_PARAM]})
-    async def search(request: Request) -> dict[str, Any]:
-        k = _k(request)
-        files = await _images(request)
-
-        def work():
-            return bundle.search(bundle.embed(_prepare(files)), k)
-
-        hits = await run_in_threadpool(work)
-        return {
+    async def search(request: Request) -> Response:
+        with state.use() as served:
+            bundle = served.bundle
+            k = _k(request, bundle)
+            files = await _images(request)
+            _, scores, rows = await _run(served, files, k)
+        return _json({
             "model_version": bundle.manifest.get("model_version"),
             "index_version": bundle.manifest.get("index_version"),
             "k": k,
-            "results": [{"image": name, "neighbors": h} for (name, _), h in zip(files, hits)],
-        }
+            "results": [{"image": name, "neighbors": h} for (name, _), h in zip(files, bundle.neighbours(scores, rows))],
+        })
 
     return app
 
@@ -306,4 +394,5 @@ def app_from_env() -> FastAPI:
     if not root:
         raise RuntimeError(f"set {BUNDLE_ENV} to the bundle folder")
     settings = ServerSettings.from_env()
-    return create_app(load_bundle(root, threads=settings.threads), settings)
+    return create_app(load_bundle(root, threads=settings.threads), settings, root=root,
+                      admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None)

@@ -268,6 +268,8 @@ class Bundle:
     _labels: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        # Stable item ids (the id table's `id`: increasing, equal to the faiss row number until items are removed).
+        self._ids = self.ids["id"].to_numpy(dtype=np.int64)
         self._labels = self.ids["label"].to_numpy()
         self._class_names = self.ids["class_name"].astype(str).to_numpy()
         self._paths = self.ids["path"].astype(str).to_numpy()
@@ -295,18 +297,27 @@ class Bundle:
             first = first.iloc[np.unique(np.linspace(0, len(first) - 1, n).round().astype(int))]
         return [{"id": int(r.id), "label": int(r.label), "class_name": str(r.class_name)} for r in first.itertuples()]
 
-    def search(self, embeddings: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
-        if not 1 <= k <= self.gallery_size:
-            raise ValueError(f"k must be in [1, {self.gallery_size}] (the gallery size), got {k}")
-        scores, idx = self.index.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
+    def row_of(self, item_id: int) -> int | None:
+        """The faiss row of gallery id ``item_id`` (None when no item has it)."""
+        row = int(np.searchsorted(self._ids, item_id))
+        return row if row < len(self._ids) and self._ids[row] == item_id else None
+
+    def neighbours(self, scores: np.ndarray, rows: np.ndarray) -> list[list[dict[str, Any]]]:
+        """faiss search output (scores, row numbers) → per query, the neighbours with their ids and labels."""
         results = []
-        for srow, irow in zip(scores, idx):
+        for srow, irow in zip(scores, rows):
             results.append([
-                {"id": int(i), "label": int(self._labels[i]), "class_name": str(self._class_names[i]),
+                {"id": int(self._ids[i]), "label": int(self._labels[i]), "class_name": str(self._class_names[i]),
                  "path": str(self._paths[i]), "score": float(s)}
                 for s, i in zip(srow, irow) if i >= 0
             ])
         return results
+
+    def search(self, embeddings: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        if not 1 <= k <= self.gallery_size:
+            raise ValueError(f"k must be in [1, {self.gallery_size}] (the gallery size), got {k}")
+        scores, rows = self.index.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
+        return self.neighbours(scores, rows)
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
@@ -387,6 +398,9 @@ def load_bundle(root: str | Path, threads: int = 0) -> Bundle:
     if len(ids) != index.ntotal or manifest.get("gallery_size") != index.ntotal:
         raise BundleError(IDS_FILE, f"{len(ids)} ids, index holds {index.ntotal}, manifest says gallery_size "
                           f"{manifest.get('gallery_size')}")
+    id_values = ids["id"].to_numpy()
+    if len(id_values) and (id_values.min() < 0 or np.any(np.diff(id_values) <= 0)):
+        raise BundleError(IDS_FILE, "ids must be non-negative and increasing (one id per faiss row, never reused)")
     verify_lineage(manifest, embedder.weights_sha256)
     if manifest.get("search_params"):
         from deepmetric.index.build import apply_search_params

@@ -1,9 +1,11 @@
 """`deepmetric` command line: serve a bundle over HTTP, search it locally, print its manifest.
 
-    deepmetric serve  --bundle DIR [--host 127.0.0.1] [--port 8000] [--workers N]
+    deepmetric serve  --bundle DIR [--host 127.0.0.1] [--port 8000] [--workers N] [--no-batching]
     deepmetric search --bundle DIR IMAGE... [-k 10]
     deepmetric info   --bundle DIR
     deepmetric publish NAME | pull NAME --repo URL | releases --repo URL   (releases: deepmetric.release.cli)
+    deepmetric gallery add    --bundle DIR [--out DIR] --label N [--class-name NAME] IMAGE...   (or --list FILE.csv)
+    deepmetric gallery remove --bundle DIR [--out DIR] --id N [--id N ...]
 
 A bundle that fails verification (checksums, dimensions) is refused with a message and exit status 2.
 """
@@ -47,7 +49,17 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-aspect-ratio", type=float, default=d.max_aspect_ratio,
                    help="longer/shorter side limit (thin images)")
     p.add_argument("--max-images", type=int, default=d.max_images, help="images per request")
-    p.add_argument("--threads", type=int, default=d.threads, help="onnxruntime threads per worker (0: default)")
+    p.add_argument("--threads", type=int, default=d.threads,
+                   help="onnxruntime intra-op threads per worker (0: the cores divided among the workers)")
+    p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=d.batching,
+                   help="dynamic batching: concurrent requests' images run as one onnxruntime batch")
+    p.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
+                   help="how long a batch waits for requests still being decoded")
+    p.add_argument("--max-batch", type=int, default=d.max_batch, help="images per onnxruntime batch")
+    p.add_argument("--prep-threads", type=int, default=d.prep_threads,
+                   help="decode threads per worker (0: the cores divided among the workers)")
+    p.add_argument("--admin-token-file", default=None,
+                   help="file holding the token that enables POST /v1/admin/reload (or $DEEPMETRIC_ADMIN_TOKEN)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +84,23 @@ def _parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="print the bundle's manifest (after verifying it)")
     info.add_argument("--bundle", required=True)
 
+    gallery = sub.add_parser("gallery", help="add images to a bundle's gallery or remove items: a new bundle version")
+    gsub = gallery.add_subparsers(dest="gallery_command", required=True)
+    add = gsub.add_parser("add", help="embed images with the bundle's model and add them to its gallery")
+    add.add_argument("--bundle", required=True)
+    add.add_argument("--out", default=None, help="where the new version goes (default: replace --bundle atomically)")
+    add.add_argument("images", nargs="*", metavar="IMAGE")
+    add.add_argument("--label", type=int, default=None, help="label of the IMAGEs")
+    add.add_argument("--class-name", default=None, help="class name of the IMAGEs (default: the label's, if known)")
+    add.add_argument("--list", default=None, metavar="CSV",
+                     help="a CSV with columns path,label[,class_name] (paths relative to the CSV's folder)")
+    add.add_argument("--max-pixels", type=int, default=None, help="per-image pixel limit (bombs)")
+    add.add_argument("--max-aspect-ratio", type=float, default=None, help="longer/shorter side limit")
+    rm = gsub.add_parser("remove", help="take items out of a bundle's gallery (by id)")
+    rm.add_argument("--bundle", required=True)
+    rm.add_argument("--out", default=None, help="where the new version goes (default: replace --bundle atomically)")
+    rm.add_argument("--id", type=int, action="append", required=True, dest="ids", help="an id to remove (repeat)")
+
     from deepmetric.release.cli import add_parsers
 
     add_parsers(sub)
@@ -89,7 +118,7 @@ def _load(root: str, threads: int = 0):
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from deepmetric.serving.app import BUNDLE_ENV, create_app
+    from deepmetric.serving.app import ADMIN_TOKEN_ENV, BUNDLE_ENV, SUPERVISED_ENV, create_app
     from deepmetric.serving.config import ServerSettings
     from deepmetric.serving.http import bind_tcp_socket
     from deepmetric.serving.runner import serve_single, serve_workers
@@ -97,13 +126,28 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         print("deepmetric: --workers must be >= 1", file=sys.stderr)
         return EXIT_BAD_INPUT
+    cores = os.cpu_count() or 1
+    share = max(1, cores // args.workers)  # the cores, divided among the workers
     try:
         settings = ServerSettings(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
                                   max_aspect_ratio=args.max_aspect_ratio, max_images=args.max_images,
-                                  threads=args.threads)
+                                  threads=args.threads or (share if args.workers > 1 else 0),
+                                  batching=args.batching, batch_window_ms=args.batch_window_ms,
+                                  max_batch=args.max_batch, prep_threads=args.prep_threads or share)
     except ValueError as e:
         print(f"deepmetric: invalid setting: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    if args.admin_token_file:
+        try:
+            admin_token = open(args.admin_token_file, encoding="utf-8").read().strip()
+        except OSError as e:
+            print(f"deepmetric: cannot read --admin-token-file {args.admin_token_file}: {e.strerror or e}",
+                  file=sys.stderr)
+            return EXIT_BAD_INPUT
+        if len(admin_token) < 16:
+            print("deepmetric: the admin token must be at least 16 characters", file=sys.stderr)
+            return EXIT_BAD_INPUT
     bundle = _load(args.bundle, settings.threads)  # verify before binding the port
     print(f"deepmetric: bundle {os.path.abspath(args.bundle)} verified: model {bundle.manifest['model_version']}, "
           f"index {bundle.manifest['index_version']} ({bundle.manifest.get('index_factory')}, "
@@ -116,12 +160,15 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"deepmetric: listening on http://{args.host}:{sock.getsockname()[1]} ({args.workers} worker"
           f"{'s' if args.workers > 1 else ''})", file=sys.stderr, flush=True)
     if args.workers == 1:
-        serve_single(create_app(bundle, settings), sock, args.log_level)
+        serve_single(create_app(bundle, settings, root=os.path.abspath(args.bundle), admin_token=admin_token), sock,
+                     args.log_level)
     else:
         del bundle  # each worker loads its own copy
         # the resolved folder: a `pull` that swaps releases/current must not change what a respawned worker loads
-        serve_workers(sock, args.workers, {BUNDLE_ENV: os.path.realpath(args.bundle), **settings.to_env()},
-                      args.log_level)
+        env = {BUNDLE_ENV: os.path.realpath(args.bundle), SUPERVISED_ENV: "1", **settings.to_env()}
+        if admin_token:
+            env[ADMIN_TOKEN_ENV] = admin_token
+        serve_workers(sock, args.workers, env, args.log_level)
     return 0
 
 
@@ -160,6 +207,58 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _gallery(args: argparse.Namespace) -> int:
+    import csv
+    from pathlib import Path
+
+    from deepmetric.serving.bundle import BundleError
+    from deepmetric.serving.config import ServerSettings
+    from deepmetric.serving.gallery import GalleryError, NewItem, update_gallery
+
+    kw: dict = {}
+    if args.gallery_command == "add":
+        items: list[NewItem] = []
+        if args.images:
+            if args.label is None:
+                print("deepmetric: gallery add IMAGE... needs --label", file=sys.stderr)
+                return EXIT_BAD_INPUT
+            items += [NewItem(p, args.label, args.class_name) for p in args.images]
+        if args.list:
+            base = Path(args.list).resolve().parent
+            try:
+                with open(args.list, newline="", encoding="utf-8") as f:
+                    for n, row in enumerate(csv.DictReader(f), start=2):
+                        try:
+                            items.append(NewItem(str(base / row["path"]), int(row["label"]),
+                                                 row.get("class_name") or None, row["path"]))
+                        except (KeyError, TypeError, ValueError):
+                            print(f"deepmetric: {args.list}:{n}: needs columns path,label[,class_name] with an "
+                                  f"integer label, got {row}", file=sys.stderr)
+                            return EXIT_BAD_INPUT
+            except OSError as e:
+                print(f"deepmetric: cannot read {args.list}: {e.strerror or e}", file=sys.stderr)
+                return EXIT_BAD_INPUT
+        try:
+            limits = ServerSettings(**{k: v for k, v in (("max_pixels", args.max_pixels),
+                                                         ("max_aspect_ratio", args.max_aspect_ratio)) if v is not None})
+        except ValueError as e:
+            print(f"deepmetric: invalid setting: {e}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        kw = {"add": items, "max_pixels": limits.max_pixels, "max_aspect_ratio": limits.max_aspect_ratio}
+    else:
+        kw = {"remove": args.ids}
+    try:
+        summary = update_gallery(args.bundle, args.out, **kw)
+    except BundleError as e:
+        print(f"deepmetric: {e}", file=sys.stderr)
+        return EXIT_BAD_BUNDLE
+    except GalleryError as e:
+        print(f"deepmetric: gallery not changed: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
 def _info(args: argparse.Namespace) -> int:
     bundle = _load(args.bundle)
     print(json.dumps(bundle.manifest, indent=2, sort_keys=True))
@@ -173,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from deepmetric.release.cli import HANDLERS
 
-    handler = {"serve": _serve, "search": _search, "info": _info, **HANDLERS}[args.command]
+    handler = {"serve": _serve, "search": _search, "info": _info, "gallery": _gallery, **HANDLERS}[args.command]
     try:
         code = handler(args)
     except BrokenPipeError:  # output piped into `head` and the like
@@ -184,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = e.code if isinstance(e.code, int) else 1
         if argv is not None:
             raise
-    if argv is None and args.command in ("info", "search", "pull", "publish"):
+    if argv is None and args.command in ("info", "search", "pull", "publish", "gallery"):
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -54,6 +54,11 @@ class ServerSettings(BaseModel):
     max_images: int = Field(32, gt=0, description="images per request")
     default_k: int = Field(10, gt=0)
     threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per worker (0: its default)")
+    batching: bool = Field(True, description="dynamic batching: concurrent requests run as one onnxruntime batch")
+    batch_window_ms: float = Field(2.0, ge=0, le=100,
+                                   description="how long a batch waits for requests that are still being decoded")
+    max_batch: int = Field(32, ge=1, le=1024, description="images per onnxruntime batch")
+    prep_threads: int = Field(0, ge=0, description="decode threads (0: one per core)")
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:

@@ -3,14 +3,22 @@
 The socket is bound here, once, before any worker starts (:func:`deepmetric.serving.http.bind_tcp_socket`:
 ``IPPROTO_TCP``, so TCP_NODELAY holds on every keep-alive connection in either mode). With ``workers > 1``
 uvicorn's supervisor starts the workers (spawned; each loads and verifies the bundle through
-``deepmetric.serving.app:app_from_env``) and restarts one that dies.
+``deepmetric.serving.app:app_from_env``) and restarts one that dies; a SIGHUP to it becomes a bundle reload in
+every worker (:class:`ReloadingSupervisor`: SIGUSR1 to each) instead of uvicorn's restart of the processes, so a
+reload closes no keep-alive connection. In one process the app itself reloads on SIGHUP / SIGUSR1.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
 from typing import Any
+
+from uvicorn.supervisors.multiprocess import Multiprocess
+
+#: The signal a worker reloads its bundle on (the supervisor turns a SIGHUP into this, for every worker).
+WORKER_RELOAD_SIGNAL = signal.SIGUSR1
 
 
 def uvicorn_config(app: Any, *, workers: int = 1, log_level: str = "info", **kw: Any):
@@ -35,6 +43,17 @@ def serve_workers(sock: socket.socket, workers: int, env: dict[str, str], log_le
     os.environ.update(env)
     config = uvicorn_config("deepmetric.serving.app:app_from_env", factory=True, workers=workers,
                             log_level=log_level)
-    from uvicorn.supervisors.multiprocess import Multiprocess
+    ReloadingSupervisor(config, sockets=[sock]).run()
 
-    Multiprocess(config, sockets=[sock]).run()
+
+class ReloadingSupervisor(Multiprocess):
+    """uvicorn's multiprocess supervisor (health checks, restarts), with SIGHUP meaning "reload the bundle in every
+    worker": each worker verifies the new version and keeps serving the old one if it is refused."""
+
+    def handle_hup(self) -> None:
+        for process in self.processes:
+            if process.pid is not None and process.process.is_alive():
+                try:
+                    os.kill(process.pid, WORKER_RELOAD_SIGNAL)
+                except ProcessLookupError:  # exited meanwhile; its replacement loads the current bundle
+                    pass

@@ -47,17 +47,22 @@ def build_thumbnail_shards(
 ) -> dict[str, bytes]:
     """``{shard name: parquet bytes}`` for the gallery images at ``paths`` (relative to ``root``), in id order.
     A gallery image that cannot be read raises ``ImageDecodeError``/``OSError`` naming it."""
+    from deepmetric.data.images import open_image, safe_join
+
+    images = [encode_thumbnail(open_image(safe_join(root, rel), max_pixels), size, fmt, quality) for rel in paths]
+    return write_thumbnail_shards(images, shard_items)
+
+
+def write_thumbnail_shards(images: Sequence[bytes], shard_items: int) -> dict[str, bytes]:
+    """``{shard name: parquet bytes}`` of encoded thumbnails in gallery row order (``id`` column: the row)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from deepmetric.data.images import open_image, safe_join
-
     shards: dict[str, bytes] = {}
-    for s, start in enumerate(range(0, len(paths), shard_items)):
-        chunk = paths[start : start + shard_items]
-        images = [encode_thumbnail(open_image(safe_join(root, rel), max_pixels), size, fmt, quality) for rel in chunk]
+    for s, start in enumerate(range(0, len(images), shard_items)):
+        chunk = list(images[start : start + shard_items])
         table = pa.table({"id": pa.array(np.arange(start, start + len(chunk), dtype=np.int64)),
-                          "image": pa.array(images, type=pa.binary())})
+                          "image": pa.array(chunk, type=pa.binary())})
         buf = io.BytesIO()
         pq.write_table(table, buf, compression="none")  # WebP/JPEG bytes do not compress further
         shards[shard_name(s)] = buf.getvalue()

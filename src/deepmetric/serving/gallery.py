@@ -1,0 +1,230 @@
+"""Live gallery updates: add images to a bundle's gallery, or remove items, without retraining.
+
+``deepmetric gallery add|remove`` (:func:`update_gallery`) reads a verified bundle, embeds the new images with the
+bundle's own ONNX model through the evaluation transform (the code the index stage and the server use, with the
+same per-image bounds), and writes a new bundle version: same model, new ``index.faiss`` / ``ids.parquet`` /
+thumbnails, a manifest with fresh checksums, ``lineage.gallery_version`` + 1 and the parent manifest's sha256.
+The new version is verified like any bundle (:func:`~deepmetric.serving.bundle.load_bundle`) *before* it is
+renamed into place, so a failed update leaves the destination as it was.
+
+Ids are stable: the id table's ``id`` column names an item for as long as it is in the gallery (faiss row numbers
+may shift); new items get ids from ``lineage.next_id`` on, and a removed id is never given out again. Removal
+rebuilds the index without the removed rows: the remaining vectors are read back from the index
+(``reconstruct_n``, exact for Flat, HNSW*,Flat and IVF*,Flat; for PQ-coded indexes the decoded vectors are
+encoded again) into a copy of it emptied with ``reset()``, which keeps any trained quantizer.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
+from deepmetric.serving.bundle import (
+    ID_COLUMNS,
+    IDS_FILE,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    Bundle,
+    BundleError,
+    _canonical,
+    load_bundle,
+    sha256,
+)
+
+__all__ = ["GalleryError", "NewItem", "update_gallery"]
+
+
+class GalleryError(ValueError):
+    """An update that cannot be made (unknown id, empty result, unreadable image); nothing was written."""
+
+
+@dataclass(frozen=True)
+class NewItem:
+    """An image to add: its file (read now), its label and class name, and the path recorded in the id table."""
+
+    file: str
+    label: int
+    class_name: str | None = None
+    path: str | None = None
+
+
+def _vectors(index) -> np.ndarray:
+    """Every vector of ``index`` in row order (decoded codes for compressed indexes)."""
+    import faiss
+
+    n = int(index.ntotal)
+    if n == 0:
+        return np.zeros((0, index.d), dtype=np.float32)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        ivf = None
+    if ivf is not None:
+        ivf.make_direct_map()
+    try:
+        return np.ascontiguousarray(index.reconstruct_n(0, n), dtype=np.float32)
+    except RuntimeError as e:
+        raise GalleryError(f"this index type ({type(faiss.downcast_index(index)).__name__}) cannot give its "
+                           f"vectors back for a rebuild, so items cannot be removed: rebuild the gallery with the "
+                           f"index stage ({str(e).strip().splitlines()[-1]})") from None
+
+
+def _emptied(index):
+    import faiss
+
+    fresh = faiss.clone_index(index)
+    fresh.reset()
+    return fresh
+
+
+def _embed(bundle: Bundle, items: Sequence[NewItem], max_pixels: int, max_aspect_ratio: float | None,
+           batch_size: int) -> np.ndarray:
+    from deepmetric.data.images import ImageDecodeError
+    from deepmetric.data.transforms import load_eval_image
+
+    out = []
+    for start in range(0, len(items), batch_size):
+        batch = []
+        for it in items[start : start + batch_size]:
+            try:
+                batch.append(load_eval_image(it.file, bundle.spec, max_pixels, max_aspect_ratio))
+            except ImageDecodeError as e:
+                raise GalleryError(str(e)) from None
+        out.append(bundle.embed(np.stack(batch)))
+    return np.concatenate(out) if out else np.zeros((0, bundle.dim), dtype=np.float32)
+
+
+def _thumbnail_files(bundle: Bundle, keep_rows: np.ndarray, items: Sequence[NewItem], max_pixels: int,
+                     max_aspect_ratio: float | None) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+    """The thumbnail shards of the new gallery (kept rows' thumbnails as they are, new ones encoded)."""
+    if bundle.thumbnails is None:
+        return None
+    from deepmetric.data.images import ImageDecodeError, open_image
+    from deepmetric.serving.thumbnails import encode_thumbnail, write_thumbnail_shards
+
+    info = dict(bundle.manifest["thumbnails"])
+    images = [bundle.thumbnails.get(int(r)) for r in keep_rows]
+    for it in items:
+        try:
+            img = open_image(it.file, max_pixels, max_aspect_ratio=max_aspect_ratio)
+        except ImageDecodeError as e:
+            raise GalleryError(str(e)) from None
+        images.append(encode_thumbnail(img, int(info["size"]), str(info["format"]), int(info.get("quality", 80))))
+    shards = write_thumbnail_shards(images, int(info["shard_items"]))
+    info.update(count=len(images), files=sorted(shards), bytes=sum(len(b) for b in shards.values()))
+    return info, shards
+
+
+def update_gallery(
+    src: str | os.PathLike[str],
+    dest: str | os.PathLike[str] | None = None,
+    *,
+    add: Sequence[NewItem] = (),
+    remove: Sequence[int] = (),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    batch_size: int = 32,
+    created: str | None = None,
+) -> dict[str, Any]:
+    """Write the bundle at ``src`` with ``add`` embedded into its gallery and the ids ``remove`` taken out, as a
+    new version at ``dest`` (default: ``src`` itself, replaced atomically). Returns a summary (the new
+    versions, the ids given to the added items). Raises :class:`GalleryError` / :class:`BundleError`."""
+    from deepmetric.index.build import serialize_index
+    from deepmetric.io.atomic import atomic_path
+
+    if not add and not remove:
+        raise GalleryError("nothing to do: give images to add or ids to remove")
+    src = Path(src)
+    dest = Path(dest) if dest is not None else src
+    bundle = load_bundle(src)
+    manifest = bundle.manifest
+    ids = bundle.ids[list(ID_COLUMNS)].reset_index(drop=True)
+    id_values = ids["id"].to_numpy()
+    lineage = dict(manifest.get("lineage") or {})
+
+    gone = sorted(set(int(i) for i in remove))
+    unknown = sorted(set(gone) - set(int(i) for i in id_values))
+    if unknown:
+        raise GalleryError(f"no gallery item has id {unknown[:20]} (the bundle's ids.parquet lists the ids)")
+    keep = ~np.isin(id_values, gone)
+    if not keep.any() and not add:
+        raise GalleryError("removing these ids would leave an empty gallery")
+
+    new_vectors = _embed(bundle, add, max_pixels, max_aspect_ratio, batch_size) if add else None
+    if gone:
+        index = _emptied(bundle.index)
+        kept = _vectors(bundle.index)[keep]
+        if len(kept):
+            index.add(kept)
+    else:
+        import faiss
+
+        index = faiss.clone_index(bundle.index)
+    next_id = int(lineage.get("next_id", int(id_values.max()) + 1 if len(id_values) else 0))
+    added_ids: list[int] = []
+    table = ids[keep]
+    if add:
+        index.add(new_vectors)
+        known = dict(zip(ids["label"].astype(int), ids["class_name"].astype(str)))
+        added_ids = list(range(next_id, next_id + len(add)))
+        next_id += len(add)
+        table = pd.concat([table, pd.DataFrame({
+            "id": np.array(added_ids, dtype=np.int64),
+            "label": np.array([int(it.label) for it in add], dtype=np.int64),
+            "class_name": [it.class_name or known.get(int(it.label), str(it.label)) for it in add],
+            "path": [it.path or str(it.file) for it in add],
+        })], ignore_index=True)
+    table = table.reset_index(drop=True)
+    if int(index.ntotal) != len(table):
+        raise GalleryError(f"internal: {index.ntotal} index vectors for {len(table)} ids")
+
+    index_bytes = serialize_index(index)
+    buf = io.BytesIO()
+    table.to_parquet(buf, index=False)
+    files = {MODEL_FILE: (src / MODEL_FILE).read_bytes(), INDEX_FILE: index_bytes, IDS_FILE: buf.getvalue()}
+    if files[MODEL_FILE] and sha256(files[MODEL_FILE]) != manifest["files"][MODEL_FILE]:
+        raise BundleError(MODEL_FILE, "changed while the gallery was being updated")
+    new_manifest = json.loads(json.dumps(manifest))
+    thumbs = _thumbnail_files(bundle, np.flatnonzero(keep), add, max_pixels, max_aspect_ratio)
+    if thumbs is not None:
+        new_manifest["thumbnails"] = thumbs[0]
+        files.update(thumbs[1])
+    new_manifest.update({
+        "created": created or _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        "index_version": sha256(index_bytes)[:12],
+        "files": {name: sha256(data) for name, data in files.items()},
+        "sizes": {name: len(data) for name, data in files.items()},
+        "gallery_size": int(index.ntotal),
+        # The index stage's recall/latency figures describe the gallery it built, not this one.
+        "index_report": {},
+        "gallery_update": {"added": len(add), "removed": len(gone), "added_ids": added_ids[:1000],
+                           "removed_ids": gone[:1000]},
+    })
+    new_manifest["lineage"] = {**lineage, "index_sha256": sha256(index_bytes),
+                               "gallery_version": int(lineage.get("gallery_version", 0)) + 1,
+                               "parent_manifest_sha256": manifest.get("manifest_sha256"), "next_id": next_id}
+    new_manifest.pop("manifest_sha256", None)
+    new_manifest["manifest_sha256"] = sha256(_canonical(new_manifest))
+    files[MANIFEST_FILE] = (json.dumps(new_manifest, indent=2, sort_keys=True) + "\n").encode()
+
+    with atomic_path(dest) as tmp:
+        tmp.mkdir()
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
+        check = load_bundle(tmp)  # the new version must load like any bundle before it takes the name
+        del check
+    return {"bundle": str(dest), "model_version": new_manifest["model_version"],
+            "index_version": new_manifest["index_version"], "gallery_version": new_manifest["lineage"]["gallery_version"],
+            "gallery_size": new_manifest["gallery_size"], "added_ids": added_ids, "removed_ids": gone,
+            "manifest_sha256": new_manifest["manifest_sha256"]}

@@ -1,0 +1,169 @@
+"""Zero-downtime bundle swaps on the real server under load: an admin call and a signal switch to a new gallery
+version with 0 failed requests; a bad new bundle is refused and the old one keeps serving."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, onnx_model, png_bytes
+from tests.serving.test_server import multipart, request, start_server, stop
+
+TOKEN = "s3cret-admin-token-0123456789"
+
+
+class Load:
+    """``clients`` keep-alive connections posting searches until stopped; every answer must be a 200 with k hits."""
+
+    def __init__(self, base: str, image: bytes, clients: int = 4, k: int = 3) -> None:
+        host, port = base.rsplit("/", 1)[-1].split(":")
+        self.addr = (host, int(port))
+        self.body, self.ctype = multipart([("image", "q.png", image)])
+        self.k = k
+        self.ok = 0
+        self.failures: list[str] = []
+        self.versions: set[int] = set()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._client, daemon=True) for _ in range(clients)]
+
+    def _client(self) -> None:
+        conn = http.client.HTTPConnection(*self.addr, timeout=60)
+        while not self._stop.is_set():
+            try:
+                conn.request("POST", f"/v1/search?k={self.k}", body=self.body, headers={"Content-Type": self.ctype})
+                resp = conn.getresponse()
+                payload = resp.read()
+                good = resp.status == 200 and len(json.loads(payload)["results"][0]["neighbors"]) == self.k
+                with self._lock:
+                    if good:
+                        self.ok += 1
+                    else:
+                        self.failures.append(f"{resp.status} {payload[:200]!r}")
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                with self._lock:
+                    self.failures.append(f"{type(e).__name__}: {e}")
+                conn.close()
+                conn = http.client.HTTPConnection(*self.addr, timeout=60)
+        conn.close()
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+
+def admin(base: str, token: str | None):
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(base + "/v1/admin/reload", data=b"", method="POST")
+    if token:
+        req.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def gallery_cli(*args: str) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", "gallery", *args], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def wait_for(base: str, key: str, value, seconds: float = 60, samples: int = 1) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if all(request(base, "GET", "/healthz")[1][key] == value for _ in range(samples)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"/healthz never reported {key} = {value!r}")
+
+
+@pytest.fixture()
+def served(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_dataset(root)
+    bundle = make_bundle(tmp_path / "bundle", root, manifest, onnx_model())
+    (tmp_path / "token").write_text(TOKEN + "\n")
+    new = tmp_path / "new.png"
+    new.write_bytes(png_bytes(draw_image(6, 77, (44, 40))))
+    return tmp_path, bundle, new, (root / manifest["path"][0]).read_bytes()
+
+
+def test_swap_under_load_by_admin_call_and_signal(served):
+    tmp, bundle, new, query = served
+    good = tmp / "good_v1"
+    proc, base = start_server(bundle, "--admin-token-file", str(tmp / "token"), "--batching")
+    try:
+        with Load(base, query) as load:
+            time.sleep(1.0)
+            # Add an image: a new bundle version, written in place (atomically) while the server reads the old one.
+            added = gallery_cli("add", "--bundle", str(bundle), "--label", "6", str(new))["added_ids"]
+            assert request(base, "GET", "/healthz")[1]["gallery_version"] == 0
+            assert admin(base, None)[0] == 401 and admin(base, "wrong-token-wrong-token")[0] == 401
+            status, body = admin(base, TOKEN)
+            assert status == 200 and body["status"] == "reloaded" and body["gallery_version"] == 1, body
+            assert body["previous"]["gallery_size"] == 36 and body["gallery_size"] == 37
+            status, res = request(base, "POST", "/v1/search?k=1", *multipart([("image", "new.png", new.read_bytes())]))
+            assert status == 200 and res["results"][0]["neighbors"][0]["id"] == added[0]
+            assert admin(base, TOKEN)[1]["status"] == "unchanged"
+            shutil.copytree(bundle, good)
+
+            # A bad new version (one byte of the index changed) is refused; the old one keeps serving.
+            data = bytearray((bundle / "index.faiss").read_bytes())
+            data[len(data) // 2] ^= 0x01
+            (bundle / "index.faiss").write_bytes(bytes(data))
+            status, body = admin(base, TOKEN)
+            assert status == 409 and body["error"] == "bundle_refused" and "index.faiss" in body["message"]
+            assert '"gallery_version": 1' in body["message"]
+            os.kill(proc.pid, signal.SIGHUP)  # same through the signal: refused, still serving
+            time.sleep(1.0)
+            assert request(base, "GET", "/healthz")[1]["gallery_version"] == 1
+
+            # Remove the added item: a good version again, switched to by SIGHUP.
+            gallery_cli("remove", "--bundle", str(good), "--out", str(bundle), "--id", str(added[0]))
+            os.kill(proc.pid, signal.SIGHUP)
+            wait_for(base, "gallery_version", 2)
+            time.sleep(0.5)
+        assert load.failures == [], load.failures[:5]
+        assert load.ok > 20
+        assert request(base, "GET", "/healthz")[1]["gallery_size"] == 36
+    finally:
+        stop(proc)
+
+
+def test_every_worker_switches_on_sighup(served):
+    tmp, bundle, new, query = served
+    proc, base = start_server(bundle, "--workers", "2", "--admin-token-file", str(tmp / "token"))
+    try:
+        with Load(base, query, clients=4) as load:
+            time.sleep(1.0)
+            gallery_cli("add", "--bundle", str(bundle), "--label", "6", str(new))
+            os.kill(proc.pid, signal.SIGHUP)  # the supervisor passes it to every worker as a reload
+            wait_for(base, "gallery_version", 1, samples=12)
+            gallery_cli("add", "--bundle", str(bundle), "--label", "6", str(new))
+            assert admin(base, TOKEN)[0] == 200  # one worker answers, and has the supervisor reload the others
+            wait_for(base, "gallery_version", 2, samples=12)
+        assert load.failures == [], load.failures[:5]
+        pids = {request(base, "GET", "/healthz")[1]["pid"] for _ in range(12)}
+        assert proc.pid not in pids
+    finally:
+        stop(proc)
