@@ -273,6 +273,8 @@ def test_serve_refuses_a_tampered_bundle(env, tmp_path):
     data = bytearray((copy / "index.faiss").read_bytes())
     data[-5] ^= 0xFF
     (copy / "index.faiss").write_bytes(bytes(data))
-    proc = subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", "serve", "--bundle", str(copy), "--port",
-                           str(free_port())], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "index.faiss" in proc.stderr and "sha256" in proc.stderr
+    for workers in ("1", "2"):  # with several workers the supervisor verifies it in a child process
+        proc = subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", "serve", "--bundle", str(copy),
+                               "--port", str(free_port()), "--workers", workers], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 2 and "index.faiss" in proc.stderr and "sha256" in proc.stderr, proc.stderr

@@ -40,12 +40,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deepmetric.data.images import ImageDecodeError, ImageTooLargeError
 from deepmetric.data.transforms import load_eval_image
 from deepmetric.serving.bundle import Bundle, BundleError, load_bundle
-from deepmetric.serving.config import ServerSettings
+from deepmetric.serving.config import ADMIN_TOKEN_ENV, BUNDLE_ENV, SUPERVISED_ENV, ServerSettings
 from deepmetric.serving.state import Served, ServingState, bundle_summary
 
-BUNDLE_ENV = "DEEPMETRIC_BUNDLE"
-ADMIN_TOKEN_ENV = "DEEPMETRIC_ADMIN_TOKEN"
-SUPERVISED_ENV = "DEEPMETRIC_SUPERVISED"  # set in workers started by `serve --workers N` (runner.serve_workers)
 RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
 FIELD = "image"
 STATIC_DIR = Path(__file__).with_name("static")
@@ -286,8 +283,13 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None, *, root: 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
         served = state.current
-        return {"status": "ok", **bundle_summary(served.bundle), "pid": os.getpid(),
-                "batching": served.batcher is not None, "reloads": state.reloads}
+        out = {"status": "ok", **bundle_summary(served.bundle), "pid": os.getpid(), "reloads": state.reloads,
+               "batching": served.batcher is not None}
+        if served.batcher is not None:  # of this worker, since this bundle version was loaded
+            b = served.batcher
+            out["batches"] = {"count": b.batches, "images": b.images,
+                              "mean_images": round(b.images / b.batches, 2) if b.batches else None}
+        return out
 
     @app.get("/v1/info")
     async def info() -> dict[str, Any]:

@@ -50,7 +50,7 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
                    help="longer/shorter side limit (thin images)")
     p.add_argument("--max-images", type=int, default=d.max_images, help="images per request")
     p.add_argument("--threads", type=int, default=d.threads,
-                   help="onnxruntime intra-op threads per worker (0: the cores divided among the workers)")
+                   help="onnxruntime intra-op threads per worker (0: onnxruntime's default, every core)")
     p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=d.batching,
                    help="dynamic batching: concurrent requests' images run as one onnxruntime batch")
     p.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms,
@@ -117,9 +117,24 @@ def _load(root: str, threads: int = 0):
         raise SystemExit(EXIT_BAD_BUNDLE) from None
 
 
+def _verify(root: str, threads: int) -> dict:
+    """Load and verify a bundle; its summary, or ``{"error": message}`` (run in a child process by `serve
+    --workers N`, so that the supervisor does not keep a copy of the model and index)."""
+    from deepmetric.serving.bundle import BundleError, load_bundle
+
+    try:
+        return _summary(load_bundle(root, threads=threads))
+    except BundleError as e:
+        return {"error": str(e)}
+
+
+def _summary(b) -> dict:
+    return {"model_version": b.manifest["model_version"], "index_version": b.manifest["index_version"],
+            "index_factory": b.manifest.get("index_factory"), "gallery_size": b.gallery_size, "dim": b.dim}
+
+
 def _serve(args: argparse.Namespace) -> int:
-    from deepmetric.serving.app import ADMIN_TOKEN_ENV, BUNDLE_ENV, SUPERVISED_ENV, create_app
-    from deepmetric.serving.config import ServerSettings
+    from deepmetric.serving.config import ADMIN_TOKEN_ENV, BUNDLE_ENV, SUPERVISED_ENV, ServerSettings
     from deepmetric.serving.http import bind_tcp_socket
     from deepmetric.serving.runner import serve_single, serve_workers
 
@@ -131,7 +146,7 @@ def _serve(args: argparse.Namespace) -> int:
     try:
         settings = ServerSettings(max_upload_bytes=args.max_upload_bytes, max_pixels=args.max_pixels,
                                   max_aspect_ratio=args.max_aspect_ratio, max_images=args.max_images,
-                                  threads=args.threads or (share if args.workers > 1 else 0),
+                                  threads=args.threads,
                                   batching=args.batching, batch_window_ms=args.batch_window_ms,
                                   max_batch=args.max_batch, prep_threads=args.prep_threads or share)
     except ValueError as e:
@@ -148,10 +163,22 @@ def _serve(args: argparse.Namespace) -> int:
         if len(admin_token) < 16:
             print("deepmetric: the admin token must be at least 16 characters", file=sys.stderr)
             return EXIT_BAD_INPUT
-    bundle = _load(args.bundle, settings.threads)  # verify before binding the port
-    print(f"deepmetric: bundle {os.path.abspath(args.bundle)} verified: model {bundle.manifest['model_version']}, "
-          f"index {bundle.manifest['index_version']} ({bundle.manifest.get('index_factory')}, "
-          f"{bundle.gallery_size} items, dim {bundle.dim})", file=sys.stderr, flush=True)
+    # Verify before binding the port: in this process for one worker (it serves this copy), else in a child.
+    if args.workers == 1:
+        bundle = _load(args.bundle, settings.threads)
+        info = _summary(bundle)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            info = pool.submit(_verify, args.bundle, settings.threads).result()
+        if "error" in info:
+            print(f"deepmetric: {info['error']}", file=sys.stderr)
+            return EXIT_BAD_BUNDLE
+    print(f"deepmetric: bundle {os.path.abspath(args.bundle)} verified: model {info['model_version']}, "
+          f"index {info['index_version']} ({info['index_factory']}, {info['gallery_size']} items, dim {info['dim']})",
+          file=sys.stderr, flush=True)
     try:
         sock = bind_tcp_socket(args.host, args.port)
     except OSError as e:
@@ -160,10 +187,11 @@ def _serve(args: argparse.Namespace) -> int:
     print(f"deepmetric: listening on http://{args.host}:{sock.getsockname()[1]} ({args.workers} worker"
           f"{'s' if args.workers > 1 else ''})", file=sys.stderr, flush=True)
     if args.workers == 1:
+        from deepmetric.serving.app import create_app
+
         serve_single(create_app(bundle, settings, root=os.path.abspath(args.bundle), admin_token=admin_token), sock,
                      args.log_level)
     else:
-        del bundle  # each worker loads its own copy
         # the resolved folder: a `pull` that swaps releases/current must not change what a respawned worker loads
         env = {BUNDLE_ENV: os.path.realpath(args.bundle), SUPERVISED_ENV: "1", **settings.to_env()}
         if admin_token:

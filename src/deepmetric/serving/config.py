@@ -39,6 +39,9 @@ class BundleParams(BaseModel):
 
 
 ENV_PREFIX = "DEEPMETRIC_"
+BUNDLE_ENV = "DEEPMETRIC_BUNDLE"  # the bundle folder, for workers started by `serve --workers N`
+ADMIN_TOKEN_ENV = "DEEPMETRIC_ADMIN_TOKEN"  # enables POST /v1/admin/reload
+SUPERVISED_ENV = "DEEPMETRIC_SUPERVISED"  # set in workers under the multiprocess supervisor (runner.serve_workers)
 
 
 class ServerSettings(BaseModel):
@@ -53,7 +56,9 @@ class ServerSettings(BaseModel):
                                     description="longer side / shorter side; above it refused (thin images)")
     max_images: int = Field(32, gt=0, description="images per request")
     default_k: int = Field(10, gt=0)
-    threads: int = Field(0, ge=0, description="onnxruntime intra-op threads per worker (0: its default)")
+    # One intra-op thread per worker measured fastest on the project machine at 1, 8 and 32 clients, with batching
+    # on and off (benchmarks/serving/README.md): a parallel op stalls whenever one of its threads is descheduled.
+    threads: int = Field(1, ge=0, description="onnxruntime intra-op threads per worker (0: its default, all cores)")
     batching: bool = Field(True, description="dynamic batching: concurrent requests run as one onnxruntime batch")
     batch_window_ms: float = Field(2.0, ge=0, le=100,
                                    description="how long a batch waits for requests that are still being decoded")
