@@ -11,6 +11,7 @@ neighbours; the run exits non-zero if any failed. Ratios are served req/s over t
 the same run (before and after the servers, averaged). The load generator shares the machine's cores with the
 server, as it does on a one-box deployment. Without a bundle, ``--make-untrained DIR`` builds one from an
 untrained ResNet-18 at the project's `model` params (the same compute as a trained one; say so when quoting).
+With ``--model model.pt`` it also compares onnxruntime with PyTorch eager on one batch (interleaved runs).
 Prints markdown tables and writes ``--out`` (JSON).
 """
 
@@ -22,7 +23,6 @@ import json
 import os
 import platform
 import re
-import socket
 import statistics
 import subprocess
 import sys
@@ -116,7 +116,7 @@ async def _level(port: int, requests: list[bytes], clients: int, total: int, sec
     errors: list[str] = []
     issued = 0
     stop_at = time.monotonic() + seconds
-    want = f'"score"'.encode()
+    want = b'"score"'
 
     async def client(cid: int) -> None:
         nonlocal issued
@@ -198,6 +198,50 @@ def server_rss_mb(proc: subprocess.Popen) -> float:
     return sum(q.memory_info().rss for q in [p, *p.children(recursive=True)] if q.is_running()) / 2**20
 
 
+def ort_vs_torch(bundle, model_payload: dict, images: np.ndarray, reps: int) -> dict:
+    """Throughput of the same batch: onnxruntime (the bundle's model.onnx) vs PyTorch eager (the model file,
+    wrapped exactly as exported: uint8 NHWC → normalise → embed → L2)."""
+    import torch
+
+    from deepmetric.export.onnx_export import ExportModule
+    from deepmetric.training.model_io import load_model
+
+    method, spec = load_model(model_payload)
+    module = ExportModule(method.export_module(), spec).eval()
+    x = torch.from_numpy(images)
+
+    def t_torch():
+        with torch.inference_mode():
+            module(x)
+
+    def t_ort():
+        bundle.embedder.embed(images, batch_size=len(images))
+
+    out = {}
+    fns = {"pytorch_eager": t_torch, "onnxruntime": t_ort}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for fn in fns.values():
+        fn()
+        fn()  # warm-up
+    # Interleaved, so that both see the same machine load (the box is shared); medians.
+    for _ in range(reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        out[name] = {"median_s_per_batch": round(med, 4), "images_per_s": round(len(images) / med, 1)}
+    with torch.inference_mode():
+        diff = float(np.abs(module(x).numpy() - bundle.embedder.embed(images)).max())
+    out["batch"] = int(len(images))
+    out["input"] = list(images.shape[1:])
+    out["torch_threads"] = torch.get_num_threads()
+    out["max_abs_diff"] = diff
+    out["ratio_ort_over_torch"] = round(out["onnxruntime"]["images_per_s"] / out["pytorch_eager"]["images_per_s"], 2)
+    return out
+
+
 def make_untrained(dest: Path) -> Path:
     """A bundle from an untrained ResNet-18 at the project's `model` params over 512 generated images."""
     import torch
@@ -234,6 +278,9 @@ def main() -> int:
     ap.add_argument("--max-requests", type=int, default=2000, help="requests per burst (bound)")
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0, help="order of the servers within a round")
+    ap.add_argument("--model", default=None, help="model.pt: also compare onnxruntime with PyTorch eager on it")
+    ap.add_argument("--batch", type=int, default=32, help="ORT vs PyTorch batch size")
+    ap.add_argument("--reps", type=int, default=10, help="ORT vs PyTorch repetitions (interleaved)")
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = ap.parse_args()
 
@@ -249,6 +296,16 @@ def main() -> int:
     offline_bundles = {0: bundle, 1: load_bundle(args.bundle, threads=1)}
     rng = np.random.default_rng(args.seed)
     load_start = os.getloadavg()
+    speed = None
+    if args.model and Path(args.model).is_file():
+        import torch
+
+        from deepmetric.data.transforms import load_eval_image
+
+        payload = torch.load(args.model, map_location="cpu", weights_only=False)
+        batch = np.stack([load_eval_image(d, bundle.spec) for d in (datas * 4)[: args.batch]])
+        speed = ort_vs_torch(bundle, payload, batch, args.reps)
+        print(json.dumps({"ort_vs_torch": speed}), flush=True)
 
     servers = {}
     try:
@@ -322,7 +379,7 @@ def main() -> int:
                     "python": platform.python_version(), "load_avg_at_start": load_start,
                     "load_avg_at_end": os.getloadavg()},
         "k": args.k, "rounds": args.rounds, "burst_seconds": args.burst, "offline": offline_rows,
-        "results": results, "command": " ".join(sys.argv),
+        "results": results, "ort_vs_torch": speed, "command": " ".join(sys.argv),
     }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print("\n| clients level | " + " | ".join(f"{n} img/s" for n in OFFLINE) + " |")
