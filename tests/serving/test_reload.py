@@ -88,13 +88,18 @@ def gallery_cli(*args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def wait_for(base: str, key: str, value, seconds: float = 60, samples: int = 1) -> None:
+def wait_for(base: str, key: str, value, seconds: float = 90, workers: int = 1) -> None:
+    """Until every one of ``workers`` server processes (told apart by pid) reports ``key == value``."""
+    latest: dict[int, object] = {}
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if all(request(base, "GET", "/healthz")[1][key] == value for _ in range(samples)):
+        for _ in range(6):
+            body = request(base, "GET", "/healthz")[1]
+            latest[body["pid"]] = body[key]
+        if len(latest) >= workers and all(v == value for v in latest.values()):
             return
         time.sleep(0.2)
-    raise AssertionError(f"/healthz never reported {key} = {value!r}")
+    raise AssertionError(f"/healthz never reported {key} = {value!r} from {workers} worker(s): {latest}")
 
 
 @pytest.fixture()
@@ -151,17 +156,36 @@ def test_swap_under_load_by_admin_call_and_signal(served):
 
 
 def test_every_worker_switches_on_sighup(served):
+    """Releases-style: serve a `current` symlink; a new version goes to its own folder, the symlink is repointed,
+    and a SIGHUP to the supervisor (or an admin call to any worker) switches every worker."""
     tmp, bundle, new, query = served
-    proc, base = start_server(bundle, "--workers", "2", "--admin-token-file", str(tmp / "token"))
+    versions = tmp / "releases"
+    versions.mkdir()
+    shutil.move(str(bundle), versions / "v0")
+    current = versions / "current"
+    current.symlink_to("v0")
+
+    def point(name: str) -> None:
+        (versions / "current.new").symlink_to(name)
+        os.replace(versions / "current.new", current)
+
+    proc, base = start_server(current, "--workers", "2", "--admin-token-file", str(tmp / "token"))
     try:
         with Load(base, query, clients=4) as load:
             time.sleep(1.0)
-            gallery_cli("add", "--bundle", str(bundle), "--label", "6", str(new))
-            os.kill(proc.pid, signal.SIGHUP)  # the supervisor passes it to every worker as a reload
-            wait_for(base, "gallery_version", 1, samples=12)
-            gallery_cli("add", "--bundle", str(bundle), "--label", "6", str(new))
+            gallery_cli("add", "--bundle", str(current), "--out", str(versions / "v1"), "--label", "6", str(new))
+            point("v1")
+            os.kill(proc.pid, signal.SIGHUP)  # verified by the supervisor, then a reload in every worker
+            wait_for(base, "gallery_version", 1, workers=2)
+            gallery_cli("add", "--bundle", str(current), "--out", str(versions / "v2"), "--label", "6", str(new))
+            point("v2")
             assert admin(base, TOKEN)[0] == 200  # one worker answers, and has the supervisor reload the others
-            wait_for(base, "gallery_version", 2, samples=12)
+            wait_for(base, "gallery_version", 2, workers=2)
+            (versions / "v3").mkdir()  # a broken version: refused by the supervisor, nobody switches
+            point("v3")
+            os.kill(proc.pid, signal.SIGHUP)
+            time.sleep(3.0)
+            wait_for(base, "gallery_version", 2, workers=2, seconds=10)  # still the good version everywhere
         assert load.failures == [], load.failures[:5]
         pids = {request(base, "GET", "/healthz")[1]["pid"] for _ in range(12)}
         assert proc.pid not in pids

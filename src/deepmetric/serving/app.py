@@ -40,7 +40,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from deepmetric.data.images import ImageDecodeError, ImageTooLargeError
 from deepmetric.data.transforms import load_eval_image
 from deepmetric.serving.bundle import Bundle, BundleError, load_bundle
-from deepmetric.serving.config import ADMIN_TOKEN_ENV, BUNDLE_ENV, SUPERVISED_ENV, ServerSettings
+from deepmetric.serving.config import ADMIN_TOKEN_ENV, BUNDLE_ENV, BUNDLE_SOURCE_ENV, SUPERVISED_ENV, ServerSettings
 from deepmetric.serving.state import Served, ServingState, bundle_summary
 
 RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
@@ -391,10 +391,11 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None, *, root: 
 
 def app_from_env() -> FastAPI:
     """uvicorn factory (``--factory deepmetric.serving.app:app_from_env``): one bundle load per worker, from
-    the folder in $DEEPMETRIC_BUNDLE and the limits in DEEPMETRIC_* variables."""
+    the folder in $DEEPMETRIC_BUNDLE and the limits in DEEPMETRIC_* variables; reloads read
+    $DEEPMETRIC_BUNDLE_SOURCE (the --bundle path as given, e.g. a releases/current symlink)."""
     root = os.environ.get(BUNDLE_ENV)
     if not root:
         raise RuntimeError(f"set {BUNDLE_ENV} to the bundle folder")
     settings = ServerSettings.from_env()
-    return create_app(load_bundle(root, threads=settings.threads), settings, root=root,
-                      admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None)
+    return create_app(load_bundle(root, threads=settings.threads), settings,
+                      root=os.environ.get(BUNDLE_SOURCE_ENV, root), admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None)

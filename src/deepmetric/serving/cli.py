@@ -117,7 +117,7 @@ def _load(root: str, threads: int = 0):
         raise SystemExit(EXIT_BAD_BUNDLE) from None
 
 
-def _verify(root: str, threads: int) -> dict:
+def verify_in_child(root: str, threads: int) -> dict:
     """Load and verify a bundle; its summary, or ``{"error": message}`` (run in a child process by `serve
     --workers N`, so that the supervisor does not keep a copy of the model and index)."""
     from deepmetric.serving.bundle import BundleError, load_bundle
@@ -134,7 +134,7 @@ def _summary(b) -> dict:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from deepmetric.serving.config import ADMIN_TOKEN_ENV, BUNDLE_ENV, SUPERVISED_ENV, ServerSettings
+    from deepmetric.serving.config import ADMIN_TOKEN_ENV, BUNDLE_ENV, BUNDLE_SOURCE_ENV, SUPERVISED_ENV, ServerSettings
     from deepmetric.serving.http import bind_tcp_socket
     from deepmetric.serving.runner import serve_single, serve_workers
 
@@ -172,7 +172,7 @@ def _serve(args: argparse.Namespace) -> int:
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            info = pool.submit(_verify, args.bundle, settings.threads).result()
+            info = pool.submit(verify_in_child, args.bundle, settings.threads).result()
         if "error" in info:
             print(f"deepmetric: {info['error']}", file=sys.stderr)
             return EXIT_BAD_BUNDLE
@@ -192,8 +192,11 @@ def _serve(args: argparse.Namespace) -> int:
         serve_single(create_app(bundle, settings, root=os.path.abspath(args.bundle), admin_token=admin_token), sock,
                      args.log_level)
     else:
-        # the resolved folder: a `pull` that swaps releases/current must not change what a respawned worker loads
-        env = {BUNDLE_ENV: os.path.realpath(args.bundle), SUPERVISED_ENV: "1", **settings.to_env()}
+        # Workers load the resolved folder (a `pull` that swaps releases/current must not change what a respawned
+        # worker loads); a reload reads the path as given: on SIGHUP the supervisor verifies it, records its
+        # resolved folder for later respawns, then has every worker reload.
+        env = {BUNDLE_ENV: os.path.realpath(args.bundle), BUNDLE_SOURCE_ENV: os.path.abspath(args.bundle),
+               SUPERVISED_ENV: "1", **settings.to_env()}
         if admin_token:
             env[ADMIN_TOKEN_ENV] = admin_token
         serve_workers(sock, args.workers, env, args.log_level)

@@ -39,7 +39,8 @@ class BundleParams(BaseModel):
 
 
 ENV_PREFIX = "DEEPMETRIC_"
-BUNDLE_ENV = "DEEPMETRIC_BUNDLE"  # the bundle folder, for workers started by `serve --workers N`
+BUNDLE_ENV = "DEEPMETRIC_BUNDLE"  # the bundle folder a worker started by `serve --workers N` loads (resolved)
+BUNDLE_SOURCE_ENV = "DEEPMETRIC_BUNDLE_SOURCE"  # the --bundle path as given (maybe a symlink): what reloads read
 ADMIN_TOKEN_ENV = "DEEPMETRIC_ADMIN_TOKEN"  # enables POST /v1/admin/reload
 SUPERVISED_ENV = "DEEPMETRIC_SUPERVISED"  # set in workers under the multiprocess supervisor (runner.serve_workers)
 

@@ -48,9 +48,29 @@ def serve_workers(sock: socket.socket, workers: int, env: dict[str, str], log_le
 
 class ReloadingSupervisor(Multiprocess):
     """uvicorn's multiprocess supervisor (health checks, restarts), with SIGHUP meaning "reload the bundle in every
-    worker": each worker verifies the new version and keeps serving the old one if it is refused."""
+    worker". The supervisor first verifies the ``--bundle`` path (in a child process, so that it holds no copy of
+    the model): a refused bundle is logged and no worker is disturbed; a good one becomes what a restarted worker
+    loads, and every worker reloads it (each verifies it again and keeps serving the old one if it fails)."""
 
     def handle_hup(self) -> None:
+        import logging
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        from deepmetric.serving.cli import verify_in_child
+        from deepmetric.serving.config import BUNDLE_ENV, BUNDLE_SOURCE_ENV
+
+        log = logging.getLogger("uvicorn.error")
+        source = os.environ.get(BUNDLE_SOURCE_ENV)
+        if source:
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                info = pool.submit(verify_in_child, source, 1).result()
+            if "error" in info:
+                log.error("SIGHUP: %s; every worker keeps serving the bundle it has", info["error"])
+                return
+            os.environ[BUNDLE_ENV] = os.path.realpath(source)
+            log.info("SIGHUP: %s verified (model %s, index %s, %s items); reloading every worker", source,
+                     info["model_version"], info["index_version"], info["gallery_size"])
         for process in self.processes:
             if process.pid is not None and process.process.is_alive():
                 try:
