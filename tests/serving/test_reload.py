@@ -155,6 +155,7 @@ def test_swap_under_load_by_admin_call_and_signal(served):
         stop(proc)
 
 
+@pytest.mark.slow  # several spawned verifications and worker reloads: ~45 s on the shared 2-core machine
 def test_every_worker_switches_on_sighup(served):
     """Releases-style: serve a `current` symlink; a new version goes to its own folder, the symlink is repointed,
     and a SIGHUP to the supervisor (or an admin call to any worker) switches every worker."""

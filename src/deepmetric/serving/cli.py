@@ -203,18 +203,28 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_limits(args: argparse.Namespace):
+    """The per-image limits of ``--max-pixels`` / ``--max-aspect-ratio`` (defaults where not given) as
+    ServerSettings, or None after printing why they are invalid."""
+    from deepmetric.serving.config import ServerSettings
+
+    given = {k: v for k, v in (("max_pixels", args.max_pixels), ("max_aspect_ratio", args.max_aspect_ratio))
+             if v is not None}
+    try:
+        return ServerSettings(**given)
+    except ValueError as e:
+        print(f"deepmetric: invalid setting: {e}", file=sys.stderr)
+        return None
+
+
 def _search(args: argparse.Namespace) -> int:
     import numpy as np
 
     from deepmetric.data.images import ImageDecodeError
     from deepmetric.data.transforms import load_eval_image
-    from deepmetric.serving.config import ServerSettings
 
-    try:
-        limits = ServerSettings(**{k: v for k, v in (("max_pixels", args.max_pixels),
-                                                     ("max_aspect_ratio", args.max_aspect_ratio)) if v is not None})
-    except ValueError as e:
-        print(f"deepmetric: invalid setting: {e}", file=sys.stderr)
+    limits = _image_limits(args)
+    if limits is None:
         return EXIT_BAD_INPUT
     bundle = _load(args.bundle)
     if not 1 <= args.k <= bundle.gallery_size:
@@ -243,7 +253,6 @@ def _gallery(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from deepmetric.serving.bundle import BundleError
-    from deepmetric.serving.config import ServerSettings
     from deepmetric.serving.gallery import GalleryError, NewItem, update_gallery
 
     kw: dict = {}
@@ -269,11 +278,8 @@ def _gallery(args: argparse.Namespace) -> int:
             except OSError as e:
                 print(f"deepmetric: cannot read {args.list}: {e.strerror or e}", file=sys.stderr)
                 return EXIT_BAD_INPUT
-        try:
-            limits = ServerSettings(**{k: v for k, v in (("max_pixels", args.max_pixels),
-                                                         ("max_aspect_ratio", args.max_aspect_ratio)) if v is not None})
-        except ValueError as e:
-            print(f"deepmetric: invalid setting: {e}", file=sys.stderr)
+        limits = _image_limits(args)
+        if limits is None:
             return EXIT_BAD_INPUT
         kw = {"add": items, "max_pixels": limits.max_pixels, "max_aspect_ratio": limits.max_aspect_ratio}
     else:
