@@ -1,4 +1,6 @@
-"""Thin nodes: parameters → typed configs → `deepmetric.training.loop.fit`."""
+"""Thin nodes: parameters → typed configs → `deepmetric.training.loop.fit`, or, when `train.distributed` asks for
+more than one process, `deepmetric.training.launch.launch` (torchrun with the already-validated configuration;
+the ranks never start a Kedro session, rank 0's result becomes this node's outputs)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import pandas as pd
 
 from deepmetric.data.config import DataParams, parse_params
 from deepmetric.training.config import InputConfig, parse_train
+from deepmetric.training.launch import launch, refuse_nested_launch
 from deepmetric.training.loop import fit
 
 
@@ -15,9 +18,16 @@ def train_model(
     manifest: pd.DataFrame, data: dict[str, Any], train: dict[str, Any], model: dict[str, Any], checkpoint_dir: str,
     cache_dir: str | None = None,
 ) -> tuple[dict[str, Any], str]:
+    refuse_nested_launch()
     data_cfg = parse_params(DataParams, data, "data")
     cfg, params = parse_train(train)
     spec = parse_params(InputConfig, model, "model")
-    result = fit(manifest, data_cfg.root, cfg, params, spec, checkpoint_dir=checkpoint_dir,
-                 max_pixels=data_cfg.max_pixels, max_aspect_ratio=data_cfg.max_aspect_ratio, cache_dir=cache_dir)
+    if cfg.distributed.world_size > 1:
+        result = launch(manifest, data_cfg.root, cfg, spec, checkpoint_dir=checkpoint_dir,
+                        max_pixels=data_cfg.max_pixels, max_aspect_ratio=data_cfg.max_aspect_ratio,
+                        cache_dir=cache_dir)
+    else:
+        result = fit(manifest, data_cfg.root, cfg, params, spec, checkpoint_dir=checkpoint_dir,
+                     max_pixels=data_cfg.max_pixels, max_aspect_ratio=data_cfg.max_aspect_ratio,
+                     cache_dir=cache_dir)
     return result.payload, result.log_csv()

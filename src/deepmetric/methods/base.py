@@ -63,6 +63,11 @@ class TrainContext(Protocol):
         """Scale the learning rate of the optimiser group named `group` (0 freezes it). Scales reset to 1
         at the start of every epoch, before `on_epoch_start`."""
 
+    def gather(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The global batch of each tensor (dim 0 = this process's images). With several training processes
+        the embeddings and labels of every rank, in the sampler's order, with gradients flowing to this
+        rank's part; in one process the tensors themselves. Call it on what the loss sees, before the loss."""
+
 
 def class_balanced_batches(
     labels: np.ndarray, batch: BatchConfig, seed: int, num_batches: int
@@ -104,6 +109,9 @@ class Method(nn.Module):
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
+    # A batch from `batch_sampler` is this many equal consecutive sections that `training_step` treats apart
+    # (Sharing: class batch + surrogate batch); with several processes each rank takes its share of each.
+    batch_sections: ClassVar[int] = 1
 
     def __init__(self, params: MethodParams, backbone: Backbone, embedding_dim: int, num_classes: int) -> None:
         super().__init__()
@@ -138,8 +146,9 @@ class Method(nn.Module):
         raise NotImplementedError(f"method {self.name!r} defines no loss")
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, ctx: TrainContext) -> dict[str, float]:
-        """One iteration. The default: one forward, `loss`, one optimiser step."""
-        loss = self.loss(self(images), labels)
+        """One iteration. The default: one forward, `loss` on the global batch, one optimiser step."""
+        embeddings, labels = ctx.gather(self(images), labels)
+        loss = self.loss(embeddings, labels)
         ctx.optimizer_step(loss)
         return {"loss": float(loss.detach())}
 

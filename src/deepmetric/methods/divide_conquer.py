@@ -358,7 +358,8 @@ class DivideConquerMethod(Method):
         return self.learner_loss(embeddings, labels, None)["loss"]
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, ctx) -> dict[str, float]:
-        out = self.learner_loss(self(images), labels, self.current_cluster(ctx))
+        emb, labels = ctx.gather(self(images), labels)
+        out = self.learner_loss(emb, labels, self.current_cluster(ctx))
         ctx.optimizer_step(out["loss"])
         return {k: float(v.detach()) for k, v in out.items()}
 

@@ -176,7 +176,8 @@ class IntraBatchMethod(Method):
         return self.training_losses(embeddings, labels)["loss"]
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, ctx) -> dict[str, float]:
-        losses = self.training_losses(self(images), labels)
+        f, labels = ctx.gather(self(images), labels)  # the MPN attends over the whole global batch
+        losses = self.training_losses(f, labels)
         ctx.optimizer_step(losses["loss"])
         return {k: float(v.detach()) for k, v in losses.items()}
 

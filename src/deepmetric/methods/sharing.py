@@ -137,6 +137,7 @@ def shared_triplets(
 @register("sharing")
 class SharingMethod(Method):
     Params = SharingParams
+    batch_sections = 2  # [class-balanced batch | surrogate batch]
 
     def __init__(self, params: SharingParams, backbone, embedding_dim: int, num_classes: int) -> None:
         super().__init__(params, backbone, embedding_dim, num_classes)
@@ -189,15 +190,19 @@ class SharingMethod(Method):
         return self.embedding_dim + (self.params.shared_dim if self.params.test_embedding == "concat" else 0)
 
     # --- losses -------------------------------------------------------------------------------------------------
-    def class_losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def class_losses(self, images: torch.Tensor, labels: torch.Tensor, ctx=None) -> dict[str, torch.Tensor]:
         c, s = self.embeddings(images)
+        if ctx is not None:
+            c, s, labels = ctx.gather(c, s, labels)
         margin = self.class_criterion(c, labels, self.miner(c, labels))
         adv = self.adversary(c, s)
         return {"loss": margin + self.params.adv_weight * adv, "margin": margin, "adv": adv}
 
-    def shared_losses(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    def shared_losses(self, images: torch.Tensor, labels: torch.Tensor, ctx=None) -> dict[str, torch.Tensor]:
         c, s = self.embeddings(images)
-        surrogate = torch.arange(len(images), device=images.device) // self.params.group_size
+        if ctx is not None:
+            c, s, labels = ctx.gather(c, s, labels)
+        surrogate = torch.arange(len(labels), device=images.device) // self.params.group_size
         triplets = shared_triplets(s, labels, surrogate, self.params.dw_cutoff)
         shared = self.shared_criterion(s, surrogate, triplets)
         adv = self.adversary(c, s)
@@ -210,9 +215,9 @@ class SharingMethod(Method):
 
     def training_step(self, images: torch.Tensor, labels: torch.Tensor, ctx) -> dict[str, float]:
         half = len(images) // 2
-        first = self.class_losses(images[:half], labels[:half])
+        first = self.class_losses(images[:half], labels[:half], ctx)
         ctx.optimizer_step(first["loss"])  # step 1: class batch
-        second = self.shared_losses(images[half:], labels[half:])
+        second = self.shared_losses(images[half:], labels[half:], ctx)
         ctx.optimizer_step(second["loss"])  # step 2: surrogate batch
         out = {k: float(v.detach()) for k, v in first.items()}
         out.update({k: float(v.detach()) for k, v in second.items() if k != "loss"})

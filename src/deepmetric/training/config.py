@@ -104,6 +104,47 @@ class AugmentConfig(BaseModel):
         return self
 
 
+class DistributedConfig(BaseModel):
+    """`train.distributed`: data-parallel training under torchrun (`deepmetric.training.distributed`).
+
+    One process per device; with more than one process in all, the train stage launches
+    ``python -m torch.distributed.run … -m deepmetric.training.worker`` itself. Multi-node: this machine is
+    node 0 (global rank 0 runs here and writes every artefact); the other nodes join by hand with the
+    torchrun command the launcher prints (README: "Training on several GPUs / machines").
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    nproc_per_node: int = Field(1, ge=1, le=1024, description="processes on this machine (one per GPU)")
+    nnodes: int = Field(1, ge=1, le=4096, description="machines taking part (each runs nproc_per_node)")
+    rdzv_backend: Literal["static", "c10d"] = Field(
+        "static", description="multi-node rendezvous: static (node ranks by hand, rank 0 here) | c10d"
+    )
+    rdzv_endpoint: str | None = Field(None, description="host:port of node 0, reachable by every node (nnodes > 1)")
+    rdzv_id: str = Field("deepmetric", pattern=r"^[A-Za-z0-9_.-]+$", description="job id (c10d rendezvous)")
+    backend: Literal["auto", "nccl", "gloo"] = Field("auto", description="auto: nccl on CUDA, gloo on CPU")
+    gather_embeddings: bool = Field(
+        True, description="every rank's loss sees the all-gathered embeddings of the global batch"
+    )
+    sync_batchnorm: bool = Field(False, description="SyncBatchNorm (CUDA only): BN statistics over the global batch")
+    timeout_s: int = Field(1800, gt=0, description="a collective waiting longer than this fails the run")
+    max_restarts: int = Field(0, ge=0, description="torchrun restarts of the whole job after a failure")
+
+    @property
+    def world_size(self) -> int:
+        return self.nproc_per_node * self.nnodes
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> DistributedConfig:
+        if self.nnodes > 1:
+            if not self.rdzv_endpoint:
+                raise ValueError("nnodes > 1 needs rdzv_endpoint (host:port of node 0, reachable by every node)")
+            host, _, port = self.rdzv_endpoint.rpartition(":")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ValueError(f"rdzv_endpoint {self.rdzv_endpoint!r} is not host:port")
+        return self
+
+
 # The `model` parameters are the data module's `InputSpec` (one definition of the input).
 InputConfig = InputSpec
 
@@ -134,6 +175,7 @@ class TrainConfig(BaseModel):
     eval_batch_size: int = Field(128, gt=0)
     select_metric: str = Field("map@r", description="validation metric that picks the best epoch")
     progress: bool = True
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     methods: dict[str, dict[str, Any]] = Field(default_factory=dict, description="per-method parameter blocks")
 
     @model_validator(mode="before")
@@ -154,6 +196,13 @@ class TrainConfig(BaseModel):
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ValueError(f"train.methods has blocks for unknown methods {unknown}; known: {sorted(METHODS)}")
+        world = self.distributed.world_size
+        if world > 1 and self.batch.size % world:
+            raise ValueError(
+                f"the global batch ({self.batch.classes_per_batch} classes × {self.batch.samples_per_class} = "
+                f"{self.batch.size} images) must split evenly over {world} processes "
+                f"(train.distributed: {self.distributed.nnodes} node(s) × {self.distributed.nproc_per_node})"
+            )
         return self
 
     def method_params(self) -> MethodParams:

@@ -22,7 +22,7 @@ import io
 import logging
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -84,14 +84,23 @@ class EpochBatches(torch.utils.data.Sampler):
         self.seed = 0
         self.epoch = 0
         self.first_step = 0
+        self.share: Callable[[list], list] | None = None
 
-    def set(self, batches: Sequence[Sequence[int]], seed: int, epoch: int, first_step: int = 0) -> None:
+    def set(self, batches: Sequence[Sequence[int]], seed: int, epoch: int, first_step: int = 0,
+            share: Callable[[list], list] | None = None) -> None:
+        """``share`` picks this process's part of each global batch (several training processes): samples keep
+        the seeds of their position in the global batch, so they are augmented as in a one-process run."""
         self.batches = [list(map(int, b)) for b in batches]
-        self.seed, self.epoch, self.first_step = seed, epoch, first_step
+        self.seed, self.epoch, self.first_step, self.share = seed, epoch, first_step, share
 
     def keys(self, b: int) -> list[tuple[int, int]]:
         step = self.first_step + b
-        return [(i, sample_seed(self.seed, self.epoch, step, j)) for j, i in enumerate(self.batches[b])]
+        keys = [(i, sample_seed(self.seed, self.epoch, step, j)) for j, i in enumerate(self.batches[b])]
+        return self.share(keys) if self.share is not None else keys
+
+    def indices(self, b: int) -> list[int]:
+        """The dataset indices this process loads for batch ``b``."""
+        return [i for i, _ in self.keys(b)]
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for b in range(len(self.batches)):
@@ -251,11 +260,11 @@ class TrainLoader:
             return gpu_decode_batch(batch, self.transform, self.device)
         return batch.to(self.device, non_blocking=True)
 
-    def epoch(self, batches: Sequence[Sequence[int]], seed: int, epoch: int, first_step: int = 0
-              ) -> Iterator[tuple[list[int], torch.Tensor]]:
-        self.sampler.set(batches, seed, epoch, first_step)
+    def epoch(self, batches: Sequence[Sequence[int]], seed: int, epoch: int, first_step: int = 0,
+              share: Callable[[list], list] | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
+        self.sampler.set(batches, seed, epoch, first_step, share)
         for b, batch in enumerate(self.loader):
-            yield self.sampler.batches[b], self._to_device(batch)
+            yield self.sampler.indices(b), self._to_device(batch)
 
     def load(self, indices: Sequence[int], seed: int) -> torch.Tensor:
         """One batch in this process (for a method that asks for extra images mid-step)."""

@@ -81,15 +81,17 @@ class Precision:
         if self.compile:
             backbone.compile()
 
-    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
-        """zero_grad → backward (scaled for fp16) → step; always outside autocast."""
+    def backward_step(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, sync=None) -> None:
+        """zero_grad → backward (scaled for fp16) → step; always outside autocast. ``sync`` (a
+        `deepmetric.training.distributed.GradientSync`, several processes) averages the gradients over the
+        ranks during and after backward, before the step."""
         optimizer.zero_grad(set_to_none=True)
+        with sync if sync is not None else contextlib.nullcontext():
+            (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.step(optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             optimizer.step()
 
     def state_dict(self) -> dict | None:

@@ -1,0 +1,148 @@
+"""The train stage with 2 processes under torchrun (gloo, CPU) on a tiny dataset: end to end through Kedro into
+evaluate and export; a killed rank stops the run with a clear error and an intact checkpoint; the run resumes
+from it — here as 2 machines × 1 process joined by static rendezvous on localhost."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import psutil
+import pytest
+import torch
+
+from deepmetric.io.datasets import ParquetDataset, TorchDataset
+from deepmetric.training.config import InputConfig, parse_train
+from deepmetric.training.launch import DistributedRunError, join_command, launch
+from deepmetric.training.loop import CHECKPOINT
+from deepmetric.training.model_io import build_method
+from tests.fixtures import make_bars
+from tests.pipelines.kedro_helpers import load_params, run_stage
+
+SPEC = InputConfig(resize=32, crop=32)
+TRAIN = {"epochs": 2, "steps_per_epoch": 2, "embedding_dim": 16, "progress": False, "eval_batch_size": 64,
+         "batch": {"classes_per_batch": 4, "samples_per_class": 2},
+         "distributed": {"nproc_per_node": 2}}
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("train_distributed")
+    root = tmp / "dataset"
+    manifest = make_bars(root, lambda c: "train" if c < 6 else ("val" if c < 8 else "test"))
+    ParquetDataset(str(tmp / "data/02_intermediate/manifest_validated.parquet")).save(manifest)
+    return tmp, root, manifest
+
+
+def _params(root: Path, train: dict) -> dict:
+    return {
+        "data": {"dataset": "glyphs", "root": str(root)}, "train": train, "model": SPEC.model_dump(),
+        "train_checkpoint_dir": str(root.parent / "data/06_models/checkpoints"),
+        "train_cache_dir": str(root.parent / "data/05_model_input/image_cache"),
+        "evaluate": {**load_params("evaluate")["evaluate"], "progress": False, "grid": {"queries": 2, "neighbours": 2}},
+        "export": {**load_params("export")["export"], "exporter": "torchscript"},
+    }
+
+
+def test_two_process_train_stage_evaluates_and_exports_like_one(work):
+    tmp, root, _ = work
+    params = _params(root, TRAIN)
+    run_stage("train", tmp, params)
+    payload = TorchDataset(str(tmp / "data/06_models/model.pt")).load()
+    assert payload["train"]["distributed"]["nproc_per_node"] == 2
+    # the same model file as a one-process run's: same keys, shapes and fields
+    cfg, method_params = parse_train({**TRAIN, "distributed": {}})
+    one = build_method(cfg, method_params, payload["num_classes"]).state_dict()
+    assert {k: tuple(v.shape) for k, v in payload["state_dict"].items()} == {k: tuple(v.shape) for k, v in one.items()}
+    log = pd.read_csv(tmp / "data/08_reporting/train_log.csv")
+    assert log["epoch"].tolist() == [1, 2] and (log["images_per_s"] > 0).all() and "val_map@r" in log
+    assert (tmp / "data/06_models/checkpoints" / CHECKPOINT).exists()
+    run_stage("evaluate", tmp, params)
+    metrics = json.loads((tmp / "data/08_reporting/metrics.json").read_text())
+    assert {"recall@1", "map@r", "nmi"} <= set(metrics) and 0 <= metrics["map@r"] <= 1
+    run_stage("export", tmp, params)
+    report = json.loads((tmp / "data/08_reporting/export.json").read_text())
+    assert report["passed"] and report["recall@1_onnx"] == pytest.approx(report["recall@1_pytorch"])
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _in_thread(fn, *args, **kwargs):
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - handed to the test
+            box["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, box
+
+
+def _rank_pid(rank: int, timeout: float) -> int:
+    """The pid of the training worker of ``rank`` among this test's own descendants."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if "deepmetric.training.worker" in " ".join(p.cmdline()) and p.environ().get("RANK") == str(rank):
+                    return p.pid
+            except psutil.Error:
+                continue
+        time.sleep(0.1)
+    raise AssertionError(f"no worker process of rank {rank} appeared")
+
+
+def test_killed_rank_stops_the_run_and_the_run_resumes_from_its_checkpoint(work):
+    tmp, root, manifest = work
+    ckpt = tmp / "kill" / "checkpoints"
+    cfg, _ = parse_train({**TRAIN, "epochs": 200})
+    thread, box = _in_thread(launch, manifest, str(root), cfg, SPEC, checkpoint_dir=ckpt)
+    victim = _rank_pid(1, timeout=120)
+    deadline = time.monotonic() + 240
+    while not (ckpt / CHECKPOINT).exists() and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (ckpt / CHECKPOINT).exists(), box
+    os.kill(victim, signal.SIGKILL)
+    thread.join(timeout=120)
+    assert not thread.is_alive(), "the run did not stop after a rank was killed"
+    err = box.get("error")
+    assert isinstance(err, DistributedRunError), box
+    message = str(err)
+    assert "rank 1" in message and "SIGKILL" in message and "is intact; rerun to resume" in message
+    state = torch.load(ckpt / CHECKPOINT, map_location="cpu", weights_only=False)
+    done = state["epochs_done"]
+    assert 1 <= done < 200 and f"after epoch {done})" in message
+    assert not [p for p in ckpt.parent.rglob("*") if p.name.endswith(".tmp")], "a temporary file was left behind"
+    assert not [p for p in psutil.Process().children(recursive=True) if "deepmetric.training.worker" in
+                " ".join(p.cmdline())], "a worker outlived the failed run"
+
+    # Resume, now as 2 machines × 1 process: node 0 here, node 1 joining by hand with the printed command.
+    port = _free_port()
+    resume, _ = parse_train({**TRAIN, "epochs": done + 1, "distributed": {
+        "nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{port}"}})
+    thread, box = _in_thread(launch, manifest, str(root), resume, SPEC, checkpoint_dir=ckpt)
+    cmd = join_command(resume, node_rank=1).split()
+    assert cmd[0] == "torchrun" and "--join" in cmd
+    joiner = subprocess.run([sys.executable, "-m", "torch.distributed.run", *cmd[1:]], capture_output=True,
+                            text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp)
+    thread.join(timeout=120)
+    assert joiner.returncode == 0, joiner.stderr[-4000:]
+    result = box.get("result")
+    assert result is not None, box
+    assert result.resumed_from == done and [r["epoch"] for r in result.log][-1] == done + 1
+    assert result.extra == {"world_size": 2, "kedro_loaded": False}

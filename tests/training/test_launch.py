@@ -1,0 +1,77 @@
+"""The torchrun launcher of the train stage: its command lines, its refusal to run nested, its failure message."""
+
+from __future__ import annotations
+
+import pytest
+
+from deepmetric.training.config import ParameterError, parse_train
+from deepmetric.training.launch import (DistributedRunError, failure_message, join_command, refuse_nested_launch,
+                                        root_cause, torchrun_args)
+
+TAIL = """
+E1129 03:59:22.875000 10209 api.py:1002] failed (exitcode: -9) local_rank: 1 (pid: 10224) of binary: python
+torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
+============================================================
+deepmetric.training.worker FAILED
+------------------------------------------------------------
+Failures:
+[1]:
+  time      : 2026-11-29_03:59:22
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : -15 (pid: 10223)  (SIGTERM)
+  error_file: /tmp/x/error.json
+  traceback : RuntimeError: Connection closed by peer
+------------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-29_03:59:22
+  host      : gpu-node-3
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 10224)  (SIGKILL)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 10224
+============================================================
+"""
+
+
+def test_root_cause_names_the_rank_host_and_signal():
+    assert root_cause(TAIL) == ("rank 1 (local_rank: 1) on gpu-node-3, exit code -9 (pid: 10224)  (SIGKILL): "
+                                "Signal 9 (SIGKILL) received by PID 10224")
+    msg = failure_message(1, TAIL, None)
+    assert "rank 1 (local_rank: 1) on gpu-node-3" in msg and "no checkpoint directory" in msg
+    # a failure before any worker ran (no torchrun summary): the last lines of its output instead
+    assert "ModuleNotFoundError" in failure_message(1, "Traceback ...\nModuleNotFoundError: x\n", None)
+
+
+def test_command_lines():
+    one, _ = parse_train({"distributed": {"nproc_per_node": 4}})
+    assert torchrun_args(one.distributed) == ["--standalone", "--nnodes", "1", "--nproc-per-node", "4",
+                                              "--max-restarts", "0"]
+    two, _ = parse_train({"distributed": {"nproc_per_node": 8, "nnodes": 2, "rdzv_endpoint": "node0:29500"}})
+    assert join_command(two, 1) == (
+        "torchrun --nnodes 2 --node-rank 1 --master-addr node0 --master-port 29500 --nproc-per-node 8 "
+        "--max-restarts 0 -m deepmetric.training.worker --join --backend auto --device auto --timeout-s 1800")
+    c10d, _ = parse_train({"distributed": {"nnodes": 2, "rdzv_backend": "c10d", "rdzv_endpoint": "h:1", "rdzv_id": "j7"}})
+    assert torchrun_args(c10d.distributed)[:8] == ["--nnodes", "2", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                                                   "h:1", "--rdzv-id", "j7"]
+
+
+@pytest.mark.parametrize("block, needle", [
+    ({"distributed": {"nproc_per_node": 3}}, "must split evenly over 3 processes"),
+    ({"distributed": {"nnodes": 2}}, "nnodes > 1 needs rdzv_endpoint"),
+    ({"distributed": {"nnodes": 2, "rdzv_endpoint": "node0"}}, "is not host:port"),
+    ({"distributed": {"nproc_per_node": 0}}, "train.distributed.nproc_per_node"),
+    ({"distributed": {"gather": True}}, "train.distributed.gather: unknown parameter"),
+])
+def test_bad_distributed_parameters_are_named(block, needle):
+    with pytest.raises(ParameterError, match=needle):
+        parse_train(block)
+
+
+def test_the_stage_refuses_to_run_under_torchrun(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    with pytest.raises(DistributedRunError, match="started inside a torchrun worker"):
+        refuse_nested_launch()
