@@ -1,10 +1,11 @@
-"""The train stage with 2 processes under torchrun (gloo, CPU) on a tiny dataset: end to end through Kedro into
-evaluate and export; a killed rank stops the run with a clear error and an intact checkpoint; the run resumes
-from it — here as 2 machines × 1 process joined by static rendezvous on localhost."""
+"""The train stage with 2 processes under torchrun (gloo, CPU) on a tiny dataset: a killed rank stops the run with
+a clear error and an intact checkpoint; the stage resumes from it through Kedro — as 2 machines × 1 process
+joined by static rendezvous on localhost — and its model evaluates and exports like a one-process one."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -21,6 +22,7 @@ import torch
 
 from deepmetric.io.datasets import ParquetDataset, TorchDataset
 from deepmetric.training.config import InputConfig, parse_train
+from deepmetric.training import launch as launch_module
 from deepmetric.training.launch import DistributedRunError, join_command, launch
 from deepmetric.training.loop import CHECKPOINT
 from deepmetric.training.model_io import build_method
@@ -50,27 +52,6 @@ def _params(root: Path, train: dict) -> dict:
         "evaluate": {**load_params("evaluate")["evaluate"], "progress": False, "grid": {"queries": 2, "neighbours": 2}},
         "export": {**load_params("export")["export"], "exporter": "torchscript"},
     }
-
-
-def test_two_process_train_stage_evaluates_and_exports_like_one(work):
-    tmp, root, _ = work
-    params = _params(root, TRAIN)
-    run_stage("train", tmp, params)
-    payload = TorchDataset(str(tmp / "data/06_models/model.pt")).load()
-    assert payload["train"]["distributed"]["nproc_per_node"] == 2
-    # the same model file as a one-process run's: same keys, shapes and fields
-    cfg, method_params = parse_train({**TRAIN, "distributed": {}})
-    one = build_method(cfg, method_params, payload["num_classes"]).state_dict()
-    assert {k: tuple(v.shape) for k, v in payload["state_dict"].items()} == {k: tuple(v.shape) for k, v in one.items()}
-    log = pd.read_csv(tmp / "data/08_reporting/train_log.csv")
-    assert log["epoch"].tolist() == [1, 2] and (log["images_per_s"] > 0).all() and "val_map@r" in log
-    assert (tmp / "data/06_models/checkpoints" / CHECKPOINT).exists()
-    run_stage("evaluate", tmp, params)
-    metrics = json.loads((tmp / "data/08_reporting/metrics.json").read_text())
-    assert {"recall@1", "map@r", "nmi"} <= set(metrics) and 0 <= metrics["map@r"] <= 1
-    run_stage("export", tmp, params)
-    report = json.loads((tmp / "data/08_reporting/export.json").read_text())
-    assert report["passed"] and report["recall@1_onnx"] == pytest.approx(report["recall@1_pytorch"])
 
 
 def _free_port() -> int:
@@ -107,9 +88,26 @@ def _rank_pid(rank: int, timeout: float) -> int:
     raise AssertionError(f"no worker process of rank {rank} appeared")
 
 
-def test_killed_rank_stops_the_run_and_the_run_resumes_from_its_checkpoint(work):
+class _Records(logging.Handler):
+    """The messages of one logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_kill_a_rank_then_resume_through_the_train_stage_then_evaluate_and_export(work, monkeypatch):
+    """One scenario, so that the 2-process runs it needs are few (each costs interpreter and torch start-up):
+    1. a 2-process run (the launcher the train node calls) loses rank 1 to SIGKILL after its first checkpoint:
+       the run stops with a clear error and the checkpoint is intact;
+    2. `kedro run --pipeline train` resumes from it as 2 machines × 1 process (node 1 joins with the command
+       the launcher prints) and writes model.pt and the log like a one-process stage;
+    3. evaluate and export run on that model as on a one-process model."""
     tmp, root, manifest = work
-    ckpt = tmp / "kill" / "checkpoints"
+    ckpt = tmp / "data/06_models/checkpoints"
     cfg, _ = parse_train({**TRAIN, "epochs": 200})
     thread, box = _in_thread(launch, manifest, str(root), cfg, SPEC, checkpoint_dir=ckpt)
     victim = _rank_pid(1, timeout=120)
@@ -131,18 +129,45 @@ def test_killed_rank_stops_the_run_and_the_run_resumes_from_its_checkpoint(work)
     assert not [p for p in psutil.Process().children(recursive=True) if "deepmetric.training.worker" in
                 " ".join(p.cmdline())], "a worker outlived the failed run"
 
-    # Resume, now as 2 machines × 1 process: node 0 here, node 1 joining by hand with the printed command.
+    # 2. the train stage resumes, as 2 machines × 1 process: node 0 is this Kedro run, node 1 joins by hand
     port = _free_port()
-    resume, _ = parse_train({**TRAIN, "epochs": done + 1, "distributed": {
-        "nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": f"127.0.0.1:{port}"}})
-    thread, box = _in_thread(launch, manifest, str(root), resume, SPEC, checkpoint_dir=ckpt)
-    cmd = join_command(resume, node_rank=1).split()
+    resume = {**TRAIN, "epochs": done + 1, "distributed": {"nproc_per_node": 1, "nnodes": 2,
+                                                             "rdzv_endpoint": f"127.0.0.1:{port}"}}
+    cmd = join_command(parse_train(resume)[0], node_rank=1).split()
     assert cmd[0] == "torchrun" and "--join" in cmd
-    joiner = subprocess.run([sys.executable, "-m", "torch.distributed.run", *cmd[1:]], capture_output=True,
-                            text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"), cwd=tmp)
-    thread.join(timeout=120)
-    assert joiner.returncode == 0, joiner.stderr[-4000:]
-    result = box.get("result")
-    assert result is not None, box
-    assert result.resumed_from == done and [r["epoch"] for r in result.log][-1] == done + 1
-    assert result.extra == {"world_size": 2, "kedro_loaded": False}
+    joiner_log = tmp / "joiner.log"
+    with joiner_log.open("w") as sink:
+        joiner = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", *cmd[1:]], cwd=tmp,
+                                  env=dict(os.environ, OMP_NUM_THREADS="1"), stdout=sink, stderr=subprocess.STDOUT)
+        # the launcher's log, on a logger of its own: Kedro re-applies the logging configuration during a run,
+        # which strips handlers from the project's loggers (and pytest's caplog from the root)
+        records = _Records()
+        probe = logging.Logger("launch-probe", logging.INFO)
+        probe.addHandler(records)
+        monkeypatch.setattr(launch_module, "log", probe)
+        try:
+            run_stage("train", tmp, _params(root, resume))
+            joiner.wait(timeout=120)
+        finally:
+            if joiner.poll() is None:
+                joiner.kill()
+    assert joiner.returncode == 0, joiner_log.read_text()[-4000:]
+    assert "train: 2 ranks finished; none imported Kedro" in records.messages
+    payload = TorchDataset(str(tmp / "data/06_models/model.pt")).load()
+    assert payload["train"]["distributed"]["nnodes"] == 2
+    # the same model file as a one-process run's: same keys, shapes and fields
+    one_cfg, method_params = parse_train({**TRAIN, "distributed": {}})
+    one = build_method(one_cfg, method_params, payload["num_classes"]).state_dict()
+    assert {k: tuple(v.shape) for k, v in payload["state_dict"].items()} == {k: tuple(v.shape) for k, v in one.items()}
+    log = pd.read_csv(tmp / "data/08_reporting/train_log.csv")
+    assert log["epoch"].tolist() == list(range(1, done + 2)) and (log["images_per_s"] > 0).all()
+    assert "val_map@r" in log
+
+    # 3. evaluate and export, as for any model file
+    params = _params(root, resume)
+    run_stage("evaluate", tmp, params)
+    metrics = json.loads((tmp / "data/08_reporting/metrics.json").read_text())
+    assert {"recall@1", "map@r", "nmi"} <= set(metrics) and 0 <= metrics["map@r"] <= 1
+    run_stage("export", tmp, params)
+    report = json.loads((tmp / "data/08_reporting/export.json").read_text())
+    assert report["passed"] and report["recall@1_onnx"] == pytest.approx(report["recall@1_pytorch"])

@@ -167,6 +167,11 @@ def launch(
                 "machine; use rdzv_backend: static so that this machine is node 0"
             )
         out = torch.load(result_path, map_location="cpu", weights_only=False)
+        if out["kedro_loaded"]:
+            log.warning("train: a training rank imported Kedro; deepmetric.training.worker should not (a rank must "
+                        "never open a Kedro session)")
+        else:
+            log.info("train: %d ranks finished; none imported Kedro", out["world_size"])
         return FitResult(payload=out["payload"], log=out["log"], resumed_from=out["resumed_from"],
                          extra={k: out[k] for k in ("world_size", "kedro_loaded")})
     finally:
