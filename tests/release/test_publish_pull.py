@@ -223,6 +223,15 @@ def test_publish_refusals(world, tmp_path):
         assert proc.returncode == 6 and "not up to date with dvc.lock" in proc.stderr and "bundle" in proc.stderr
     finally:
         run(["git", "reset", "-q", "--hard", "v2"], project)
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the remote's folder should be")
+    run(["dvc", "remote", "add", "--local", "broken", str(blocker)], project)
+    try:
+        proc = publish("v3", "--remote", "broken")
+        assert proc.returncode == 5 and "dvc push to remote 'broken'" in proc.stderr, proc.stderr
+    finally:
+        run(["dvc", "remote", "remove", "--local", "broken"], project)
+    assert run(["git", "status", "--porcelain"], project).stdout == "", "a failed publish leaves the workspace as it was"
     assert run(["git", "tag"], project).stdout.split() == ["v1", "v2"]
 
 

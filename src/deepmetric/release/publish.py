@@ -97,7 +97,7 @@ def _push(repo: Any, remote: str | None, where: dict[str, str], targets: list[st
 
     try:
         repo.push(targets=targets, remote=remote)
-    except DvcException as e:
+    except (DvcException, OSError) as e:  # a local remote that is not a writable folder raises plain OSErrors
         raise ReleaseError("unreachable", f"dvc push to remote {where['name']!r} ({where['url']}) failed: {e}") from None
 
 
