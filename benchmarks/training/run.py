@@ -97,7 +97,7 @@ class LegacyLoader:
                                      max_pixels=images.max_pixels)  # no cache: the dict cache is what issue 8 removed
         self.device = device
 
-    def epoch(self, batches, seed, epoch, first_step=0):
+    def epoch(self, batches, seed, epoch, first_step=0, share=None):
         for b in batches:
             yield list(b), torch.stack([self.images[int(i)] for i in b]).to(self.device)
 
