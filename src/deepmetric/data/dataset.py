@@ -7,7 +7,8 @@ same key gives the same pixels in whichever process (DataLoader worker or main) 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -16,6 +17,21 @@ from PIL import Image
 from deepmetric.data.cache import CachedImages
 from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, open_image, safe_join
 from deepmetric.data.transforms import InputSpec, eval_image
+
+
+@contextlib.contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
+    """Run the body with torch's CPU generator seeded with ``seed``; restore its state afterwards.
+
+    Only the CPU generator: ``torch.manual_seed`` also seeds every accelerator backend, and on a CUDA build
+    without a GPU its device probe costs ~5 ms — more than decoding a small image."""
+    gen = torch.random.default_generator
+    state = gen.get_state()
+    gen.manual_seed(seed)
+    try:
+        yield
+    finally:
+        gen.set_state(state)
 
 
 class ManifestImages(torch.utils.data.Dataset):
@@ -61,8 +77,7 @@ class ManifestImages(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> torch.Tensor:
         if isinstance(key, tuple):
             i, seed = key
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(int(seed))
+            with seeded_cpu_rng(int(seed)):
                 return self._item(int(i))
         return self._item(int(key))
 

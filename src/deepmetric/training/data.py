@@ -32,7 +32,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepmetric.data.cache import CachedImages, ImageCache, estimate_bytes
-from deepmetric.data.dataset import ManifestImages
+from deepmetric.data.dataset import ManifestImages, seeded_cpu_rng
 from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageDecodeError, check_aspect_ratio, safe_join
 from deepmetric.data.transforms import InputSpec, TrainTransform
 
@@ -155,8 +155,7 @@ class GpuDecodeImages(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         i, seed = key
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(seed))
+        with seeded_cpu_rng(int(seed)):
             jpeg = self._jpeg(int(i))
             if jpeg is None:
                 return ("pixels", self.transform(self.cpu.image(int(i))), None)
