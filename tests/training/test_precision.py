@@ -10,19 +10,10 @@ import torch
 from deepmetric.methods import METHODS
 from deepmetric.models.backbones import BackboneConfig, build_backbone
 from deepmetric.training.precision import Precision
-from tests.methods.conftest import SimpleContext
+from tests.methods.conftest import SimpleContext, _one_torch_thread  # noqa: F401 (autouse: one torch thread)
 
 CPU = torch.device("cpu")
 BLOCKS = {"divide_conquer": {"num_clusters": 2, "kmeans_niter": 5, "kmeans_nredo": 1}, "intra_batch": {"mpn_heads": 2}}
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny batches: one intra-op thread is as fast and does not oversubscribe a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _method(name: str, precision: Precision | None = None, num_classes: int = 4):
