@@ -30,3 +30,22 @@ def test_the_trained_model_embedder_travels_to_worker_processes():
     fn = method_embedder(method, spec.mean, spec.std)
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
     torch.testing.assert_close(pickle.loads(pickle.dumps(fn))(x), fn(x), rtol=0, atol=0)
+
+
+def test_a_corrupt_image_is_named_from_dataloader_workers_and_from_worker_processes(tmp_path):
+    """A broken file met in a DataLoader worker or a sharding process surfaces as an error naming the file, not as
+    torch's RuntimeError carrying the worker's traceback or a broken process pool (ImageDecodeError pickles)."""
+    import pytest
+
+    from deepmetric.data.images import ImageDecodeError
+    from deepmetric.errors import WorkerInputError
+
+    manifest = make_dataset(tmp_path, num_classes=6, per_class=5)
+    victim = tmp_path / manifest["path"].iloc[-1]
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated PNG
+    ds = ManifestImages(str(tmp_path), manifest["path"], InputConfig(resize=32, crop=32))
+    with pytest.raises(WorkerInputError, match=victim.name) as info:
+        embed_dataset(pixel_embedder(8), ds, batch_size=4, num_workers=2)
+    assert info.value.kind == "ImageDecodeError" and "Traceback" not in str(info.value)
+    with pytest.raises(ImageDecodeError, match=victim.name):
+        embed_dataset(pixel_embedder(8), ds, batch_size=4, processes=2)

@@ -49,6 +49,10 @@ class ImageDecodeError(ValueError):
         self.reason = reason
         super().__init__(f"{self.path or '<bytes>'}: {reason}")
 
+    def __reduce__(self):
+        # pickled by worker processes (sharded embedding, cache build): rebuilt from (path, reason), type kept
+        return type(self), (self.path, self.reason)
+
 
 class ImageTooLargeError(ImageDecodeError):
     """An image refused for the work it would cost (too many pixels, too thin), before that work is done.

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from deepmetric.errors import reraise_worker_errors
 from deepmetric.parallel import resolve_workers, run_sharded, threads_per_worker
 
 
@@ -43,7 +44,8 @@ def embed_dataset(
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                                          generator=torch.Generator(), **kwargs)
     out = []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch in tqdm(reraise_worker_errors(loader), total=len(loader), desc=desc, disable=not progress,
+                      leave=False):
         out.append(fn(batch.to(device)).float().cpu().numpy())
     if not out:
         return np.zeros((0, 0), dtype=np.float32)

@@ -35,6 +35,7 @@ from deepmetric.data.cache import CachedImages, ImageCache, estimate_bytes
 from deepmetric.data.dataset import ManifestImages, seeded_cpu_rng
 from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageDecodeError, check_aspect_ratio, safe_join
 from deepmetric.data.transforms import InputSpec, TrainTransform
+from deepmetric.errors import reraise_worker_errors
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +263,7 @@ class TrainLoader:
     def epoch(self, batches: Sequence[Sequence[int]], seed: int, epoch: int, first_step: int = 0,
               share: Callable[[list], list] | None = None) -> Iterator[tuple[list[int], torch.Tensor]]:
         self.sampler.set(batches, seed, epoch, first_step, share)
-        for b, batch in enumerate(self.loader):
+        for b, batch in enumerate(reraise_worker_errors(self.loader)):
             yield self.sampler.indices(b), self._to_device(batch)
 
     def load(self, indices: Sequence[int], seed: int) -> torch.Tensor:
