@@ -18,7 +18,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     for name in STAGES:
         module = importlib.import_module(f"pipelines.{name}.pipeline")
         pipelines[name] = module.create_pipeline()
-    # `kedro run` without --pipeline runs the chain from the dataset on (the built-in glyph render is
+    # `kedro run` without --pipelines runs the chain from the dataset on (the built-in glyph render is
     # its own stage so that a user's dataset never triggers it).
     pipelines["__default__"] = sum(
         (pipelines[n] for n in STAGES if n != "glyphs"), start=Pipeline([])

@@ -1,4 +1,4 @@
-"""`kedro run --pipeline bundle` (after export → index) against the real catalog and parameter files; the
+"""`kedro run --pipelines bundle` (after export → index) against the real catalog and parameter files; the
 bundle it writes is served by `load_bundle`."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 One `dvc repro` runs every stage end to end (glyphs → … → bundle); then the DVC contract: a second repro
 does nothing, a training parameter reruns train and what follows but not ingest/validate, `kedro run
---pipeline evaluate` runs alone on existing artefacts, `dvc metrics show` / `dvc plots show` work.
+--pipelines evaluate` runs alone on existing artefacts, `dvc metrics show` / `dvc plots show` work.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def test_second_repro_does_nothing(project):
 def test_evaluate_runs_alone_on_existing_artefacts(project):
     metrics = project / "data/08_reporting/metrics.json"
     before = metrics.stat().st_mtime_ns
-    proc = run(["kedro", "run", "--pipeline", "evaluate"], project)
+    proc = run(["kedro", "run", "--pipelines", "evaluate"], project)
     assert metrics.stat().st_mtime_ns > before
     assert json.loads(metrics.read_text())["map@r"] >= 0
     # conf/logging.yml: the console has one line per node; per-dataset lines go to logs/deepmetric.log
@@ -143,9 +143,12 @@ def test_bad_parameter_stops_before_any_work(project):
         cfg = yaml.safe_load(original)
         cfg["train"]["methods"]["margin"] = {"marginn": 0.3}
         params.write_text(yaml.safe_dump(cfg, sort_keys=False))
-        proc = run(["kedro", "run", "--pipeline", "train"], project, check=False)
+        proc = run(["kedro", "run", "--pipelines", "train"], project, check=False)
         assert proc.returncode != 0
         assert "train.methods.margin.marginn" in proc.stdout + proc.stderr
+        # reported by its message (deepmetric.errors), the traceback only in the log file
+        assert "Traceback" not in proc.stderr and "(ParamsError; the traceback is in logs/deepmetric.log)" in proc.stderr
+        assert "stopped by ParamsError" in (project / "logs/deepmetric.log").read_text()
     finally:
         params.write_text(original)
     assert model.read_bytes() == before
@@ -162,9 +165,11 @@ def test_failing_stage_leaves_previous_artefacts_whole(project):
     before = [p.read_bytes() for p in outputs]
     try:
         victim.write_bytes(original[: len(original) // 3])  # truncated PNG
-        proc = run(["kedro", "run", "--pipeline", "evaluate"], project, check=False)
+        proc = run(["kedro", "run", "--pipelines", "evaluate"], project, check=False)
         assert proc.returncode != 0
         assert victim.name in proc.stdout + proc.stderr
+        # met in a DataLoader worker: still the file and the reason, not the worker's traceback
+        assert "Traceback" not in proc.stderr and "(ImageDecodeError; the traceback is in" in proc.stderr
     finally:
         victim.write_bytes(original)
     assert [p.read_bytes() for p in outputs] == before

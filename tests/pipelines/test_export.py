@@ -1,4 +1,4 @@
-"""`kedro run --pipeline export` against the real catalog (rebased to a tmp dir) and the real parameter file."""
+"""`kedro run --pipelines export` against the real catalog (rebased to a tmp dir) and the real parameter file."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`kedro run --pipeline index` against the real catalog (rebased to a tmp dir) and the real parameter file."""
+"""`kedro run --pipelines index` against the real catalog (rebased to a tmp dir) and the real parameter file."""
 
 from __future__ import annotations
 

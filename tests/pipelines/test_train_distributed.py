@@ -103,7 +103,7 @@ def test_kill_a_rank_then_resume_through_the_train_stage_then_evaluate_and_expor
     """One scenario, so that the 2-process runs it needs are few (each costs interpreter and torch start-up):
     1. a 2-process run (the launcher the train node calls) loses rank 1 to SIGKILL after its first checkpoint:
        the run stops with a clear error and the checkpoint is intact;
-    2. `kedro run --pipeline train` resumes from it as 2 machines × 1 process (node 1 joins with the command
+    2. `kedro run --pipelines train` resumes from it as 2 machines × 1 process (node 1 joins with the command
        the launcher prints) and writes model.pt and the log like a one-process stage;
     3. evaluate and export run on that model as on a one-process model."""
     tmp, root, manifest = work

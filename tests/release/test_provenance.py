@@ -23,20 +23,20 @@ def test_invalid_names_are_refused_as_bad_input(name):
 
 def _lock(root="data/01_raw/glyphs"):
     return {"schema": "2.0", "stages": {
-        "glyphs": {"cmd": "kedro run --pipeline glyphs", "outs": [
+        "glyphs": {"cmd": "kedro run --pipelines glyphs", "outs": [
             {"path": "data/01_raw/glyphs", "hash": "md5", "md5": "aa.dir", "size": 10, "nfiles": 3}]},
-        "ingest": {"cmd": "kedro run --pipeline ingest",
+        "ingest": {"cmd": "kedro run --pipelines ingest",
                    "deps": [{"path": root, "hash": "md5", "md5": "aa.dir" if root.startswith("data/") else "bb.dir",
                              "size": 10, "nfiles": 3}],
                    "params": {"conf/base/parameters_ingest.yml": {"data": {"dataset": "glyphs", "root": root}}},
                    "outs": [{"path": "data/02_intermediate/manifest.parquet", "hash": "md5", "md5": "m0", "size": 1}]},
-        "validate": {"cmd": "kedro run --pipeline validate",
+        "validate": {"cmd": "kedro run --pipelines validate",
                      "outs": [{"path": "data/02_intermediate/manifest_validated.parquet", "hash": "md5", "md5": "m1",
                                "size": 1}]},
-        "train": {"cmd": "kedro run --pipeline train",
+        "train": {"cmd": "kedro run --pipelines train",
                   "params": {"conf/base/parameters_train.yml": {"train": {"method": "margin"}, "model": {"crop": 64}},
                              "conf/base/parameters_preset.yml": {"preset": {"name": None}}}},
-        "bundle": {"cmd": "kedro run --pipeline bundle",
+        "bundle": {"cmd": "kedro run --pipelines bundle",
                    "deps": [{"path": "data/06_models/model.onnx", "hash": "md5", "md5": "o1", "size": 5}],
                    "params": {"conf/base/parameters_bundle.yml": {"bundle": {"release": None}}},
                    "outs": [{"path": "data/09_deploy/bundle", "hash": "md5", "md5": "b1.dir", "size": 9, "nfiles": 4}]},

@@ -73,7 +73,7 @@ def refuse_nested_launch() -> None:
     if under_torchrun():
         raise DistributedRunError(
             f"the train stage was started inside a torchrun worker (RANK={os.environ.get('RANK')}, "
-            f"WORLD_SIZE={os.environ.get('WORLD_SIZE')}): run `kedro run --pipeline train` (or `dvc repro`) once, "
+            f"WORLD_SIZE={os.environ.get('WORLD_SIZE')}): run `kedro run --pipelines train` (or `dvc repro`) once, "
             "without torchrun; with train.distributed.nproc_per_node > 1 it starts torchrun itself. To run the "
             f"training processes by hand use `torchrun … -m {WORKER_MODULE}` (README: Training on several GPUs)."
         )

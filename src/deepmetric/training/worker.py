@@ -45,7 +45,7 @@ def _exchange_spec(dist, local: tuple[str, bytes] | None) -> tuple[int, str, byt
     """(source rank, spec JSON, manifest parquet bytes) on every rank, from the lowest rank that has them."""
     have = dist.all_gather_object(local is not None)
     if not any(have):
-        raise RuntimeError("no rank was given a run folder: start the run with `kedro run --pipeline train` "
+        raise RuntimeError("no rank was given a run folder: start the run with `kedro run --pipelines train` "
                            "(or `python -m deepmetric.training.worker RUN_DIR` on one machine)")
     src = have.index(True)
     spec_json, manifest_bytes = dist.broadcast_object(local if dist.rank == src else None, src=src)
