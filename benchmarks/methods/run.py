@@ -60,6 +60,8 @@ def run_one(args: argparse.Namespace) -> dict:
     train = {
         "method": args.method, "seed": args.seed, "epochs": args.epochs, "steps_per_epoch": args.steps_per_epoch,
         "embedding_dim": args.embedding_dim, "progress": False, "device": "cpu",
+        # decoding in the training process: its CPU time (fit_cpu_seconds) then covers the whole iteration
+        "num_workers": 0,
         "batch": {"classes_per_batch": args.classes_per_batch, "samples_per_class": args.samples_per_class},
         "optimizer": {"name": "adam", "lr": args.lr, "weight_decay": 1e-4, "milestones": args.milestones,
                       "gamma": 0.1},
@@ -112,33 +114,55 @@ def _code_version() -> str:
         return str(src)
 
 
-def table(results: list[dict]) -> str:
-    """Markdown: mean ± spread over seeds per method (spread = half the max−min range; n seeds shown)."""
+def table(results: list[dict], label: str | None = None) -> str:
+    """Markdown: mean ± sample standard deviation over seeds per method (n seeds shown), and the CPU time per
+    iteration relative to `margin` (each run's fit CPU seconds / iterations, 1 torch thread; mean over seeds).
+    `label`: only rows whose `label` field matches (ablations), else only unlabelled rows."""
     import statistics
 
-    rows = ["| method | kind | seeds | MAP@R % | Recall@1 % | NMI % | train images/s | peak RSS MB | final loss |",
-            "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| method | kind | seeds | MAP@R % | Recall@1 % | NMI % | CPU s / iteration | time vs margin | "
+            "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
     order = SEEDS + BASELINES
     by: dict[str, list[dict]] = {}
     for r in results:
-        if "error" not in r:
+        if "error" not in r and r.get("label") == label:
             by.setdefault(r["method"], []).append(r)
+
+    def per_it(rs: list[dict]) -> float | None:
+        v = [r["fit_cpu_seconds"] / r["iterations"] for r in rs if "fit_cpu_seconds" in r]
+        return statistics.fmean(v) if v else None
+
+    ref = per_it(by.get("margin", []))
     for m in sorted(by, key=lambda m: order.index(m) if m in order else 99):
         rs = by[m]
 
         def fmt(key: str, scale: float = 100.0, digits: int = 1) -> str:
             v = [r[key] * scale for r in rs]
             mean = statistics.fmean(v)
-            return f"{mean:.{digits}f}" + (f" ± {(max(v) - min(v)) / 2:.{digits}f}" if len(v) > 1 else "")
+            return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(v):.{digits}f}" if len(v) > 1 else "")
 
         kind = "seed" if m in SEEDS else "baseline"
-        loss = statistics.fmean(r["final_loss"] for r in rs if r.get("final_loss") is not None)
+        it = per_it(rs)
+        rel = f"{it / ref:.2f}×" if it is not None and ref else "–"
         rows.append(f"| `{m}` | {kind} | {len(rs)} | {fmt('map@r')} | {fmt('recall@1')} | {fmt('nmi')} | "
-                    f"{fmt('train_images_per_s', 1.0)} | {fmt('peak_rss_mb', 1.0, 0)} | {loss:.3f} |")
-    failed = [f"{r['method']} (seed {r['seed']})" for r in results if "error" in r]
+                    f"{f'{it:.2f}' if it is not None else '–'} | {rel} | {fmt('peak_rss_mb', 1.0, 0)} |")
+    failed = [f"{r['method']} (seed {r['seed']})" for r in results if "error" in r and r.get("label") == label]
     if failed:
         rows.append("")
         rows.append("Failed runs: " + ", ".join(failed))
+    return "\n".join(rows)
+
+
+def ablation_table(results: list[dict]) -> str:
+    """Markdown: one row per labelled run (ablations: one seed each; the label names what it changes)."""
+    rows = ["| ablation (`--label`) | method | seed | MAP@R % | Recall@1 % | NMI % | CPU s / iteration |",
+            "|---|---|---|---|---|---|---|"]
+    for r in results:
+        if r.get("label") is None or "error" in r:
+            continue
+        it = r["fit_cpu_seconds"] / r["iterations"] if "fit_cpu_seconds" in r else None
+        rows.append(f"| {r['label']} | `{r['method']}` | {r['seed']} | {100 * r['map@r']:.1f} | "
+                    f"{100 * r['recall@1']:.1f} | {100 * r['nmi']:.1f} | {f'{it:.2f}' if it else '–'} |")
     return "\n".join(rows)
 
 
@@ -161,25 +185,30 @@ def main() -> None:
     ap.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "deepmetric_bench_glyphs"))
     ap.add_argument("--out", default="benchmarks/methods/results.json")
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
+    ap.add_argument("--label", help="a name stored with each result (ablations); --table shows only that label")
+    ap.add_argument("--ablations", action="store_true", help="print one row per labelled run of --out and exit")
     ap.add_argument("--one", action="store_true", help="(internal) run one method/seed and print JSON")
     ap.add_argument("--method")
     ap.add_argument("--seed", type=int)
     args = ap.parse_args()
     os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
     if args.one:
-        print("RESULT " + json.dumps(run_one(args)), flush=True)
+        print("RESULT " + json.dumps({**run_one(args), "label": args.label}), flush=True)
         return
     if args.table:
-        print(table(json.loads(Path(args.out).read_text())))
+        print(table(json.loads(Path(args.out).read_text()), args.label))
+        return
+    if args.ablations:
+        print(ablation_table(json.loads(Path(args.out).read_text())))
         return
     make_dataset(Path(args.data), args.classes, args.size)  # render once, before the timed runs
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else []
-    done = {(r["method"], r["seed"]) for r in results}
+    done = {(r["method"], r["seed"], r.get("label")) for r in results}
     passthrough = [a for a in sys.argv[1:] if a not in ("--one",)]
     for seed in args.seeds:
         for method in args.methods:
-            if (method, seed) in done:
+            if (method, seed, args.label) in done:
                 continue
             cmd = [sys.executable, __file__, *passthrough, "--one", "--method", method, "--seed", str(seed),
                    "--data", args.data]
@@ -188,7 +217,7 @@ def main() -> None:
             line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
             if proc.returncode or not line:
                 print(f"{method} seed {seed} FAILED:\n{proc.stderr[-3000:]}", flush=True)
-                results.append({"method": method, "seed": seed, "error": proc.stderr[-500:]})
+                results.append({"method": method, "seed": seed, "label": args.label, "error": proc.stderr[-500:]})
             else:
                 r = json.loads(line[0][len("RESULT "):])
                 results.append(r)
