@@ -17,11 +17,10 @@ from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, onnx_mo
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(tmp_path_factory, page_bundle):
+    """The session's default bundle (tests/serving/conftest.py; only read here: updates go to new folders)."""
+    bundle, root, _ = page_bundle
     tmp = tmp_path_factory.mktemp("gallery")
-    root = tmp / "data"
-    manifest = make_dataset(root)
-    bundle = make_bundle(tmp / "bundle", root, manifest, onnx_model())
     new = tmp / "new"
     new.mkdir()
     for i in range(3):
@@ -76,9 +75,8 @@ def test_add_then_remove_keeps_ids_stable(env, tmp_path):
 @pytest.mark.parametrize("factory", ["HNSW8", "IVF4,Flat"])
 def test_remove_works_for_graph_and_inverted_file_indexes(env, tmp_path, factory):
     tmp, root, _, new = env
-    from tests.deploy_fixtures import make_dataset as mk
 
-    src = make_bundle(tmp_path / "b", root, mk(tmp_path / "d"), onnx_model(), index={"factory": factory})
+    src = make_bundle(tmp_path / "b", root, make_dataset(tmp_path / "d"), onnx_model(), index={"factory": factory})
     out = update_gallery(src, tmp_path / "v", remove=[0, 5], add=[NewItem(str(new / "n0.png"), 7)])
     b = load_bundle(tmp_path / "v")
     assert b.gallery_size == 35 and out["added_ids"] == [36] and b.manifest["index_factory"] == factory

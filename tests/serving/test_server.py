@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, onnx_model, png_bytes
+from tests.deploy_fixtures import draw_image, png_bytes
 
 MAX_UPLOAD = 200_000
 MAX_PIXELS = 1_000_000
@@ -97,11 +97,9 @@ env_pid: list[int] = []  # the module server's process id (it serves in-process 
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("server")
-    root = tmp / "data"
-    manifest = make_dataset(root)
-    bundle = make_bundle(tmp / "bundle", root, manifest, onnx_model())
+def env(page_bundle):
+    """A server of its own over the session's default bundle (tests/serving/conftest.py; tests copy it to alter it)."""
+    bundle, root, manifest = page_bundle
     proc, base = start_server(bundle)
     env_pid[:] = [proc.pid]
     yield base, bundle, root, manifest
