@@ -166,6 +166,43 @@ def ablation_table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def seed_table(results: list[dict], ref: str = "margin") -> str:
+    """Markdown: MAP@R of every run by seed, one row per method (labelled runs as `method [label]`), and the
+    difference to `ref` (unlabelled) over the seeds both have: mean ± sample standard deviation of the
+    per-seed differences, so a gap can be read against the seed-to-seed spread of that same gap."""
+    import statistics
+
+    by: dict[tuple[str, str | None], dict[int, float]] = {}
+    for r in results:
+        if "error" not in r:
+            by.setdefault((r["method"], r.get("label")), {})[r["seed"]] = 100 * r["map@r"]
+    seeds = sorted({s for v in by.values() for s in v})
+    order = SEEDS + BASELINES
+    base = by.get((ref, None), {})
+    rows = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + f" | mean | vs `{ref}` (same seeds) |",
+            "|---|" + "---|" * (len(seeds) + 2)]
+    for key in sorted(by, key=lambda k: (order.index(k[0]) if k[0] in order else 99, k[1] or "")):
+        v = by[key]
+        name = f"`{key[0]}`" + (f" [{key[1]}]" if key[1] else "")
+        cells = [f"{v[s]:.1f}" if s in v else "–" for s in seeds]
+        diffs = [v[s] - base[s] for s in seeds if s in v and s in base]
+        if key == (ref, None) or not diffs:
+            delta = "–"
+        else:
+            spread = f" ± {statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
+            delta = f"{statistics.fmean(diffs):+.1f}{spread} ({len(diffs)})"
+        rows.append(f"| {name} | " + " | ".join(cells) + f" | {statistics.fmean(v.values()):.1f} | {delta} |")
+    return "\n".join(rows)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace `path` whole: a run killed mid-write leaves the previous results, never half a JSON file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=SEEDS + BASELINES)
@@ -183,10 +220,14 @@ def main() -> None:
     ap.add_argument("--method-params", default=json.dumps({"divide_conquer": {"num_clusters": 4,
                                                                                "full_embedding_epoch": 0.5}}))
     ap.add_argument("--data", default=str(Path(tempfile.gettempdir()) / "deepmetric_bench_glyphs"))
-    ap.add_argument("--out", default="benchmarks/methods/results.json")
+    ap.add_argument("--out", default="benchmarks/methods/results.json",
+                    help="results JSON (appended to; --by-seed takes several, comma-separated)")
     ap.add_argument("--table", action="store_true", help="print the markdown table of --out and exit")
     ap.add_argument("--label", help="a name stored with each result (ablations); --table shows only that label")
     ap.add_argument("--ablations", action="store_true", help="print one row per labelled run of --out and exit")
+    ap.add_argument("--by-seed", action="store_true",
+                    help="print MAP@R per seed of every method and label in --out (with the paired gap to --vs); exit")
+    ap.add_argument("--vs", default="margin", help="--by-seed: the method every gap is measured to")
     ap.add_argument("--one", action="store_true", help="(internal) run one method/seed and print JSON")
     ap.add_argument("--method")
     ap.add_argument("--seed", type=int)
@@ -200,6 +241,9 @@ def main() -> None:
         return
     if args.ablations:
         print(ablation_table(json.loads(Path(args.out).read_text())))
+        return
+    if args.by_seed:
+        print(seed_table([r for f in args.out.split(",") for r in json.loads(Path(f).read_text())], args.vs))
         return
     make_dataset(Path(args.data), args.classes, args.size)  # render once, before the timed runs
     out = Path(args.out)
@@ -224,8 +268,7 @@ def main() -> None:
                 print(f"{method:17s} seed {seed}: MAP@R {r['map@r']:.4f} R@1 {r['recall@1']:.4f} "
                       f"NMI {r['nmi']:.4f} {r['train_images_per_s']:.1f} img/s peak {r['peak_rss_mb']:.0f} MB "
                       f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(results, indent=1))
+            _write_atomic(out, json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
