@@ -241,3 +241,23 @@ def test_conference_version_slices_and_full_test_embedding(tiny_backbone, simple
         torch.testing.assert_close(method.embed(images[:3]), torch.nn.functional.normalize(emb, dim=-1))
     with pytest.raises(ValueError, match="divisible"):
         METHODS["divide_conquer"](DivideConquerParams(version="conference", num_clusters=3), tiny_backbone(), 16, 12)
+
+
+def test_clusters_follow_feature_directions_not_norms(tiny_backbone, simple_context):
+    """Both codebases k-means L2-normalised penultimate features. Classes 0-1 point one way, 2-3 30° away; classes
+    1 and 3 have 10× the norm: unnormalised, 2-means splits by norm ({0, 2} / {1, 3}); normalised, by direction."""
+    labels = np.repeat(np.arange(4), 6)
+    rng = np.random.default_rng(0)
+    a, b = np.eye(8)[0], np.cos(np.pi / 6) * np.eye(8)[0] + np.sin(np.pi / 6) * np.eye(8)[1]
+    directions = np.stack([a, a, b, b])[labels]
+    norms = np.array([1.0, 10.0, 1.0, 10.0])[labels][:, None]
+    features = (directions + rng.normal(0, 0.02, directions.shape)) * norms
+    method = _method(tiny_backbone, version="conference", num_clusters=2, kmeans_niter=50, kmeans_nredo=10)
+    ctx = simple_context(method, torch.zeros(len(labels), 3, 8, 8), labels)
+    ctx.extract = lambda fn, batch_size=None: features.astype(np.float32)
+    ctx.begin_epoch(0)
+    method.recluster(ctx)
+    assign = method.assignment.numpy()
+    by_class = [set(assign[labels == c]) for c in range(4)]
+    assert all(len(s) == 1 for s in by_class)
+    assert by_class[0] == by_class[1] and by_class[2] == by_class[3] and by_class[0] != by_class[2]

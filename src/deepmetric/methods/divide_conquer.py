@@ -279,7 +279,10 @@ class DivideConquerMethod(Method):
     def recluster(self, ctx) -> None:
         p = self.params
         labels = np.asarray(ctx.labels)
-        features = ctx.extract(self.backbone)  # penultimate (pooled backbone) features
+        # penultimate (pooled backbone) features, L2-normalised as both codebases do (`forward(use_penultimate=True)`
+        # ends in F.normalize): k-means then partitions directions, not feature norms
+        features = ctx.extract(self.backbone)
+        features = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
         seed = p.kmeans_seed + (ctx.epoch if p.kmeans_vary_seed else 0)
         previous = self.assignment.cpu().numpy()
         first = previous.size != len(labels) or previous.max(initial=-1) < 0
