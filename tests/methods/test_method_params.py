@@ -38,8 +38,8 @@ def test_parameter_file_blocks_parse_and_set_backbone_options():
     # the papers freeze BatchNorm of a pretrained trunk; a from-scratch trunk keeps it trainable
     pretrained = {**train, "backbone": {**train["backbone"], "name": "efficientnet_lite0", "pretrained": True}}
     scratch = {**train, "backbone": {**train["backbone"], "name": "resnet18", "pretrained": False}}
-    expected = {"ranked_list": ("avg", False), "intra_batch": ("max", False), "divide_conquer": ("avg", True),
-                "sharing": ("avg", True)}
+    expected = {"ranked_list": ("avg", False), "intra_batch": ("max", False), "divide_conquer": ("avg", "stats"),
+                "sharing": ("avg", "stats")}
     for method, (pool, frozen) in expected.items():
         cfg, params = parse_train({**pretrained, "method": method})
         assert isinstance(params, METHODS[method].Params)

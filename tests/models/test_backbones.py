@@ -21,6 +21,21 @@ def test_frozen_bn_stays_frozen_in_train_mode():
     torch.testing.assert_close(bn.running_mean, before)
 
 
+def test_frozen_bn_stats_fixes_the_statistics_and_trains_the_affine_parameters():
+    """`frozen_bn: stats` (the D&C and Sharing authors' code): BatchNorm in eval mode, γ/β still learn."""
+    bb = build_backbone(BackboneConfig(name="resnet18", frozen_bn="stats")).train()
+    bn = bb.stem[1]
+    before, weight = bn.running_mean.clone(), bn.weight.detach().clone()
+    opt = torch.optim.SGD(bb.parameters(), lr=0.1)
+    bb(torch.randn(4, 3, 32, 32)).square().mean().backward()
+    opt.step()
+    assert not bn.training and bn.weight.requires_grad
+    torch.testing.assert_close(bn.running_mean, before)
+    assert not torch.equal(bn.weight, weight)
+    with pytest.raises(ValueError, match="frozen_bn"):
+        BackboneConfig(name="resnet18", frozen_bn="yes please")
+
+
 def test_resnet_weights_from_local_file(tmp_path):
     import torchvision
 

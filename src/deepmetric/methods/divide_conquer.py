@@ -230,8 +230,9 @@ class DivideConquerMethod(Method):
     # --- declarations ---------------------------------------------------------------------------------------
     @classmethod
     def backbone_options(cls, params: MethodParams) -> dict[str, Any]:
-        # ResNet-50 with all BatchNorm frozen, average pooling (methods.md §3).
-        return {"pool": "avg", "frozen_bn": True}
+        # ResNet-50 with BatchNorm statistics frozen (eval mode; γ/β still train, as `model/resnet.py` of both
+        # codebases), average pooling (methods.md §3).
+        return {"pool": "avg", "frozen_bn": "stats"}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         p = self.params

@@ -150,8 +150,9 @@ class SharingMethod(Method):
 
     @classmethod
     def backbone_options(cls, params: MethodParams) -> dict[str, Any]:
-        # ResNet-50 with all BatchNorm frozen (running statistics too), average pooling (methods.md §1).
-        return {"pool": "avg", "frozen_bn": True}
+        # ResNet-50 with BatchNorm statistics frozen (eval mode; γ/β stay in the optimiser, as `netlib.py` of the
+        # authors' code), average pooling (methods.md §1).
+        return {"pool": "avg", "frozen_bn": "stats"}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         p = self.params

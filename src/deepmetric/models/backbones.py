@@ -30,7 +30,9 @@ class BackboneConfig(BaseModel):
     weights_path: str | None = None
     # null = the method's choice (its paper's), else avg pooling / trainable BatchNorm.
     pool: Literal["avg", "max", "avgmax"] | None = None
-    frozen_bn: bool | None = None
+    # BatchNorm of the trunk: false = trains as usual; "stats" = running statistics fixed (eval mode), affine γ/β
+    # still learn (the D&C and Sharing authors' code); true = statistics and γ/β both fixed.
+    frozen_bn: bool | Literal["stats"] | None = None
 
     @model_validator(mode="after")
     def _weights(self) -> BackboneConfig:
@@ -74,7 +76,7 @@ class Backbone(nn.Module):
         self.pool = _Pool(cfg.pool or "avg")
         self.cfg = cfg
         self.mean, self.std = IMAGENET_MEAN, IMAGENET_STD
-        if cfg.frozen_bn:
+        if cfg.frozen_bn is True:  # "stats" keeps γ/β trainable
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     for p in m.parameters():
@@ -83,7 +85,7 @@ class Backbone(nn.Module):
     def train(self, mode: bool = True) -> Backbone:
         super().train(mode)
         if self.cfg.frozen_bn:
-            # Frozen BatchNorm: running statistics stay fixed too (as in the Sharing / D&C papers).
+            # Frozen BatchNorm (true or "stats"): running statistics stay fixed in training mode too.
             for m in self.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()
