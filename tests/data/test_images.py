@@ -181,3 +181,13 @@ def test_thin_images_cost_bounded_memory():
     assert "above the limit of 40,000,000 (parameter max_pixels)" in res["messages"][1]
     # Before the fix: 1.5 GB for the first image, ~25 GB for the second. Python + Pillow + numpy is ~60 MB.
     assert res["peak_mb"] < 200, res
+
+
+def test_image_limits_validate_their_values():
+    from deepmetric.data.images import PILLOW_MAX_PIXELS, ImageLimits
+
+    assert ImageLimits(None, None).max_pixels is None
+    with pytest.raises(ValueError, match="max_pixels must be in"):
+        ImageLimits(max_pixels=PILLOW_MAX_PIXELS + 1)
+    with pytest.raises(ValueError, match="max_aspect_ratio must be >= 1"):
+        ImageLimits(max_aspect_ratio=0.5)

@@ -13,6 +13,7 @@ import os
 import re
 import struct
 import warnings
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_ASPECT_RATIO",
     "DEFAULT_MAX_PIXELS",
     "ImageDecodeError",
+    "ImageLimits",
     "ImageTooLargeError",
     "PILLOW_MAX_PIXELS",
     "PathEscapeError",
@@ -39,6 +41,28 @@ __all__ = [
     "open_image",
     "safe_join",
 ]
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """The per-image limits every reader of untrusted images applies (ingest, training, evaluation, export,
+    index, gallery updates, the server): one object, passed as ``limits=``.
+
+    ``max_pixels``: width × height above which a file is refused as a decompression bomb, also the bound on a
+    resize intermediate (None: Pillow's own limit only). ``max_aspect_ratio``: longer side / shorter side above
+    which an image is refused from its header (None: no limit). The parameters that set them are
+    ``data.max_pixels`` / ``data.max_aspect_ratio`` and the server's ``--max-pixels`` / ``--max-aspect-ratio``.
+    """
+
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO
+
+    def __post_init__(self) -> None:
+        if self.max_pixels is not None and not 0 < self.max_pixels <= PILLOW_MAX_PIXELS:
+            raise ValueError(f"max_pixels must be in [1, {PILLOW_MAX_PIXELS:,}] (Pillow's own limit), "
+                             f"got {self.max_pixels}")
+        if self.max_aspect_ratio is not None and not self.max_aspect_ratio >= 1:
+            raise ValueError(f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
 
 
 class ImageDecodeError(ValueError):
