@@ -55,3 +55,19 @@ def make_bars(root: str | os.PathLike[str], split_of, num_classes: int = 12, per
             img.save(root / path)
             rows.append({"path": path, "label": c, "class_name": f"c{c}", "split": split_of(c), "role": "both"})
     return pd.DataFrame(rows)
+
+
+#: Per-image limits of the ``data`` parameters set stricter than their defaults, each with the size of an image
+#: that this limit refuses and the defaults accept, and the words of the refusal: a stage whose decode does not
+#: receive the parameter accepts the image.
+STRICT_LIMITS = {
+    "max_aspect_ratio": ({"max_aspect_ratio": 20}, (300, 10), "limit of 20:1 (parameter max_aspect_ratio)"),
+    "max_pixels": ({"max_pixels": 10_000}, (120, 100), "limit of 10,000 (parameter max_pixels)"),
+}
+
+
+def plant_image(path: str | os.PathLike[str], size: tuple[int, int]) -> None:
+    """Overwrite the image file at ``path`` with a plain grey image of ``size`` (format from the suffix)."""
+    from PIL import Image
+
+    Image.new("RGB", size, (128, 128, 128)).save(path)

@@ -51,6 +51,7 @@ def main() -> int:
     import onnxruntime
     import torch
 
+    from deepmetric.data.images import ImageLimits
     from deepmetric.export.images import iter_batches, spaced_subset, test_rows
     from deepmetric.export.onnx_export import export_onnx
     from deepmetric.export.quantize import int8_report, quantize_onnx
@@ -61,12 +62,12 @@ def main() -> int:
     fp32 = export_onnx(method.eval(), spec, exporter=args.exporter)
     manifest = pd.read_parquet(args.manifest)
     test = test_rows(manifest)
-    batches = list(iter_batches(args.data_root, list(test["path"]), spec, 40_000_000, 64))
+    batches = list(iter_batches(args.data_root, list(test["path"]), spec, ImageLimits(), 64))
     train = spaced_subset(manifest[manifest["split"] == "train"].reset_index(drop=True), args.calibration)
     rows = []
     for name in args.variants:
         cfg = dict(VARIANTS[name])
-        calibration = (iter_batches(args.data_root, list(train["path"]), spec, 40_000_000, 64)
+        calibration = (iter_batches(args.data_root, list(train["path"]), spec, ImageLimits(), 64)
                        if cfg["mode"] == "static" else None)
         t0 = time.perf_counter()
         int8 = quantize_onnx(fp32, calibration=calibration, **cfg)

@@ -94,7 +94,7 @@ class LegacyLoader:
         steps += [v2.PILToTensor(), v2.ToDtype(torch.uint8)]
         pipeline = v2.Compose(steps)
         self.images = ManifestImages(images.root, images.paths, images.spec, transform=lambda im: pipeline(im),
-                                     max_pixels=images.max_pixels)  # no cache: the dict cache is what issue 8 removed
+                                     limits=images.limits)  # no cache: the dict cache is what issue 8 removed
         self.device = device
 
     def epoch(self, batches, seed, epoch, first_step=0, share=None):

@@ -18,7 +18,6 @@ def evaluate(
     data_cfg = parse_params(DataParams, data, "data")
     cfg = parse_params(EvaluateConfig, evaluate, "evaluate")
     method, spec = load_model(trained_model)
-    limits = {"max_pixels": data_cfg.max_pixels, "max_aspect_ratio": data_cfg.max_aspect_ratio}
     untrained, name = None, "untrained"
     if cfg.baselines:
         # The same network as training started from: same seed, same (pretrained) weights.
@@ -29,7 +28,7 @@ def evaluate(
         seed_everything(tcfg.seed)
         untrained = build_method(tcfg, params, trained_model["num_classes"]).eval()
     metrics, baselines, grid = evaluate_model(
-        method, untrained, name, manifest, data_cfg.root, data_cfg.dataset, spec, cfg, limits
+        method, untrained, name, manifest, data_cfg.root, data_cfg.dataset, spec, cfg, data_cfg.limits
     )
     metrics["best_epoch"] = int(trained_model.get("best_epoch", -1))
     # Which weights these figures belong to: the bundle stage ships them only with a model exported from them.
@@ -37,5 +36,5 @@ def evaluate(
     # Training time (the epochs' training loops, not their validation passes), so `dvc exp show` can compare it.
     log = trained_model.get("log") or []
     metrics["train_seconds"] = round(float(sum(row.get("seconds", 0.0) for row in log)), 1)
-    png = retrieval_grid_png(grid, data_cfg.root, spec, cfg.grid, limits)
+    png = retrieval_grid_png(grid, data_cfg.root, spec, cfg.grid, data_cfg.limits)
     return metrics, baselines, png

@@ -25,5 +25,4 @@ def export_model(
     model_cfg = parse_params(InputConfig, model, "model")
     method, input_cfg = load_model(trained_model)
     check_input_spec(input_cfg, model_cfg, "the trained model file (data/06_models/model.pt)")
-    return export_stage(method, input_cfg, manifest, data_cfg.root, params, data_cfg.max_pixels,
-                        data_cfg.max_aspect_ratio)
+    return export_stage(method, input_cfg, manifest, data_cfg.root, params, data_cfg.limits)

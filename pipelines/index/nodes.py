@@ -25,5 +25,4 @@ def build_index(
     params = parse_params(IndexParams, index, "index")
     model_cfg = parse_params(InputConfig, model, "model")
     check_input_spec(OnnxEmbedder(onnx_model).spec, model_cfg, "the exported model (data/06_models/model.onnx)")
-    return build_gallery_index(onnx_model, manifest, data_cfg.root, params, data_cfg.max_pixels,
-                               data_cfg.max_aspect_ratio)
+    return build_gallery_index(onnx_model, manifest, data_cfg.root, params, data_cfg.limits)

@@ -14,5 +14,4 @@ from deepmetric.data.readers import read_dataset
 def ingest(data: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     cfg = parse_params(DataParams, data, "data")
     records = read_dataset(cfg.dataset, cfg.root, cfg)
-    return build_manifest(records, cfg.root, bad_files=cfg.bad_files, max_pixels=cfg.max_pixels,
-                          workers=cfg.workers, max_aspect_ratio=cfg.max_aspect_ratio)
+    return build_manifest(records, cfg.root, bad_files=cfg.bad_files, limits=cfg.limits, workers=cfg.workers)

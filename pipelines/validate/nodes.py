@@ -16,8 +16,7 @@ def run_validation(
 ) -> tuple[dict[str, Any], dict[str, bytes]]:
     data_cfg = parse_params(DataParams, data, "data")
     cfg = parse_params(ValidateParams, validate, "validate")
-    return validate_with_docs(manifest, data_cfg.root, data_cfg.dataset, cfg, max_pixels=data_cfg.max_pixels,
-                              max_aspect_ratio=data_cfg.max_aspect_ratio)
+    return validate_with_docs(manifest, data_cfg.root, data_cfg.dataset, cfg, limits=data_cfg.limits)
 
 
 def gate(manifest: pd.DataFrame, report: dict[str, Any]) -> pd.DataFrame:

@@ -10,7 +10,7 @@ from PIL import Image
 
 from deepmetric.data.cache import ImageCache, StaleManifestError
 from deepmetric.data.dataset import ManifestImages
-from deepmetric.data.images import ImageDecodeError, open_image
+from deepmetric.data.images import ImageDecodeError, ImageLimits, open_image
 from deepmetric.data.transforms import InputSpec, eval_image
 
 
@@ -107,4 +107,5 @@ def test_a_thin_image_is_refused_before_it_is_cached(tmp_path):
     paths = _images(root, n=2)
     Image.new("RGB", (5000, 1), "white").save(root / "thin.png")
     with pytest.raises(ImageDecodeError, match=r"thin\.png: refused as too thin.*max_aspect_ratio"):
-        ImageCache.at(tmp_path / "cache", 64).ensure(str(root), [*paths, "thin.png"], max_aspect_ratio=100)
+        ImageCache.at(tmp_path / "cache", 64).ensure(str(root), [*paths, "thin.png"],
+                                                         limits=ImageLimits(max_aspect_ratio=100))

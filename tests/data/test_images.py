@@ -8,6 +8,7 @@ from PIL import Image
 
 from deepmetric.data.images import (
     ImageDecodeError,
+    ImageLimits,
     ImageTooLargeError,
     PathEscapeError,
     image_size,
@@ -15,6 +16,7 @@ from deepmetric.data.images import (
     safe_join,
 )
 from tests.data.layouts import png_bytes
+from tests.fixtures import STRICT_LIMITS, plant_image
 
 
 @pytest.mark.parametrize(
@@ -83,15 +85,15 @@ def test_bad_inputs_name_the_file_and_reason(tmp_path):
 def test_decompression_bomb_refused():
     bomb = png_bytes((4000, 4000), 0, mode="L")  # compresses to a few KB
     with pytest.raises(ImageDecodeError, match="decompression bomb: 4000x4000 = 16,000,000 pixels"):
-        open_image(bomb, max_pixels=1_000_000)
+        open_image(bomb, limits=ImageLimits(max_pixels=1_000_000))
     with pytest.raises(ImageDecodeError, match="decompression bomb"):
-        image_size(bomb, max_pixels=1_000_000)
+        image_size(bomb, limits=ImageLimits(max_pixels=1_000_000))
     # Pillow's own limit (warning range) is an error too, even with our limit off.
     huge = Image.MAX_IMAGE_PIXELS
     try:
         Image.MAX_IMAGE_PIXELS = 1_000_000
         with pytest.raises(ImageDecodeError, match="decompression bomb"):
-            open_image(png_bytes((1100, 1000), 0, mode="L"), max_pixels=None)
+            open_image(png_bytes((1100, 1000), 0, mode="L"), limits=ImageLimits(max_pixels=None))
     finally:
         Image.MAX_IMAGE_PIXELS = huge
 
@@ -126,8 +128,8 @@ def test_thin_images_refused_from_the_header_quoting_the_limit():
                 fn(data, name="thin.png")
             assert e.value.path == "thin.png"
     with pytest.raises(ImageTooLargeError, match="limit of 20:1"):
-        open_image(png_bytes((30, 1)), max_aspect_ratio=20)
-    assert open_image(png_bytes((20, 1)), max_aspect_ratio=20).size == (20, 1)
+        open_image(png_bytes((30, 1)), limits=ImageLimits(max_aspect_ratio=20))
+    assert open_image(png_bytes((20, 1)), limits=ImageLimits(max_aspect_ratio=20)).size == (20, 1)
 
 
 def test_pillow_bomb_check_quotes_the_configured_limit():
@@ -137,7 +139,7 @@ def test_pillow_bomb_check_quotes_the_configured_limit():
     try:
         Image.MAX_IMAGE_PIXELS = 1_000_000
         with pytest.raises(ImageTooLargeError) as e:
-            open_image(png_bytes((3000, 1000), 0, mode="L"), max_pixels=500_000)
+            open_image(png_bytes((3000, 1000), 0, mode="L"), limits=ImageLimits(max_pixels=500_000))
         assert "limit of 500,000 (parameter max_pixels)" in e.value.reason and "3,000,000 pixels" in e.value.reason
         assert "2000000" not in e.value.reason and "178" not in e.value.reason
     finally:
@@ -147,7 +149,7 @@ def test_pillow_bomb_check_quotes_the_configured_limit():
 _MEMORY_PROBE = r"""
 import io, json, sys
 from PIL import Image
-from deepmetric.data.images import ImageDecodeError
+from deepmetric.data.images import ImageDecodeError, ImageLimits
 from deepmetric.data.transforms import InputSpec, eval_image, load_eval_image
 
 def png(size):
@@ -158,7 +160,8 @@ for size in [(1, 100_000), (1, 2_000_000)]:
     data = png(size)
     for aspect in (100, None):  # with the aspect check off, the resize bound must still refuse
         try:
-            load_eval_image(data, InputSpec(resize=64, crop=64), max_aspect_ratio=aspect, name="thin.png")
+            load_eval_image(data, InputSpec(resize=64, crop=64), limits=ImageLimits(max_aspect_ratio=aspect),
+                            name="thin.png")
             out.append("accepted")
         except ImageDecodeError as e:
             out.append(str(e))
@@ -184,10 +187,23 @@ def test_thin_images_cost_bounded_memory():
 
 
 def test_image_limits_validate_their_values():
-    from deepmetric.data.images import PILLOW_MAX_PIXELS, ImageLimits
+    from deepmetric.data.images import PILLOW_MAX_PIXELS
 
     assert ImageLimits(None, None).max_pixels is None
     with pytest.raises(ValueError, match="max_pixels must be in"):
         ImageLimits(max_pixels=PILLOW_MAX_PIXELS + 1)
     with pytest.raises(ValueError, match="max_aspect_ratio must be >= 1"):
         ImageLimits(max_aspect_ratio=0.5)
+
+
+@pytest.mark.parametrize("limit", sorted(STRICT_LIMITS))
+def test_each_strict_limit_case_is_refused_by_its_limit_only(tmp_path, limit):
+    """The cases the stage tests plant (tests.fixtures.STRICT_LIMITS): accepted under the default limits, so a
+    stage that drops the parameter is caught; refused under the parameter, with its words."""
+    params, size, words = STRICT_LIMITS[limit]
+    plant_image(tmp_path / "x.png", size)
+    assert open_image(tmp_path / "x.png").size == size
+    with pytest.raises(ImageTooLargeError) as e:
+        open_image(tmp_path / "x.png", limits=ImageLimits(**params))
+    assert words in str(e.value) and e.value.path == str(tmp_path / "x.png")
+

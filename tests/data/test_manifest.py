@@ -3,6 +3,7 @@ from __future__ import annotations
 import pytest
 
 from deepmetric.data.contract import MANIFEST_COLUMNS
+from deepmetric.data.images import ImageLimits
 from deepmetric.data.manifest import BadFilesError, build_manifest, probe_files
 from deepmetric.data.readers import read_dataset
 from tests.data.layouts import make_cub, png_bytes, write_image
@@ -56,11 +57,11 @@ def test_bomb_and_escape(tmp_path):
     df = read_dataset("cub", root)
     (root / df.path.iloc[0]).write_bytes(png_bytes((3000, 3000), 0, mode="L"))
     with pytest.raises(BadFilesError, match="decompression bomb"):
-        build_manifest(df, root, max_pixels=1_000_000, progress=False)
+        build_manifest(df, root, limits=ImageLimits(max_pixels=1_000_000), progress=False)
     esc = df.copy()
     esc.loc[1, "path"] = "../../etc/passwd"
     with pytest.raises(BadFilesError, match="escapes the dataset root"):
-        build_manifest(esc, root, bad_files="drop", max_pixels=None, progress=False)  # never droppable
+        build_manifest(esc, root, bad_files="drop", limits=ImageLimits(max_pixels=None), progress=False)  # never droppable
 
 
 def test_parallel_probe_matches_serial(tmp_path):
@@ -83,4 +84,4 @@ def test_thin_image_in_a_dataset_is_a_bad_file_named_with_the_limit(tmp_path):
         build_manifest(df, root, progress=False)
     assert f"{df.path.iloc[0]}: refused as too thin" in str(e.value) and "limit of 100:1" in str(e.value)
     with pytest.raises(BadFilesError, match="limit of 50:1"):
-        build_manifest(df, root, progress=False, max_aspect_ratio=50)
+        build_manifest(df, root, progress=False, limits=ImageLimits(max_aspect_ratio=50))

@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 from pydantic import ValidationError
 
+from deepmetric.data.images import ImageLimits
 from deepmetric.data.transforms import InputSpec, eval_image, train_transform
 
 
@@ -50,7 +51,7 @@ def test_resize_intermediate_is_bounded_before_resizing():
     thin = Image.new("RGB", (1, 5000))  # shorter side 1 → 64: 64×320,000 = 20.5 Mpx
     with pytest.raises(ImageTooLargeError, match=r"64x320000 = 20,480,000 pixels, above the limit of 1,000,000 "
                                                  r"\(parameter max_pixels\)"):
-        eval_image(thin, InputSpec(resize=64, crop=64), max_pixels=1_000_000)
+        eval_image(thin, InputSpec(resize=64, crop=64), limits=ImageLimits(max_pixels=1_000_000))
     assert eval_image(thin, InputSpec(resize=64, crop=64)).shape == (64, 64, 3)  # default limit: 40 Mpx
 
 

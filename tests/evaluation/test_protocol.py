@@ -1,7 +1,12 @@
+import numpy as np
 import pandas as pd
 import pytest
 
-from deepmetric.evaluation.protocol import zero_shot_split
+from deepmetric.data.images import ImageLimits, ImageTooLargeError
+from deepmetric.data.transforms import InputSpec
+from deepmetric.evaluation.protocol import GridConfig, retrieval_grid_png, zero_shot_split
+from tests.deploy_fixtures import make_dataset
+from tests.fixtures import STRICT_LIMITS, plant_image
 
 
 def _rows(split, role, n, label0=0):
@@ -32,3 +37,20 @@ def test_missing_gallery_is_an_error():
 def test_no_test_rows_is_an_error():
     with pytest.raises(ValueError, match="no `test` rows"):
         zero_shot_split(pd.DataFrame(_rows("train", "both", 4)), "cub")
+
+
+@pytest.mark.parametrize("limit", sorted(STRICT_LIMITS))
+def test_retrieval_grid_decodes_under_the_limits_it_is_given(tmp_path, limit):
+    """The grid re-reads the images it shows: under the data parameters' limits, not the defaults."""
+    strict, size, words = STRICT_LIMITS[limit]
+    root = tmp_path / "dataset"
+    manifest = make_dataset(root, num_classes=4, per_class=3, train_classes=2)
+    split = zero_shot_split(manifest, "glyphs")
+    grid = {"split": split, "query": np.eye(len(split.query), dtype=np.float32), "gallery": None}
+    spec, cfg = InputSpec(resize=32, crop=32), GridConfig(queries=len(split.query), neighbours=2)
+    victim = split.query["path"].iloc[2]
+    plant_image(root / victim, size)
+    assert retrieval_grid_png(grid, str(root), spec, cfg)[:4] == b"\x89PNG"  # the defaults accept it
+    with pytest.raises(ImageTooLargeError) as e:
+        retrieval_grid_png(grid, str(root), spec, cfg, ImageLimits(**strict))
+    assert victim in str(e.value) and words in str(e.value)

@@ -9,6 +9,7 @@ import onnx
 import pytest
 import torch
 
+from deepmetric.data.images import ImageLimits
 from deepmetric.export.config import ExportParams
 from deepmetric.export.onnx_export import ExportModule, export_onnx, read_metadata
 from deepmetric.export.parity import ParityError, check_parity, ort_session
@@ -78,7 +79,7 @@ def test_export_dynamic_shapes_and_parity(setup, torchscript_onnx, exporter):
 def test_parity_report_on_real_images(setup, torchscript_onnx):
     root, manifest, method, spec = setup
     report = check_parity(method, spec, torchscript_onnx, manifest, root, tolerance=1e-4, recall_tolerance=0.0,
-                          max_images=100, batch_size=8, max_pixels=10**7)
+                          max_images=100, batch_size=8, limits=ImageLimits(max_pixels=10**7))
     assert report["passed"] and report["images"] == int((manifest["split"] == "test").sum())
     assert report["max_abs_diff"] < 1e-4
     assert report["recall@1_onnx"] == pytest.approx(report["recall@1_pytorch"])
@@ -89,7 +90,7 @@ def test_parity_fails_loudly_above_tolerance(setup, torchscript_onnx):
     root, manifest, method, spec = setup
     with pytest.raises(ParityError, match="exceeds export.tolerance"):
         check_parity(method, spec, torchscript_onnx, manifest, root, tolerance=1e-12, recall_tolerance=0.0,
-                     max_images=10, batch_size=8, max_pixels=10**7)
+                     max_images=10, batch_size=8, limits=ImageLimits(max_pixels=10**7))
 
 
 def test_parity_catches_a_different_model(setup, torchscript_onnx):
@@ -98,12 +99,13 @@ def test_parity_catches_a_different_model(setup, torchscript_onnx):
     other, _ = load_model(make_model_payload(seed=1))
     with pytest.raises(ParityError):
         check_parity(other, spec, torchscript_onnx, manifest, root, tolerance=1e-4, recall_tolerance=0.01,
-                     max_images=10, batch_size=8, max_pixels=10**7)
+                     max_images=10, batch_size=8, limits=ImageLimits(max_pixels=10**7))
 
 
 def test_export_stage_subsamples_and_reports(setup, torchscript_onnx):
     root, manifest, method, spec = setup
-    _, report = export_stage(method, spec, manifest, root, ExportParams(exporter="torchscript", max_images=7), 10**7)
+    _, report = export_stage(method, spec, manifest, root, ExportParams(exporter="torchscript", max_images=7),
+                             ImageLimits(max_pixels=10**7))
     assert report["images"] == 7 and report["exporter"] == "torchscript" and report["onnx_bytes"] > 0
 
 

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from deepmetric.data.images import ImageLimits
 from deepmetric.data.transforms import InputSpec
 from deepmetric.export.images import iter_batches
 from deepmetric.export.onnx_export import read_metadata
@@ -29,7 +30,7 @@ def test_int8_model_keeps_the_interface_and_the_embeddings(tmp_path, mode):
     spec = InputSpec(resize=CROP, crop=CROP)
     fp32 = onnx_model()
     train = list(manifest[manifest["split"] == "train"]["path"])
-    calibration = iter_batches(tmp_path, train, spec, 10**8, 4) if mode == "static" else None
+    calibration = iter_batches(tmp_path, train, spec, ImageLimits(max_pixels=None), 4) if mode == "static" else None
     int8 = quantize_onnx(fp32, mode, calibration)
     meta = read_metadata(int8)
     assert meta["precision"] == "int8" and meta["quantization"].startswith(mode)
@@ -37,7 +38,7 @@ def test_int8_model_keeps_the_interface_and_the_embeddings(tmp_path, mode):
     embedder = OnnxEmbedder(int8)  # what the server uses: no change needed
     assert embedder.dim == 16 and json.loads(meta["input"])["crop"] == CROP
     test = manifest[manifest["split"] == "test"]
-    batches = list(iter_batches(tmp_path, list(test["path"]), spec, 10**8, 16))
+    batches = list(iter_batches(tmp_path, list(test["path"]), spec, ImageLimits(max_pixels=None), 16))
     x = np.concatenate(batches)
     e8, e32 = embedder.embed(x), OnnxEmbedder(fp32).embed(x)
     np.testing.assert_allclose(np.linalg.norm(e8, axis=1), 1.0, atol=1e-4)

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from deepmetric.data.config import parse_params
+from deepmetric.data.images import ImageLimits
 from deepmetric.index.build import (
     IndexBuildError,
     build_index,
@@ -98,7 +99,7 @@ def test_gallery_index_uses_the_onnx_model(gallery):
     from deepmetric.export.images import load_batch
 
     emb = OnnxEmbedder(onnx_bytes)
-    first = emb.embed(load_batch(root, [ids["path"][0]], emb.spec, 10**7))
+    first = emb.embed(load_batch(root, [ids["path"][0]], emb.spec, ImageLimits(max_pixels=10**7)))
     _, nn = index.search(first, 1)
     assert nn[0, 0] == 0
 

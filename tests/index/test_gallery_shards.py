@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from deepmetric.data.images import ImageLimits
 from deepmetric.export.images import test_rows as gallery_rows_of
 from deepmetric.index.config import IndexParams
 from deepmetric.index.embedder import OnnxEmbedder
@@ -16,8 +17,9 @@ def test_processes_give_the_serial_embeddings_in_order(tmp_path):
     rows = gallery_rows_of(manifest, GALLERY_ROLES)  # 36 rows: 5 batches of 8, over 2 processes × 4 shards
     onnx = onnx_model()
     embedder = OnnxEmbedder(onnx, threads=1)
-    serial = embed_gallery(onnx, embedder, rows, tmp_path, IndexParams(batch_size=8, threads=1), 10**7)
-    sharded = embed_gallery(onnx, embedder, rows, tmp_path, IndexParams(batch_size=8, threads=1, processes=2), 10**7)
+    serial = embed_gallery(onnx, embedder, rows, tmp_path, IndexParams(batch_size=8, threads=1), ImageLimits(max_pixels=10**7))
+    sharded = embed_gallery(onnx, embedder, rows, tmp_path, IndexParams(batch_size=8, threads=1, processes=2),
+                            ImageLimits(max_pixels=10**7))
     assert serial.shape == sharded.shape == (len(rows), embedder.dim)
     # same batches through the same graph: equal to float32 rounding (1e-6 on unit vectors)
     np.testing.assert_allclose(sharded, serial, rtol=0, atol=1e-6)

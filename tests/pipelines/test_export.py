@@ -8,6 +8,7 @@ import pytest
 
 from deepmetric.io.datasets import ParquetDataset, TorchDataset
 from tests.deploy_fixtures import data_params, make_dataset, make_model_payload, model_params
+from tests.fixtures import STRICT_LIMITS, plant_image
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 
@@ -34,6 +35,23 @@ def test_export_stage_writes_model_and_report(work):
     assert (tmp / "data/06_models/model.onnx").stat().st_size == report["onnx_bytes"]
     assert not list((tmp / "data/06_models").glob("*.data")), "model.onnx must be self-contained"
 
+
+
+@pytest.mark.parametrize("limit", sorted(STRICT_LIMITS))
+def test_the_data_limits_reach_the_parity_decode(work, limit):
+    """The parity check decodes the test images under data.max_pixels / data.max_aspect_ratio: set stricter
+    than their defaults, they refuse an image the defaults accept, naming it and the parameter; no model.onnx."""
+    tmp, root = work
+    strict, size, words = STRICT_LIMITS[limit]
+    manifest = ParquetDataset(str(tmp / "data/02_intermediate/manifest_validated.parquet")).load()
+    victim = manifest[manifest["split"] == "test"]["path"].iloc[4]
+    plant_image(root / victim, size)
+    params = _params(root)
+    params["data"].update(strict)
+    with pytest.raises(Exception) as e:
+        run_stage("export", tmp, params)
+    assert victim in str(e.value) and words in str(e.value)
+    assert not (tmp / "data/06_models/model.onnx").exists()
 
 def test_default_parameter_file_is_valid():
     from deepmetric.data.config import parse_params

@@ -10,6 +10,7 @@ import pytest
 from deepmetric.index.build import deserialize_index
 from deepmetric.io.datasets import BytesDataset, ParquetDataset
 from tests.deploy_fixtures import data_params, make_dataset, model_params, onnx_model
+from tests.fixtures import STRICT_LIMITS, plant_image
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 
@@ -42,6 +43,27 @@ def test_index_stage(work, factory, search):
     if factory == "Flat":
         assert report["recall@1_vs_exact"] == 1.0 and report["recall@10_vs_exact"] == 1.0
 
+
+
+@pytest.mark.parametrize("limit", sorted(STRICT_LIMITS))
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_data_limits_reach_the_gallery_decode(tmp_path, limit, processes):
+    """The gallery is decoded under data.max_pixels / data.max_aspect_ratio, in this process and in the embedding
+    worker processes: set stricter than their defaults, they refuse an image the defaults accept, naming it and
+    the parameter; no index is written."""
+    strict, size, words = STRICT_LIMITS[limit]
+    root = tmp_path / "dataset"
+    manifest = make_dataset(root)
+    ParquetDataset(str(tmp_path / "data/02_intermediate/manifest_validated.parquet")).save(manifest)
+    BytesDataset(str(tmp_path / "data/06_models/model.onnx")).save(onnx_model())
+    victim = manifest[manifest["split"] == "test"]["path"].iloc[-1]  # in the last shard
+    plant_image(root / victim, size)
+    params = _params(root, processes=processes, batch_size=8)
+    params["data"].update(strict)
+    with pytest.raises(Exception) as e:
+        run_stage("index", tmp_path, params)
+    assert victim in str(e.value) and words in str(e.value)
+    assert not (tmp_path / "data/07_model_output/index.faiss").exists()
 
 def test_default_parameter_file_is_valid():
     from deepmetric.data.config import parse_params

@@ -7,7 +7,7 @@ import pytest
 
 from deepmetric.data.contract import MANIFEST_COLUMNS
 from tests.data.layouts import make_cars, make_sop
-from tests.fixtures import make_tiny_glyphs
+from tests.fixtures import STRICT_LIMITS, make_tiny_glyphs, plant_image
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 
@@ -58,3 +58,17 @@ def test_ingest_bad_params_named(tmp_path):
         run_stage("ingest", tmp_path, _data(tmp_path, bad_files="skip"))
     with pytest.raises(Exception, match=r"data.datset: unknown parameter"):
         run_stage("ingest", tmp_path, _data(tmp_path, datset="cub"))
+
+
+@pytest.mark.parametrize("limit", sorted(STRICT_LIMITS))
+def test_the_data_limits_reach_the_ingest_decode(tmp_path, limit):
+    """data.max_pixels / data.max_aspect_ratio set stricter than their defaults refuse an image the defaults
+    accept: the run stops naming the file and the parameter, and writes no manifest."""
+    params, size, words = STRICT_LIMITS[limit]
+    root = make_tiny_glyphs(tmp_path / "glyphs", num_classes=12)
+    victim = sorted((root / "images").rglob("*.png"))[3]
+    plant_image(victim, size)
+    with pytest.raises(Exception) as e:
+        run_stage("ingest", tmp_path, _data(root, **params))
+    assert f"{victim.relative_to(root).as_posix()}: refused" in str(e.value) and words in str(e.value)
+    assert not (tmp_path / "data/02_intermediate/manifest.parquet").exists()

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from deepmetric.validation import ValidationFailed
-from tests.fixtures import make_tiny_glyphs
+from tests.fixtures import STRICT_LIMITS, make_tiny_glyphs, plant_image
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 
@@ -52,3 +52,22 @@ def test_validate_bad_params_named(tmp_path):
     with pytest.raises(Exception, match=r"validate.min_images_per_clas: unknown parameter"):
         run_stage("validate", tmp_path, params)
     assert not (tmp_path / "data/08_reporting/validation.json").exists()
+
+
+@pytest.mark.parametrize("limit", sorted(STRICT_LIMITS))
+def test_the_data_limits_reach_the_validate_decode(tmp_path, limit):
+    """An image ingest accepted under the default limits fails the file check once data.max_pixels /
+    data.max_aspect_ratio are set stricter: the summary names the file and the parameter; no validated
+    manifest is written."""
+    strict, size, words = STRICT_LIMITS[limit]
+    root = make_tiny_glyphs(tmp_path / "glyphs", num_classes=12)
+    victim = sorted((root / "images").rglob("*.png"))[5]
+    plant_image(victim, size)
+    params = _params(root)
+    run_stage("ingest", tmp_path, params)
+    params["data"].update(strict)
+    with pytest.raises(Exception) as e:
+        run_stage("validate", tmp_path, params)
+    assert "FAILED files present and decodable" in str(e.value)
+    assert victim.relative_to(root).as_posix() in str(e.value) and words in str(e.value)
+    assert not (tmp_path / "data/02_intermediate/manifest_validated.parquet").exists()

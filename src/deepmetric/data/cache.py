@@ -37,9 +37,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from deepmetric.data.images import (
-    DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageDecodeError, open_image, safe_join,
-)
+from deepmetric.data.images import ImageDecodeError, ImageLimits, open_image, safe_join
 from deepmetric.data.transforms import resize_shorter
 from deepmetric.io.atomic import atomic_path
 
@@ -67,7 +65,7 @@ def estimate_bytes(widths: Sequence[int], heights: Sequence[int], short_side: in
 
 def _encode_one(job: tuple) -> tuple[str, bytes, int, int]:
     """Decode, reduce, encode one image; returns (sha256, payload, height, width). Runs in worker processes."""
-    root, rel, expected, short_side, fmt, quality, max_pixels, max_aspect_ratio = job
+    root, rel, expected, short_side, fmt, quality, limits = job
     path = safe_join(root, rel)
     try:
         data = path.read_bytes()
@@ -79,7 +77,7 @@ def _encode_one(job: tuple) -> tuple[str, bytes, int, int]:
             f"{path}: the file's bytes changed since ingest (sha256 {digest[:12]}… ≠ manifest {expected[:12]}…); "
             "re-run ingest (`dvc repro` does) before training"
         )
-    img = open_image(data, max_pixels, name=str(path), max_aspect_ratio=max_aspect_ratio)
+    img = open_image(data, name=str(path), limits=limits)
     if min(img.size) > short_side:
         img = resize_shorter(img, short_side, None)  # a reduction: never larger than the decoded image
     w, h = img.size
@@ -125,14 +123,14 @@ class ImageCache:
         root: str,
         paths: Sequence[str],
         sha256: Sequence[str] | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        limits: ImageLimits = ImageLimits(),
         workers: int = 0,
         progress: bool = False,
-        max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
     ) -> CachedImages:
         """Cache every listed image that is not cached yet (in parallel), then return a reader for them in order.
 
         ``sha256`` (the manifest's column) keys the entries; without it every file is read and hashed first.
+        ``limits``: the per-image bounds of the decode.
         """
         import filelock
         from tqdm.auto import tqdm
@@ -151,7 +149,7 @@ class ImageCache:
             todo: dict[str, tuple] = {}
             for p, s, e in zip(paths, sha256, expected, strict=True):
                 if s not in have and s not in todo:
-                    todo[s] = (root, p, e, self.short_side, self.fmt, self.quality, max_pixels, max_aspect_ratio)
+                    todo[s] = (root, p, e, self.short_side, self.fmt, self.quality, limits)
             if todo:
                 index = self._build(index, list(todo.values()), workers, progress, tqdm)
         return CachedImages(self, index.set_index("sha256").loc[sha256].reset_index(), paths)

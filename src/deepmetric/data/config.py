@@ -12,7 +12,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deepmetric.data.contract import DATASETS
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, PILLOW_MAX_PIXELS
+from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
+from deepmetric.data.images import ImageLimits
 
 __all__ = ["DataParams", "ParamsError", "parse_params"]
 
@@ -36,12 +37,17 @@ class DataParams(BaseModel):
     bad_files: Literal["fail", "drop"] = "fail"
     # Images with more pixels than this are refused as decompression bombs (at most Pillow's own limit,
     # which it enforces first); also the limit on the transform's resized intermediate.
-    max_pixels: int = Field(default=40_000_000, gt=0, le=PILLOW_MAX_PIXELS)
+    max_pixels: int = Field(default=DEFAULT_MAX_PIXELS, gt=0, le=PILLOW_MAX_PIXELS)
     # Images whose longer side exceeds this many times the shorter one are refused (from the header, before
     # decoding): resizing a thin image's short side up would create an intermediate of unbounded size.
     max_aspect_ratio: float = Field(default=DEFAULT_MAX_ASPECT_RATIO, ge=1)
     # Parallel decode workers for ingest (0: one per CPU core).
     workers: int = Field(default=0, ge=0)
+
+    @property
+    def limits(self) -> ImageLimits:
+        """``max_pixels`` and ``max_aspect_ratio`` as the one object every image reader takes (``limits=``)."""
+        return ImageLimits(self.max_pixels, self.max_aspect_ratio)
 
     @field_validator("val_classes")
     @classmethod

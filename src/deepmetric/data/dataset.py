@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from deepmetric.data.cache import CachedImages
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, open_image, safe_join
+from deepmetric.data.images import ImageLimits, open_image, safe_join
 from deepmetric.data.transforms import InputSpec, eval_image
 
 
@@ -36,8 +36,9 @@ def seeded_cpu_rng(seed: int) -> Iterator[None]:
 
 class ManifestImages(torch.utils.data.Dataset):
     """Images of ``paths`` (relative to ``root``). ``transform`` maps an RGB PIL image to a uint8 CHW tensor
-    (default: the evaluation transform of ``spec``). ``cached``: read decoded, pre-resized images from an
-    :class:`~deepmetric.data.cache.CachedImages` (same order as ``paths``) instead of decoding the files."""
+    (default: the evaluation transform of ``spec``). ``limits``: the per-image bounds every decode applies.
+    ``cached``: read decoded, pre-resized images from an :class:`~deepmetric.data.cache.CachedImages` (same
+    order as ``paths``) instead of decoding the files."""
 
     def __init__(
         self,
@@ -45,16 +46,14 @@ class ManifestImages(torch.utils.data.Dataset):
         paths: Sequence[str],
         spec: InputSpec,
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+        limits: ImageLimits = ImageLimits(),
         cached: CachedImages | None = None,
     ) -> None:
         self.root = root
         self.paths = list(paths)
         self.spec = spec
         self.transform = transform
-        self.max_pixels = max_pixels
-        self.max_aspect_ratio = max_aspect_ratio
+        self.limits = limits
         if cached is not None and len(cached) != len(self.paths):
             raise ValueError(f"the image cache view has {len(cached)} images for {len(self.paths)} paths")
         self.cached = cached
@@ -65,7 +64,7 @@ class ManifestImages(torch.utils.data.Dataset):
     def image(self, i: int) -> Image.Image:
         if self.cached is not None:
             return self.cached.image(i)
-        return open_image(safe_join(self.root, self.paths[i]), self.max_pixels, max_aspect_ratio=self.max_aspect_ratio)
+        return open_image(safe_join(self.root, self.paths[i]), limits=self.limits)
 
     def with_transform(self, transform: Callable[[Image.Image], torch.Tensor] | None) -> ManifestImages:
         """The same images (sharing the cache) under another transform."""
@@ -85,4 +84,5 @@ class ManifestImages(torch.utils.data.Dataset):
         img = self.image(i)
         if self.transform is not None:
             return self.transform(img)
-        return torch.from_numpy(np.ascontiguousarray(eval_image(img, self.spec, self.max_pixels).transpose(2, 0, 1)))
+        pixels = eval_image(img, self.spec, limits=self.limits)
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))

@@ -36,7 +36,7 @@ __all__ = [
     "ImageTooLargeError",
     "PILLOW_MAX_PIXELS",
     "PathEscapeError",
-    "check_aspect_ratio",
+    "check_size",
     "image_size",
     "open_image",
     "safe_join",
@@ -83,16 +83,19 @@ class ImageTooLargeError(ImageDecodeError):
     The reason quotes the configured limit and the parameter that sets it."""
 
 
-def check_aspect_ratio(label: str | None, size: tuple[int, int], max_aspect_ratio: float | None) -> None:
-    """Refuse a ``(width, height)`` whose longer side exceeds ``max_aspect_ratio`` × the shorter side."""
+def check_size(label: str | None, size: tuple[int, int], limits: ImageLimits) -> None:
+    """Refuse a ``(width, height)`` read from a header: more pixels than ``limits.max_pixels`` (a
+    decompression bomb), then a longer side above ``limits.max_aspect_ratio`` × the shorter side (too thin)."""
     w, h = size
+    if limits.max_pixels is not None and w * h > limits.max_pixels:
+        raise _bomb(label, w * h, (w, h), limits.max_pixels)
     if min(w, h) < 1:
         raise ImageDecodeError(label, f"corrupt image data (size {w}x{h})")
-    if max_aspect_ratio is not None and max(w, h) > max_aspect_ratio * min(w, h):
+    if limits.max_aspect_ratio is not None and max(w, h) > limits.max_aspect_ratio * min(w, h):
         raise ImageTooLargeError(
             label,
             f"refused as too thin: {w}x{h} has an aspect ratio of {max(w, h) / min(w, h):,.0f}:1, above the "
-            f"limit of {max_aspect_ratio:,g}:1 (parameter max_aspect_ratio)",
+            f"limit of {limits.max_aspect_ratio:,g}:1 (parameter max_aspect_ratio)",
         )
 
 
@@ -170,8 +173,7 @@ def _read(path_or_bytes, name: str | None) -> tuple[bytes, str]:
         raise ImageDecodeError(label, f"cannot read file ({e.strerror or e})") from None
 
 
-def _decode(data: bytes, label: str, max_pixels: int | None,
-            max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO) -> Image.Image:
+def _decode(data: bytes, label: str, limits: ImageLimits) -> Image.Image:
     """Open and fully decode ``data`` (catches truncation), refusing bombs and thin images from the header,
     before decoding."""
     if not data:
@@ -181,10 +183,7 @@ def _decode(data: bytes, label: str, max_pixels: int | None,
             # Pillow only *warns* between MAX_IMAGE_PIXELS and 2x that; make every bomb an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
-            w, h = img.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise _bomb(label, w * h, (w, h), max_pixels)
-            check_aspect_ratio(label, (w, h), max_aspect_ratio)
+            check_size(label, img.size, limits)
             img.load()  # full decode: catches truncated data
     except ImageDecodeError:
         raise
@@ -193,7 +192,7 @@ def _decode(data: bytes, label: str, max_pixels: int | None,
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # Pillow's own check ran first (in Image.open): quote the configured limit, not Pillow's.
         found = re.search(r"\((\d+) pixels\)", str(e))
-        raise _bomb(label, int(found.group(1)) if found else None, None, max_pixels) from None
+        raise _bomb(label, int(found.group(1)) if found else None, None, limits.max_pixels) from None
     except OSError as e:
         msg = str(e)
         if "truncated" in msg.lower() or "end of file" in msg.lower():
@@ -209,15 +208,14 @@ _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
 
 def image_size(
     path_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     *,
     name: str | None = None,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    limits: ImageLimits = ImageLimits(),
 ) -> tuple[int, int]:
     """``(width, height)`` after EXIF orientation, after fully decoding the file (same checks and errors
     as :func:`open_image`, without the cost of rotating and converting the pixels)."""
     data, label = _read(path_or_bytes, name)
-    img = _decode(data, label, max_pixels, max_aspect_ratio)
+    img = _decode(data, label, limits)
     w, h = img.size
     try:
         orientation = img.getexif().get(0x0112, 1)
@@ -228,21 +226,20 @@ def image_size(
 
 def open_image(
     path_or_bytes: str | os.PathLike[str] | bytes | bytearray | memoryview,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     *,
     name: str | None = None,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    limits: ImageLimits = ImageLimits(),
 ) -> Image.Image:
     """Decode a file path or raw bytes into an RGB image, EXIF orientation applied.
 
-    ``max_pixels`` (``None``: Pillow's limit) refuses images with more pixels as decompression bombs, and
-    ``max_aspect_ratio`` (``None``: no limit) images whose longer side is more than that many times the
-    shorter one, both from the header, before decoding (:class:`ImageTooLargeError`). ``name`` is used in
-    error messages for bytes input (e.g. an upload's file name). Raises :class:`ImageDecodeError` for
-    missing, empty, truncated and non-image input.
+    ``limits`` refuses images with more than ``max_pixels`` pixels (``None``: Pillow's limit) as
+    decompression bombs, and images whose longer side is more than ``max_aspect_ratio`` times the shorter one
+    (``None``: no limit), both from the header, before decoding (:func:`check_size`,
+    :class:`ImageTooLargeError`). ``name`` is used in error messages for bytes input (e.g. an upload's file
+    name). Raises :class:`ImageDecodeError` for missing, empty, truncated and non-image input.
     """
     data, label = _read(path_or_bytes, name)
-    img = _decode(data, label, max_pixels, max_aspect_ratio)
+    img = _decode(data, label, limits)
     try:
         img = ImageOps.exif_transpose(img) or img
         out = _to_rgb(img)

@@ -23,14 +23,7 @@ from typing import Any
 import pandas as pd
 
 from deepmetric.data.contract import MANIFEST_COLUMNS
-from deepmetric.data.images import (
-    DEFAULT_MAX_ASPECT_RATIO,
-    DEFAULT_MAX_PIXELS,
-    ImageDecodeError,
-    PathEscapeError,
-    image_size,
-    safe_join,
-)
+from deepmetric.data.images import ImageDecodeError, ImageLimits, PathEscapeError, image_size, safe_join
 
 __all__ = ["BadFilesError", "build_manifest", "probe_files"]
 
@@ -50,8 +43,7 @@ class BadFilesError(ValueError):
         super().__init__(f"{len(bad)} bad image file(s) under {root}:\n{listed}{more}{hint}")
 
 
-def _probe_one(root: str, rel: str, max_pixels: int | None,
-               max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO) -> tuple[int, int, str, str | None]:
+def _probe_one(root: str, rel: str, limits: ImageLimits) -> tuple[int, int, str, str | None]:
     """``(width, height, sha256, error)`` for one listed file."""
     try:
         path = safe_join(root, rel)
@@ -67,28 +59,28 @@ def _probe_one(root: str, rel: str, max_pixels: int | None,
         return 0, 0, "", f"cannot read file ({e.strerror or e})"
     digest = hashlib.sha256(data).hexdigest()
     try:
-        w, h = image_size(data, max_pixels, name=rel, max_aspect_ratio=max_aspect_ratio)
+        w, h = image_size(data, name=rel, limits=limits)
     except ImageDecodeError as e:
         return 0, 0, digest, e.reason
     return w, h, digest, None
 
 
-def _probe_chunk(root: str, rels: Sequence[str], max_pixels: int | None,
-                 max_aspect_ratio: float | None) -> list[tuple[int, int, str, str | None]]:
-    return [_probe_one(root, rel, max_pixels, max_aspect_ratio) for rel in rels]
+def _probe_chunk(root: str, rels: Sequence[str],
+                 limits: ImageLimits) -> list[tuple[int, int, str, str | None]]:
+    return [_probe_one(root, rel, limits) for rel in rels]
 
 
 def probe_files(
     root: str | os.PathLike[str],
     paths: Sequence[str],
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    limits: ImageLimits = ImageLimits(),
     workers: int = 0,
     desc: str = "decoding images",
     progress: bool | None = None,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> list[tuple[int, int, str, str | None]]:
-    """Decode and hash every path (relative to ``root``); returns ``(width, height, sha256, error)`` per path
-    in input order (``error`` None for a good file). Parallel over ``workers`` processes (0: all cores)."""
+    """Decode and hash every path (relative to ``root``) under ``limits``; returns ``(width, height, sha256,
+    error)`` per path in input order (``error`` None for a good file). Parallel over ``workers`` processes
+    (0: all cores)."""
     from tqdm.auto import tqdm
 
     root = str(root)
@@ -102,12 +94,12 @@ def probe_files(
     try:
         if workers == 1 or len(paths) <= 4 * _CHUNK:
             for rel in paths:
-                out.append(_probe_one(root, rel, max_pixels, max_aspect_ratio))
+                out.append(_probe_one(root, rel, limits))
                 bar.update(1)
         else:
             chunks = [paths[i:i + _CHUNK] for i in range(0, len(paths), _CHUNK)]
             with ProcessPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(_probe_chunk, root, c, max_pixels, max_aspect_ratio) for c in chunks]
+                futures = [pool.submit(_probe_chunk, root, c, limits) for c in chunks]
                 for fut, c in zip(futures, chunks):
                     out.extend(fut.result())
                     bar.update(len(c))
@@ -120,14 +112,14 @@ def build_manifest(
     records: pd.DataFrame,
     root: str | os.PathLike[str],
     bad_files: str = "fail",
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    limits: ImageLimits = ImageLimits(),
     workers: int = 0,
     progress: bool | None = None,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Add ``width``, ``height``, ``sha256`` to a reader's rows; returns ``(manifest, report)``.
 
-    ``records``: ``path, label, class_name, split, role, dataset`` (paths relative to ``root``).
+    ``records``: ``path, label, class_name, split, role, dataset`` (paths relative to ``root``);
+    ``limits``: the per-image bounds of the decode (an image beyond them is a bad file).
     """
     if bad_files not in ("fail", "drop"):
         raise ValueError(f"bad_files must be 'fail' or 'drop', got {bad_files!r}")
@@ -136,8 +128,7 @@ def build_manifest(
         raise ValueError(f"reader output lacks column(s) {', '.join(missing)}")
     t0 = time.perf_counter()
     paths = records["path"].astype(str).tolist()
-    results = probe_files(root, paths, max_pixels=max_pixels, workers=workers, progress=progress,
-                          max_aspect_ratio=max_aspect_ratio)
+    results = probe_files(root, paths, limits, workers=workers, progress=progress)
     escapes = [(p, err[len("ESCAPE:"):]) for p, (_, _, _, err) in zip(paths, results)
                if err and err.startswith("ESCAPE:")]
     if escapes:

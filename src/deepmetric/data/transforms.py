@@ -15,12 +15,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from deepmetric.data.images import (
-    DEFAULT_MAX_ASPECT_RATIO,
-    DEFAULT_MAX_PIXELS,
-    ImageTooLargeError,
-    open_image,
-)
+from deepmetric.data.images import DEFAULT_MAX_PIXELS, ImageLimits, ImageTooLargeError, open_image
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
@@ -86,12 +81,12 @@ def resize_shorter(img: Image.Image, size: int, max_pixels: int | None = DEFAULT
     return img.resize((new_w, new_h), Image.BILINEAR)
 
 
-def eval_image(img: Image.Image, spec: InputSpec, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+def eval_image(img: Image.Image, spec: InputSpec, *, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Evaluation transform: RGB ``PIL.Image`` → ``uint8`` array of shape ``(crop, crop, 3)``. No intermediate
-    has more than ``max_pixels`` pixels (see :func:`resize_shorter`)."""
+    has more than ``limits.max_pixels`` pixels (see :func:`resize_shorter`)."""
     if img.mode != "RGB":
         img = img.convert("RGB")
-    img = resize_shorter(img, spec.resize, max_pixels)
+    img = resize_shorter(img, spec.resize, limits.max_pixels)
     w, h = img.size
     c = spec.crop
     left = int(round((w - c) / 2.0))
@@ -104,17 +99,16 @@ def eval_image(img: Image.Image, spec: InputSpec, max_pixels: int | None = DEFAU
 def load_eval_image(
     source,
     spec: InputSpec,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
     *,
+    limits: ImageLimits = ImageLimits(),
     name: str | None = None,
 ) -> np.ndarray:
     """A file path or bytes → the evaluation transform's ``uint8 (crop, crop, 3)``: :func:`open_image` then
-    :func:`eval_image`, with every per-image bound applied (pixels and aspect ratio from the header, before
-    decoding; the resize intermediate before resizing). Errors name the file (or ``name``)."""
-    img = open_image(source, max_pixels, name=name, max_aspect_ratio=max_aspect_ratio)
+    :func:`eval_image`, with every bound of ``limits`` applied (pixels and aspect ratio from the header,
+    before decoding; the resize intermediate before resizing). Errors name the file (or ``name``)."""
+    img = open_image(source, name=name, limits=limits)
     try:
-        return eval_image(img, spec, max_pixels)
+        return eval_image(img, spec, limits=limits)
     except ImageTooLargeError as e:
         label = name or ("<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source))
         raise ImageTooLargeError(label, e.reason) from None

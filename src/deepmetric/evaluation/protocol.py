@@ -3,7 +3,7 @@ a trained model next to its baselines (raw pixels; the same network untrained / 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deepmetric.data.contract import DATASET_INFO
 from deepmetric.data.dataset import ManifestImages
+from deepmetric.data.images import ImageLimits
 from deepmetric.data.transforms import InputSpec
 from deepmetric.evaluation.embed import embed_dataset, method_embedder, pixel_embedder
 from deepmetric.evaluation.metrics import evaluate_embeddings
@@ -70,13 +71,13 @@ def zero_shot_split(manifest: pd.DataFrame, dataset: str) -> TestSplit:
 
 def embed_split(fn: Callable[[torch.Tensor], torch.Tensor], split: TestSplit, root: str, spec: InputSpec,
                 batch_size: int, device: torch.device, progress: bool, desc: str, processes: int = 1,
-                limits: Mapping[str, Any] | None = None, num_workers: int = 0):
-    """``limits``: ``max_pixels`` / ``max_aspect_ratio`` of the data parameters (defaults otherwise);
+                limits: ImageLimits = ImageLimits(), num_workers: int = 0):
+    """``limits``: the per-image bounds of the data parameters (``DataParams.limits``);
     ``num_workers``: DataLoader decode workers (only when ``processes`` is 1: shards already decode in parallel)."""
     from deepmetric.training.data import eval_loader_workers
 
     def run(df: pd.DataFrame, what: str) -> np.ndarray:
-        ds = ManifestImages(root, df["path"], spec, **dict(limits or {}))
+        ds = ManifestImages(root, df["path"], spec, limits=limits)
         workers = eval_loader_workers(num_workers, len(ds), batch_size) if processes == 1 else 0
         return embed_dataset(fn, ds, batch_size, device, num_workers=workers, progress=progress,
                              desc=f"{desc} {what}", processes=processes)
@@ -103,10 +104,10 @@ def evaluate_model(
     dataset: str,
     spec: InputSpec,
     cfg: EvaluateConfig,
-    limits: Mapping[str, Any] | None = None,
+    limits: ImageLimits = ImageLimits(),
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, Any]]:
     """Returns (metrics of the trained model, baselines, what the retrieval grid needs). ``limits``: the
-    per-image bounds (``max_pixels``, ``max_aspect_ratio``) of the data parameters."""
+    per-image bounds of the data parameters (``DataParams.limits``)."""
     from deepmetric.training.data import resolve_workers
     from deepmetric.training.loop import resolve_device
 
@@ -134,7 +135,7 @@ def evaluate_model(
 
 
 def retrieval_grid_png(grid_input: dict[str, Any], root: str, spec: InputSpec, cfg: GridConfig,
-                       limits: Mapping[str, Any] | None = None) -> bytes:
+                       limits: ImageLimits = ImageLimits()) -> bytes:
     """A PNG: sampled queries (left column) and their nearest gallery images, green = same class."""
     import io
 
@@ -159,7 +160,7 @@ def retrieval_grid_png(grid_input: dict[str, Any], root: str, spec: InputSpec, c
     fig, axes = plt.subplots(len(chosen), k + 1, figsize=(1.3 * (k + 1), 1.4 * len(chosen)), squeeze=False)
 
     def show(ax, df: pd.DataFrame, i: int, colour: str | None, title: str) -> None:
-        img = load_eval_image(safe_join(root, df["path"].iloc[i]), spec, **dict(limits or {}))
+        img = load_eval_image(safe_join(root, df["path"].iloc[i]), spec, limits=limits)
         ax.imshow(img)
         ax.set_xticks([])
         ax.set_yticks([])

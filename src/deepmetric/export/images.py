@@ -9,31 +9,25 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, safe_join
-from deepmetric.data.transforms import eval_image, load_eval_image
+from deepmetric.data.images import ImageLimits, safe_join
+from deepmetric.data.transforms import load_eval_image
 
 
-def eval_array(img, spec: Any) -> np.ndarray:
-    """One decoded RGB image → ``uint8 [crop, crop, 3]`` (the evaluation transform)."""
-    return eval_image(img, spec)
-
-
-def load_batch(root: str | os.PathLike[str], paths: Sequence[str], spec: Any, max_pixels: int,
-               max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO) -> np.ndarray:
-    """Manifest paths (relative to ``root``) → ``uint8 [N, crop, crop, 3]``."""
+def load_batch(root: str | os.PathLike[str], paths: Sequence[str], spec: Any,
+               limits: ImageLimits) -> np.ndarray:
+    """Manifest paths (relative to ``root``) → ``uint8 [N, crop, crop, 3]``, decoded under ``limits``."""
     crop = int(spec.crop)
     out = np.empty((len(paths), crop, crop, 3), dtype=np.uint8)
     for i, rel in enumerate(paths):
-        out[i] = load_eval_image(safe_join(root, rel), spec, max_pixels, max_aspect_ratio)
+        out[i] = load_eval_image(safe_join(root, rel), spec, limits=limits)
     return out
 
 
 def iter_batches(
-    root: str | os.PathLike[str], paths: Sequence[str], spec: Any, max_pixels: int, batch_size: int,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    root: str | os.PathLike[str], paths: Sequence[str], spec: Any, limits: ImageLimits, batch_size: int,
 ) -> Iterator[np.ndarray]:
     for start in range(0, len(paths), batch_size):
-        yield load_batch(root, paths[start : start + batch_size], spec, max_pixels, max_aspect_ratio)
+        yield load_batch(root, paths[start : start + batch_size], spec, limits)
 
 
 def test_rows(manifest: pd.DataFrame, roles: Sequence[str] | None = None) -> pd.DataFrame:

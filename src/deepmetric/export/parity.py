@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO
+from deepmetric.data.images import ImageLimits
 from deepmetric.export.images import iter_batches, spaced_subset, test_rows
 from deepmetric.export.onnx_export import ExportModule
 
@@ -57,18 +57,18 @@ def check_parity(
     recall_tolerance: float,
     max_images: int,
     batch_size: int,
-    max_pixels: int,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    limits: ImageLimits,
 ) -> dict[str, Any]:
-    """Embed the same test images (through `eval_image`) with PyTorch and onnxruntime; raise `ParityError`
-    when the max abs difference exceeds ``tolerance`` or Recall@1 drops by more than ``recall_tolerance``."""
+    """Embed the same test images (through `eval_image`, decoded under ``limits``) with PyTorch and
+    onnxruntime; raise `ParityError` when the max abs difference exceeds ``tolerance`` or Recall@1 drops by
+    more than ``recall_tolerance``."""
     rows = spaced_subset(test_rows(manifest), max_images)
     module = ExportModule(method.export_module(), input_cfg).eval()
     session = ort_session(onnx_bytes)
     in_name = session.get_inputs()[0].name
     torch_out, ort_out = [], []
     t_torch = t_ort = 0.0
-    for batch in iter_batches(root, list(rows["path"]), input_cfg, max_pixels, batch_size, max_aspect_ratio):
+    for batch in iter_batches(root, list(rows["path"]), input_cfg, limits, batch_size):
         t0 = time.perf_counter()
         with torch.no_grad():
             torch_out.append(module(torch.from_numpy(batch)).numpy())

@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO
+from deepmetric.data.images import ImageLimits
 from deepmetric.export.config import ExportParams, Int8Params
 from deepmetric.export.onnx_export import export_onnx, read_metadata
 from deepmetric.export.parity import check_parity
@@ -29,21 +29,20 @@ def check_input_spec(model_spec: Any, params_model: Any, what: str) -> None:
 
 def export_stage(
     method: Any, input_cfg: Any, manifest: pd.DataFrame, root: str | os.PathLike[str], params: ExportParams,
-    max_pixels: int,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    limits: ImageLimits,
 ) -> tuple[bytes, dict[str, Any]]:
+    """Export ``method`` to ONNX, check it against PyTorch on test images decoded under ``limits`` (the data
+    parameters' per-image bounds), and quantize it when ``params.precision`` is int8."""
     t0 = time.perf_counter()
     onnx_bytes = export_onnx(method, input_cfg, exporter=params.exporter, opset=params.opset)
     export_s = time.perf_counter() - t0
     report = check_parity(
         method, input_cfg, onnx_bytes, manifest, root,
         tolerance=params.tolerance, recall_tolerance=params.recall_tolerance,
-        max_images=params.max_images, batch_size=params.batch_size, max_pixels=max_pixels,
-        max_aspect_ratio=max_aspect_ratio,
+        max_images=params.max_images, batch_size=params.batch_size, limits=limits,
     )
     if params.precision == "int8":
-        onnx_bytes, report["int8"] = int8_model(onnx_bytes, input_cfg, manifest, root, params, max_pixels,
-                                                max_aspect_ratio)
+        onnx_bytes, report["int8"] = int8_model(onnx_bytes, input_cfg, manifest, root, params, limits)
     meta = read_metadata(onnx_bytes)
     report.update({
         "precision": meta.get("precision", "fp32"),
@@ -61,7 +60,7 @@ def export_stage(
 
 def int8_model(
     fp32_bytes: bytes, input_cfg: Any, manifest: pd.DataFrame, root: str | os.PathLike[str], params: ExportParams,
-    max_pixels: int, max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    limits: ImageLimits,
 ) -> tuple[bytes, dict[str, Any]]:
     """Quantize the fp32 export (`export.int8`) and measure it against fp32 on the parity images; raise
     `QuantizationError` when it loses more than `export.int8.max_map_drop` / `max_recall_drop`."""
@@ -76,15 +75,13 @@ def int8_model(
             raise QuantizationError("static int8 calibration needs training-split images; the manifest has none "
                                     "(use export.int8.mode: dynamic)")
         rows = spaced_subset(train.reset_index(drop=True), q.calibration_images)
-        calibration = iter_batches(root, list(rows["path"]), input_cfg, max_pixels, params.batch_size,
-                                   max_aspect_ratio)
+        calibration = iter_batches(root, list(rows["path"]), input_cfg, limits, params.batch_size)
     t0 = time.perf_counter()
     int8_bytes = quantize_onnx(fp32_bytes, q.mode, calibration, per_channel=q.per_channel,
                                calibration_method=q.calibration_method, reduce_range=q.reduce_range)
     quantize_s = time.perf_counter() - t0
     test = spaced_subset(test_rows(manifest), params.max_images)
-    batches = list(iter_batches(root, list(test["path"]), input_cfg, max_pixels, params.batch_size,
-                                max_aspect_ratio))
+    batches = list(iter_batches(root, list(test["path"]), input_cfg, limits, params.batch_size))
     report = int8_report(fp32_bytes, int8_bytes, batches, test["label"].to_numpy(), repeats=q.timing_repeats)
     report.update({"mode": q.mode, "calibration_images": q.calibration_images if q.mode == "static" else 0,
                    "quantize_seconds": round(quantize_s, 3), "max_map_drop": q.max_map_drop,

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from deepmetric.data.images import ImageLimits
 from deepmetric.data.transforms import InputSpec
 
 
@@ -55,10 +56,10 @@ class OnnxEmbedder:
 _WORKER: dict[str, Any] = {}
 
 
-def init_shard_worker(onnx_bytes: bytes, threads: int, root: str, paths: list[str], max_pixels: int,
-                      batch_size: int, max_aspect_ratio: float | None = None) -> None:
+def init_shard_worker(onnx_bytes: bytes, threads: int, root: str, paths: list[str], limits: ImageLimits,
+                      batch_size: int) -> None:
     _WORKER.update(embedder=OnnxEmbedder(onnx_bytes, threads=threads), root=root, paths=paths,
-                   max_pixels=max_pixels, batch_size=batch_size, max_aspect_ratio=max_aspect_ratio)
+                   limits=limits, batch_size=batch_size)
 
 
 def embed_shard(start: int, stop: int) -> np.ndarray:
@@ -67,6 +68,5 @@ def embed_shard(start: int, stop: int) -> np.ndarray:
     w = _WORKER
     emb: OnnxEmbedder = w["embedder"]
     parts = [emb.embed(b, w["batch_size"])
-             for b in iter_batches(w["root"], w["paths"][start:stop], emb.spec, w["max_pixels"], w["batch_size"],
-                                   w["max_aspect_ratio"])]
+             for b in iter_batches(w["root"], w["paths"][start:stop], emb.spec, w["limits"], w["batch_size"])]
     return np.concatenate(parts) if parts else np.zeros((0, emb.dim), dtype=np.float32)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO
+from deepmetric.data.images import ImageLimits
 from deepmetric.export.images import iter_batches, spaced_subset, test_rows
 from deepmetric.index.build import build_index, evaluate_index, serialize_index
 from deepmetric.index.config import IndexParams
@@ -24,24 +24,24 @@ ID_COLUMNS = ["id", "label", "class_name", "path"]
 
 
 def embed_rows(embedder: OnnxEmbedder, rows: pd.DataFrame, root: str | os.PathLike[str], batch_size: int,
-               max_pixels: int, max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO) -> np.ndarray:
-    parts = [embedder.embed(b, batch_size) for b in iter_batches(root, list(rows["path"]), embedder.spec,
-                                                                  max_pixels, batch_size, max_aspect_ratio)]
+               limits: ImageLimits) -> np.ndarray:
+    parts = [embedder.embed(b, batch_size)
+             for b in iter_batches(root, list(rows["path"]), embedder.spec, limits, batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
 
 
 def embed_gallery(onnx_bytes: bytes, embedder: OnnxEmbedder, rows: pd.DataFrame, root: str | os.PathLike[str],
-                  params: IndexParams, max_pixels: int,
-                  max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO) -> np.ndarray:
-    """The rows' embeddings in row order: serially, or with ``params.processes`` worker processes, each
-    embedding contiguous batch-aligned shards (the same batches as the serial path), concatenated in order."""
+                  params: IndexParams, limits: ImageLimits) -> np.ndarray:
+    """The rows' embeddings in row order (images decoded under ``limits``): serially, or with
+    ``params.processes`` worker processes, each embedding contiguous batch-aligned shards (the same batches as
+    the serial path), concatenated in order."""
     processes = resolve_workers(params.processes)
     if processes == 1 or len(rows) <= params.batch_size:
-        return embed_rows(embedder, rows, root, params.batch_size, max_pixels, max_aspect_ratio)
+        return embed_rows(embedder, rows, root, params.batch_size, limits)
     threads = params.threads or threads_per_worker(processes)
     return run_sharded(embed_shard, len(rows), params.batch_size, processes, initializer=init_shard_worker,
-                       initargs=(onnx_bytes, threads, str(root), [str(p) for p in rows["path"]], max_pixels,
-                                 params.batch_size, max_aspect_ratio))
+                       initargs=(onnx_bytes, threads, str(root), [str(p) for p in rows["path"]], limits,
+                                 params.batch_size))
 
 
 def ids_digest(ids: pd.DataFrame) -> str:
@@ -62,16 +62,16 @@ def data_version(manifest: pd.DataFrame) -> str:
 
 def build_gallery_index(
     onnx_bytes: bytes, manifest: pd.DataFrame, root: str | os.PathLike[str], params: IndexParams,
-    max_pixels: int = 40_000_000,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    limits: ImageLimits = ImageLimits(),
 ) -> tuple[bytes, pd.DataFrame, dict[str, Any]]:
-    """→ (faiss index bytes, ids table [id, label, class_name, path], report)."""
+    """→ (faiss index bytes, ids table [id, label, class_name, path], report); the gallery images are decoded
+    under ``limits`` (the data parameters' per-image bounds)."""
     import faiss
 
     embedder = OnnxEmbedder(onnx_bytes, threads=params.threads)
     gallery_rows = test_rows(manifest, GALLERY_ROLES)
     t0 = time.perf_counter()
-    x = embed_gallery(onnx_bytes, embedder, gallery_rows, root, params, max_pixels, max_aspect_ratio)
+    x = embed_gallery(onnx_bytes, embedder, gallery_rows, root, params, limits)
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     index = build_index(x, params.factory, params.search.as_dict(), params.ef_construction, params.seed)

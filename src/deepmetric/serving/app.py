@@ -37,7 +37,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from deepmetric.data.images import ImageDecodeError, ImageTooLargeError
+from deepmetric.data.images import ImageDecodeError, ImageLimits, ImageTooLargeError
 from deepmetric.data.transforms import load_eval_image
 from deepmetric.serving.bundle import Bundle, BundleError, load_bundle
 from deepmetric.serving.config import ADMIN_TOKEN_ENV, BUNDLE_ENV, BUNDLE_SOURCE_ENV, SUPERVISED_ENV, ServerSettings
@@ -246,8 +246,8 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None, *, root: 
         arrays = []
         for name, data in files:
             try:
-                arrays.append(load_eval_image(data, bundle.spec, settings.max_pixels, settings.max_aspect_ratio,
-                                              name=name))
+                limits = ImageLimits(settings.max_pixels, settings.max_aspect_ratio)
+                arrays.append(load_eval_image(data, bundle.spec, limits=limits, name=name))
             except ImageDecodeError as e:
                 raise _classify(e, name) from None
         return np.stack(arrays)

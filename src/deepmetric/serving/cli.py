@@ -220,7 +220,7 @@ def _image_limits(args: argparse.Namespace):
 def _search(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from deepmetric.data.images import ImageDecodeError
+    from deepmetric.data.images import ImageDecodeError, ImageLimits
     from deepmetric.data.transforms import load_eval_image
 
     limits = _image_limits(args)
@@ -233,7 +233,8 @@ def _search(args: argparse.Namespace) -> int:
     arrays = []
     for path in args.images:
         try:
-            arrays.append(load_eval_image(path, bundle.spec, limits.max_pixels, limits.max_aspect_ratio))
+            arrays.append(load_eval_image(path, bundle.spec,
+                                          limits=ImageLimits(limits.max_pixels, limits.max_aspect_ratio)))
         except ImageDecodeError as e:
             print(f"deepmetric: {e}", file=sys.stderr)
             return EXIT_BAD_INPUT

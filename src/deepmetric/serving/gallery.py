@@ -90,7 +90,7 @@ def _emptied(index):
 
 def _embed(bundle: Bundle, items: Sequence[NewItem], max_pixels: int, max_aspect_ratio: float | None,
            batch_size: int) -> np.ndarray:
-    from deepmetric.data.images import ImageDecodeError
+    from deepmetric.data.images import ImageDecodeError, ImageLimits
     from deepmetric.data.transforms import load_eval_image
 
     out = []
@@ -98,7 +98,8 @@ def _embed(bundle: Bundle, items: Sequence[NewItem], max_pixels: int, max_aspect
         batch = []
         for it in items[start : start + batch_size]:
             try:
-                batch.append(load_eval_image(it.file, bundle.spec, max_pixels, max_aspect_ratio))
+                batch.append(load_eval_image(it.file, bundle.spec,
+                                             limits=ImageLimits(max_pixels, max_aspect_ratio)))
             except ImageDecodeError as e:
                 raise GalleryError(str(e)) from None
         out.append(bundle.embed(np.stack(batch)))
@@ -110,14 +111,14 @@ def _thumbnail_files(bundle: Bundle, keep_rows: np.ndarray, items: Sequence[NewI
     """The thumbnail shards of the new gallery (kept rows' thumbnails as they are, new ones encoded)."""
     if bundle.thumbnails is None:
         return None
-    from deepmetric.data.images import ImageDecodeError, open_image
+    from deepmetric.data.images import ImageDecodeError, ImageLimits, open_image
     from deepmetric.serving.thumbnails import encode_thumbnail, write_thumbnail_shards
 
     info = dict(bundle.manifest["thumbnails"])
     images = [bundle.thumbnails.get(int(r)) for r in keep_rows]
     for it in items:
         try:
-            img = open_image(it.file, max_pixels, max_aspect_ratio=max_aspect_ratio)
+            img = open_image(it.file, limits=ImageLimits(max_pixels, max_aspect_ratio))
         except ImageDecodeError as e:
             raise GalleryError(str(e)) from None
         images.append(encode_thumbnail(img, int(info["size"]), str(info["format"]), int(info.get("quality", 80))))

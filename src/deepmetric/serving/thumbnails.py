@@ -47,9 +47,11 @@ def build_thumbnail_shards(
 ) -> dict[str, bytes]:
     """``{shard name: parquet bytes}`` for the gallery images at ``paths`` (relative to ``root``), in id order.
     A gallery image that cannot be read raises ``ImageDecodeError``/``OSError`` naming it."""
-    from deepmetric.data.images import open_image, safe_join
+    from deepmetric.data.images import ImageLimits, open_image, safe_join
 
-    images = [encode_thumbnail(open_image(safe_join(root, rel), max_pixels), size, fmt, quality) for rel in paths]
+    limits = ImageLimits(max_pixels)
+    images = [encode_thumbnail(open_image(safe_join(root, rel), limits=limits), size, fmt, quality)
+              for rel in paths]
     return write_thumbnail_shards(images, shard_items)
 
 

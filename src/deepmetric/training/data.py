@@ -33,7 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from deepmetric.data.cache import CachedImages, ImageCache, estimate_bytes
 from deepmetric.data.dataset import ManifestImages, seeded_cpu_rng
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageDecodeError, check_aspect_ratio, safe_join
+from deepmetric.data.images import (
+    DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageDecodeError, ImageLimits, check_size, safe_join,
+)
 from deepmetric.data.transforms import InputSpec, TrainTransform
 from deepmetric.errors import reraise_worker_errors
 
@@ -144,10 +146,7 @@ class GpuDecodeImages(torch.utils.data.Dataset):
         img = Image.open(io.BytesIO(data))
         w, h = img.size
         # the bounds open_image applies, from the header, before anything is decoded
-        check_aspect_ratio(str(path), (w, h), self.cpu.max_aspect_ratio)
-        if self.cpu.max_pixels is not None and w * h > self.cpu.max_pixels:
-            raise ImageDecodeError(str(path), f"refused as a decompression bomb: {w}x{h} = {w * h:,} pixels exceeds "
-                                              f"the limit of {self.cpu.max_pixels:,} (parameter max_pixels)")
+        check_size(str(path), (w, h), self.cpu.limits)
         if img.mode not in ("RGB", "L", "YCbCr"):  # CMYK and friends: nvJPEG support varies, use the CPU
             return None
         if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
@@ -204,13 +203,13 @@ def open_images(
 ) -> ManifestImages:
     """A :class:`ManifestImages` over ``rows`` (evaluation transform), backed by ``cache`` when given (built
     first for what is missing, with ``workers`` processes)."""
+    limits = ImageLimits(max_pixels, max_aspect_ratio)
     cached: CachedImages | None = None
     if cache is not None:
         sha = rows["sha256"].tolist() if "sha256" in rows.columns else None
-        cached = cache.ensure(root, rows["path"].tolist(), sha, max_pixels=max_pixels, workers=workers,
-                              progress=progress, max_aspect_ratio=max_aspect_ratio)
-    return ManifestImages(root, rows["path"], spec, max_pixels=max_pixels, max_aspect_ratio=max_aspect_ratio,
-                          cached=cached)
+        cached = cache.ensure(root, rows["path"].tolist(), sha, limits=limits, workers=workers,
+                              progress=progress)
+    return ManifestImages(root, rows["path"], spec, limits=limits, cached=cached)
 
 
 class TrainLoader:

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from deepmetric.data.contract import DATASET_INFO, MANIFEST_COLUMNS, ROLES, SPLITS
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
+from deepmetric.data.images import ImageLimits
 from deepmetric.validation.params import ValidateParams
 
 __all__ = ["ValidationFailed", "failure_summary", "read_tree", "validate_manifest", "validate_with_docs"]
@@ -41,8 +41,8 @@ class ValidationFailed(RuntimeError):
         super().__init__(failure_summary(report))
 
 
-def _computed_columns(df: pd.DataFrame, root: str | None, params: ValidateParams, max_pixels: int | None,
-                      progress: bool | None, max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO) -> pd.DataFrame:
+def _computed_columns(df: pd.DataFrame, root: str | None, params: ValidateParams, limits: ImageLimits,
+                      progress: bool | None) -> pd.DataFrame:
     """Columns for the checks GX has no expectation for (each only when its inputs exist)."""
     from deepmetric.data.manifest import probe_files
 
@@ -57,8 +57,8 @@ def _computed_columns(df: pd.DataFrame, root: str | None, params: ValidateParams
         out["sha256_split_count"] = out.groupby("sha256", dropna=False)["split"].transform("nunique")
     if params.check_files and root is not None and "path" in cols:
         paths = out["path"].astype(str).tolist()
-        results = probe_files(root, paths, max_pixels=max_pixels, workers=params.workers,
-                              desc="validating images", progress=progress, max_aspect_ratio=max_aspect_ratio)
+        results = probe_files(root, paths, limits, workers=params.workers, desc="validating images",
+                              progress=progress)
         errors = [None if e is None else (e[len("ESCAPE:"):] if e.startswith("ESCAPE:") else e)
                   for _, _, _, e in results]
         out["file_error"] = pd.array(errors, dtype=object)
@@ -198,18 +198,17 @@ def validate_manifest(
     dataset: str,
     params: ValidateParams | Mapping[str, Any] | None = None,
     docs_dir: str | os.PathLike[str] | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    limits: ImageLimits = ImageLimits(),
     progress: bool | None = None,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
 ) -> dict[str, Any]:
     """Run the suite; returns the JSON-able report (``success``, per-check results with unexpected counts and
-    example rows). When ``docs_dir`` is given, GX's HTML data docs are built there. Never raises for bad
-    data (see :class:`ValidationFailed` / :func:`failure_summary` for the gate)."""
+    example rows). When ``docs_dir`` is given, GX's HTML data docs are built there. ``limits``: the per-image
+    bounds the file check decodes under. Never raises for bad data (see :class:`ValidationFailed` /
+    :func:`failure_summary` for the gate)."""
     if not isinstance(params, ValidateParams):
         params = ValidateParams.model_validate(dict(params or {}))
     t0 = time.perf_counter()
-    df = _computed_columns(manifest, None if root is None else str(root), params, max_pixels, progress,
-                          max_aspect_ratio)
+    df = _computed_columns(manifest, None if root is None else str(root), params, limits, progress)
     t_files = time.perf_counter() - t0
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
@@ -313,11 +312,11 @@ def read_tree(folder: str | os.PathLike[str]) -> dict[str, bytes]:
     return {p.relative_to(base).as_posix(): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
 
 
-def validate_with_docs(manifest: pd.DataFrame, root, dataset: str, params=None, max_pixels=DEFAULT_MAX_PIXELS,
-                       progress: bool | None = None,
-                       max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO) -> tuple[dict[str, Any], dict[str, bytes]]:
+def validate_with_docs(manifest: pd.DataFrame, root, dataset: str, params=None,
+                       limits: ImageLimits = ImageLimits(),
+                       progress: bool | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
     """:func:`validate_manifest` plus GX's data docs site, returned as files (written atomically by the caller)."""
     with tempfile.TemporaryDirectory(prefix="deepmetric-gxdocs-") as tmp:
-        report = validate_manifest(manifest, root, dataset, params, docs_dir=tmp, max_pixels=max_pixels,
-                                   progress=progress, max_aspect_ratio=max_aspect_ratio)
+        report = validate_manifest(manifest, root, dataset, params, docs_dir=tmp, limits=limits,
+                                   progress=progress)
         return report, read_tree(tmp)
