@@ -11,8 +11,10 @@ from deepmetric.data.images import (
     ImageLimits,
     ImageTooLargeError,
     PathEscapeError,
+    check_header,
     image_size,
     open_image,
+    oriented_size,
     safe_join,
 )
 from tests.data.layouts import png_bytes
@@ -207,3 +209,65 @@ def test_each_strict_limit_case_is_refused_by_its_limit_only(tmp_path, limit):
         open_image(tmp_path / "x.png", limits=ImageLimits(**params))
     assert words in str(e.value) and e.value.path == str(tmp_path / "x.png")
 
+
+def _jpeg(size: tuple[int, int], orientation: int | None = None) -> bytes:
+    im = Image.new("RGB", size, (90, 120, 150))
+    exif = im.getexif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    buf = io.BytesIO()
+    im.save(buf, "JPEG", exif=exif.tobytes(), quality=90)
+    return buf.getvalue()
+
+
+def test_check_header_gives_format_mode_and_oriented_size_without_decoding():
+    """What the GPU (nvJPEG) decode takes from the shared check: the format and mode from the header, the size
+    once EXIF orientation applies, and no pixel decoded (a truncated file passes the header check; only the
+    full decode, which nvJPEG does there, finds it)."""
+    data = _jpeg((30, 10), orientation=6)
+    img = check_header(data, "a.jpg", ImageLimits())
+    assert (img.format, img.mode, img.size) == ("JPEG", "RGB", (30, 10))
+    assert oriented_size(img) == (10, 30) == image_size(data)
+    assert oriented_size(check_header(_jpeg((30, 10)), "b.jpg", ImageLimits())) == (30, 10)
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 64).convert("RGB").save(buf, "JPEG")  # noise: the header is a small part
+    cut = buf.getvalue()[: len(buf.getvalue()) // 2]
+    assert check_header(cut, "cut.jpg", ImageLimits()).size == (64, 64)
+    with pytest.raises(ImageDecodeError, match="cut.jpg: truncated"):
+        open_image(cut, name="cut.jpg")
+
+
+def test_check_header_refuses_what_open_image_refuses_with_the_same_words():
+    """The one check behind both decode paths: every refusal of open_image comes out of check_header, with the
+    same type and message (the file named, the parameter of the limit quoted)."""
+    cases = [
+        (b"", ImageLimits(), ImageDecodeError, r"x.jpg: empty file \(0 bytes\)"),
+        (b"not an image at all", ImageLimits(), ImageDecodeError, "x.jpg: not an image file"),
+        (_jpeg((300, 200)), ImageLimits(max_pixels=50_000), ImageTooLargeError,
+         r"x.jpg: refused as a decompression bomb: 300x200 = 60,000 pixels exceeds the limit of 50,000 "
+         r"\(parameter max_pixels\)"),
+        (_jpeg((300, 10)), ImageLimits(max_aspect_ratio=20), ImageTooLargeError,
+         r"x.jpg: refused as too thin: 300x10 has an aspect ratio of 30:1, above the limit of 20:1 "
+         r"\(parameter max_aspect_ratio\)"),
+        # over both limits: the pixel limit is checked first, on either path
+        (_jpeg((3000, 10)), ImageLimits(max_pixels=20_000, max_aspect_ratio=20), ImageTooLargeError,
+         r"\(parameter max_pixels\)"),
+    ]
+    for data, limits, kind, words in cases:
+        with pytest.raises(kind, match=words) as header:
+            check_header(data, "x.jpg", limits)
+        with pytest.raises(kind) as full:
+            open_image(data, name="x.jpg", limits=limits)
+        assert type(header.value) is type(full.value) and str(header.value) == str(full.value)
+    assert check_header(_jpeg((300, 10)), "x.jpg", ImageLimits(max_aspect_ratio=None)).size == (300, 10)
+
+
+def test_check_header_quotes_the_configured_limit_when_pillow_refuses_first():
+    huge = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = 1_000_000
+        with pytest.raises(ImageTooLargeError) as e:
+            check_header(_jpeg((3000, 1000)), "big.jpg", ImageLimits(max_pixels=500_000))
+        assert e.value.path == "big.jpg" and "limit of 500,000 (parameter max_pixels)" in e.value.reason
+    finally:
+        Image.MAX_IMAGE_PIXELS = huge

@@ -12,6 +12,7 @@ from PIL import Image
 
 from deepmetric.data.cache import ImageCache
 from deepmetric.data.dataset import ManifestImages
+from deepmetric.data.images import ImageDecodeError, ImageLimits, ImageTooLargeError
 from deepmetric.data.transforms import InputSpec, train_transform
 from deepmetric.methods import METHODS
 from deepmetric.methods.base import BatchConfig
@@ -19,7 +20,7 @@ from deepmetric.models.backbones import BackboneConfig, build_backbone
 from deepmetric.training.config import InputConfig, ParameterError, parse_train
 from deepmetric.training.data import TrainLoader, gpu_decode_batch, resolve_workers
 from deepmetric.training.loop import fit
-from tests.fixtures import make_bars
+from tests.fixtures import STRICT_LIMITS, make_bars, plant_image
 
 SPEC = InputSpec(resize=32, crop=24)
 
@@ -163,6 +164,37 @@ def test_gpu_decode_refuses_augmentations_it_cannot_run(bars):
     images = ManifestImages(root, manifest["path"], SPEC)
     with pytest.raises(ValueError, match="decode=gpu crops on the GPU with RandomResizedCrop"):
         TrainLoader(images, RandomCrop(24, 32, True), torch.device("cpu"), 0, decode="gpu")
+
+
+@pytest.mark.parametrize("limit", sorted(STRICT_LIMITS))
+def test_gpu_decode_refuses_what_the_cpu_decode_refuses(tmp_path, limit):
+    """The worker side of decode=gpu (run here with device=cpu) checks each JPEG's header with the CPU decode's
+    check, before nvJPEG gets the bytes: the same limits, the same error (file named, parameter quoted)."""
+    params, size, words = STRICT_LIMITS[limit]
+    plant_image(tmp_path / "ok.jpg", (40, 30))
+    plant_image(tmp_path / "bad.jpg", size)
+    images = ManifestImages(str(tmp_path), ["ok.jpg", "bad.jpg"], SPEC, limits=ImageLimits(**params))
+    gpu = TrainLoader(images, train_transform(SPEC), torch.device("cpu"), 0, decode="gpu")
+    assert gpu.dataset[(0, 1)][0] == "jpeg"
+    with pytest.raises(ImageTooLargeError) as on_gpu_path:
+        gpu.dataset[(1, 1)]
+    with pytest.raises(ImageTooLargeError) as on_cpu_path:
+        images.image(1)
+    assert words in str(on_gpu_path.value) and str(on_gpu_path.value) == str(on_cpu_path.value)
+
+
+def test_gpu_decode_reports_a_broken_jpeg_header_as_the_cpu_decode_does(tmp_path):
+    """JPEG magic bytes followed by garbage: a user error naming the file on both paths (the GPU path let
+    Pillow's UnidentifiedImageError through before it shared the CPU decode's header check)."""
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"not really a jpeg" * 4)
+    images = ManifestImages(str(tmp_path), ["broken.jpg"], SPEC)
+    gpu = TrainLoader(images, train_transform(SPEC), torch.device("cpu"), 0, decode="gpu")
+    with pytest.raises(ImageDecodeError) as on_gpu_path:
+        gpu.dataset[(0, 1)]
+    with pytest.raises(ImageDecodeError) as on_cpu_path:
+        images.image(0)
+    assert "broken.jpg: not an image file" in str(on_gpu_path.value)
+    assert str(on_gpu_path.value) == str(on_cpu_path.value)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG decode); none on this machine")

@@ -8,11 +8,13 @@ decompression bombs (refused above ``max_pixels``), EXIF orientation, and graysc
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import struct
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -36,9 +38,11 @@ __all__ = [
     "ImageTooLargeError",
     "PILLOW_MAX_PIXELS",
     "PathEscapeError",
+    "check_header",
     "check_size",
     "image_size",
     "open_image",
+    "oriented_size",
     "safe_join",
 ]
 
@@ -173,26 +177,23 @@ def _read(path_or_bytes, name: str | None) -> tuple[bytes, str]:
         raise ImageDecodeError(label, f"cannot read file ({e.strerror or e})") from None
 
 
-def _decode(data: bytes, label: str, limits: ImageLimits) -> Image.Image:
-    """Open and fully decode ``data`` (catches truncation), refusing bombs and thin images from the header,
-    before decoding."""
-    if not data:
-        raise ImageDecodeError(label, "empty file (0 bytes)")
+@contextlib.contextmanager
+def _pillow_errors(label: str, nbytes: int, max_pixels: int | None) -> Iterator[None]:
+    """Turn what Pillow raises while opening or decoding into :class:`ImageDecodeError` naming ``label``; its
+    decompression-bomb warnings become errors."""
     try:
         with warnings.catch_warnings():
             # Pillow only *warns* between MAX_IMAGE_PIXELS and 2x that; make every bomb an error.
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            check_size(label, img.size, limits)
-            img.load()  # full decode: catches truncated data
+            yield
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(label, f"not an image file (unrecognised format, {len(data)} bytes)") from None
+        raise ImageDecodeError(label, f"not an image file (unrecognised format, {nbytes} bytes)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         # Pillow's own check ran first (in Image.open): quote the configured limit, not Pillow's.
         found = re.search(r"\((\d+) pixels\)", str(e))
-        raise _bomb(label, int(found.group(1)) if found else None, None, limits.max_pixels) from None
+        raise _bomb(label, int(found.group(1)) if found else None, None, max_pixels) from None
     except OSError as e:
         msg = str(e)
         if "truncated" in msg.lower() or "end of file" in msg.lower():
@@ -200,10 +201,42 @@ def _decode(data: bytes, label: str, limits: ImageLimits) -> Image.Image:
         raise ImageDecodeError(label, f"corrupt image data ({msg})") from None
     except (ValueError, SyntaxError, struct.error, EOFError, IndexError, TypeError) as e:
         raise ImageDecodeError(label, f"corrupt image data ({type(e).__name__}: {e})") from None
+
+
+def check_header(data: bytes, label: str, limits: ImageLimits) -> Image.Image:
+    """The one header check of every decode path (the CPU decode here, the GPU decode of
+    :mod:`deepmetric.training.data`): open ``data`` lazily (format and size from the header, no pixel
+    decoded) and apply ``limits`` (:func:`check_size`). Returns the opened image (``format``, ``mode``,
+    ``size``, EXIF readable; ``load()`` decodes it). Raises :class:`ImageDecodeError` (empty, not an image,
+    corrupt header) or :class:`ImageTooLargeError`, naming ``label`` and the parameter of the limit."""
+    if not data:
+        raise ImageDecodeError(label, "empty file (0 bytes)")
+    with _pillow_errors(label, len(data), limits.max_pixels):
+        img = Image.open(io.BytesIO(data))
+        check_size(label, img.size, limits)
+    return img
+
+
+def _decode(data: bytes, label: str, limits: ImageLimits) -> Image.Image:
+    """:func:`check_header`, then the full decode (catches truncated data)."""
+    img = check_header(data, label, limits)
+    with _pillow_errors(label, len(data), limits.max_pixels):
+        img.load()
     return img
 
 
 _SWAPS_AXES = {5, 6, 7, 8}  # EXIF orientations that rotate by 90 degrees
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """``(width, height)`` of an opened image once its EXIF orientation is applied (unreadable EXIF: as
+    stored)."""
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # unreadable EXIF is not fatal for the size; open_image applies what it can
+        orientation = 1
+    return (h, w) if orientation in _SWAPS_AXES else (w, h)
 
 
 def image_size(
@@ -215,13 +248,7 @@ def image_size(
     """``(width, height)`` after EXIF orientation, after fully decoding the file (same checks and errors
     as :func:`open_image`, without the cost of rotating and converting the pixels)."""
     data, label = _read(path_or_bytes, name)
-    img = _decode(data, label, limits)
-    w, h = img.size
-    try:
-        orientation = img.getexif().get(0x0112, 1)
-    except Exception:  # unreadable EXIF is not fatal for the size; open_image applies what it can
-        orientation = 1
-    return (h, w) if orientation in _SWAPS_AXES else (w, h)
+    return oriented_size(_decode(data, label, limits))
 
 
 def open_image(
@@ -234,7 +261,7 @@ def open_image(
 
     ``limits`` refuses images with more than ``max_pixels`` pixels (``None``: Pillow's limit) as
     decompression bombs, and images whose longer side is more than ``max_aspect_ratio`` times the shorter one
-    (``None``: no limit), both from the header, before decoding (:func:`check_size`,
+    (``None``: no limit), both from the header, before decoding (:func:`check_header`,
     :class:`ImageTooLargeError`). ``name`` is used in error messages for bytes input (e.g. an upload's file
     name). Raises :class:`ImageDecodeError` for missing, empty, truncated and non-image input.
     """

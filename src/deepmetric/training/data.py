@@ -18,7 +18,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import math
 import os
@@ -28,13 +27,13 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepmetric.data.cache import CachedImages, ImageCache, estimate_bytes
 from deepmetric.data.dataset import ManifestImages, seeded_cpu_rng
 from deepmetric.data.images import (
-    DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageDecodeError, ImageLimits, check_size, safe_join,
+    DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageDecodeError, ImageLimits, check_header, oriented_size,
+    safe_join,
 )
 from deepmetric.data.transforms import InputSpec, TrainTransform
 from deepmetric.errors import reraise_worker_errors
@@ -143,14 +142,11 @@ class GpuDecodeImages(torch.utils.data.Dataset):
             raise ImageDecodeError(str(path), f"cannot read file ({e.strerror or e})") from None
         if data[:3] != b"\xff\xd8\xff":
             return None
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        # the bounds open_image applies, from the header, before anything is decoded
-        check_size(str(path), (w, h), self.cpu.limits)
+        # the header check of open_image (same limits, same errors), before nvJPEG decodes anything
+        img = check_header(data, str(path), self.cpu.limits)
         if img.mode not in ("RGB", "L", "YCbCr"):  # CMYK and friends: nvJPEG support varies, use the CPU
             return None
-        if img.getexif().get(0x0112, 1) in (5, 6, 7, 8):
-            w, h = h, w
+        w, h = oriented_size(img)
         return data, w, h
 
     def __getitem__(self, key: tuple[int, int]):
