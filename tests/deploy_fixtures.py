@@ -108,6 +108,22 @@ def evaluated(onnx_bytes: bytes, metrics: dict[str, Any] | None = None) -> dict[
     return {**base, "model_weights_sha256": read_metadata(onnx_bytes)["weights_sha256"]}
 
 
+def write_stage_inputs(workdir: Path, *, model: bool = False, onnx: bool = False) -> tuple[Path, pd.DataFrame]:
+    """What a deploy-side stage reads, at its catalog paths under ``workdir``: the dataset (``workdir/dataset``)
+    with its validated manifest, plus the trained model file (``model``) and/or the exported model
+    (``onnx``). Returns ``(dataset root, manifest)``."""
+    from deepmetric.io.datasets import BytesDataset, ParquetDataset, TorchDataset
+
+    root = Path(workdir) / "dataset"
+    manifest = make_dataset(root)
+    ParquetDataset(str(Path(workdir) / "data/02_intermediate/manifest_validated.parquet")).save(manifest)
+    if model:
+        TorchDataset(str(Path(workdir) / "data/06_models/model.pt")).save(make_model_payload())
+    if onnx:
+        BytesDataset(str(Path(workdir) / "data/06_models/model.onnx")).save(onnx_model())
+    return root, manifest
+
+
 def make_bundle(dest: Path, root: Path, manifest: pd.DataFrame, onnx_bytes: bytes,
                 index: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                 bundle: dict[str, Any] | None = None) -> Path:

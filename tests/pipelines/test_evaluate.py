@@ -6,18 +6,14 @@ import json
 
 import pytest
 
-from deepmetric.io.datasets import ParquetDataset, TorchDataset
-from tests.deploy_fixtures import data_params, make_dataset, make_model_payload
+from tests.deploy_fixtures import data_params, write_stage_inputs
 from tests.fixtures import STRICT_LIMITS, plant_image
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 
 @pytest.fixture()
 def work(tmp_path):
-    root = tmp_path / "dataset"
-    manifest = make_dataset(root)
-    ParquetDataset(str(tmp_path / "data/02_intermediate/manifest_validated.parquet")).save(manifest)
-    TorchDataset(str(tmp_path / "data/06_models/model.pt")).save(make_model_payload())
+    root, manifest = write_stage_inputs(tmp_path, model=True)
     return tmp_path, root, manifest
 
 

@@ -8,8 +8,7 @@ import pandas as pd
 import pytest
 
 from deepmetric.index.build import deserialize_index
-from deepmetric.io.datasets import BytesDataset, ParquetDataset
-from tests.deploy_fixtures import data_params, make_dataset, model_params, onnx_model
+from tests.deploy_fixtures import data_params, model_params, write_stage_inputs
 from tests.fixtures import STRICT_LIMITS, plant_image
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
@@ -17,10 +16,7 @@ from tests.pipelines.kedro_helpers import load_params, run_stage
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("index_stage")
-    root = tmp / "dataset"
-    manifest = make_dataset(root)
-    ParquetDataset(str(tmp / "data/02_intermediate/manifest_validated.parquet")).save(manifest)
-    BytesDataset(str(tmp / "data/06_models/model.onnx")).save(onnx_model())
+    root, manifest = write_stage_inputs(tmp, onnx=True)
     return tmp, root, manifest
 
 
@@ -52,10 +48,7 @@ def test_the_data_limits_reach_the_gallery_decode(tmp_path, limit, processes):
     worker processes: set stricter than their defaults, they refuse an image the defaults accept, naming it and
     the parameter; no index is written."""
     strict, size, words = STRICT_LIMITS[limit]
-    root = tmp_path / "dataset"
-    manifest = make_dataset(root)
-    ParquetDataset(str(tmp_path / "data/02_intermediate/manifest_validated.parquet")).save(manifest)
-    BytesDataset(str(tmp_path / "data/06_models/model.onnx")).save(onnx_model())
+    root, manifest = write_stage_inputs(tmp_path, onnx=True)
     victim = manifest[manifest["split"] == "test"]["path"].iloc[-1]  # in the last shard
     plant_image(root / victim, size)
     params = _params(root, processes=processes, batch_size=8)
