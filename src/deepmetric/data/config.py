@@ -12,8 +12,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from deepmetric.data.contract import DATASETS
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS
-from deepmetric.data.images import ImageLimits
+from deepmetric.data.images import (
+    DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS, ImageLimits,
+)
 
 __all__ = ["DataParams", "ParamsError", "parse_params"]
 
