@@ -41,7 +41,8 @@ def test_lookup_names_and_metadata():
 
 def test_registering_a_name_twice_is_refused_naming_both_modules():
     reg = _colours()
-    with pytest.raises(ValueError, match=r"colour 'red' registered twice \(by tests\.test_registry and by tests\.test_registry\)"):
+    twice = r"colour 'red' registered twice \(by tests\.test_registry and by tests\.test_registry\)"
+    with pytest.raises(ValueError, match=twice):
         reg.add("red", 10, kind="warm")
     with pytest.raises(ValueError, match="registered twice"):
         reg.register("blue", kind="cold")(object())

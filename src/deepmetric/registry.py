@@ -80,7 +80,9 @@ class Registry(Mapping[str, T]):
 
         return deco
 
-    def _add(self, name: str, obj: T, prefix: bool, meta: dict[str, Any], module: str | None) -> T:
+    def _add(self, name: str, obj: T, prefix: bool, meta: dict[str, Any], caller: str | None) -> T:
+        # where it was defined: a class's or function's own module, else the module that registered it
+        module = getattr(obj, "__module__", None) if hasattr(obj, "__qualname__") else caller
         if not isinstance(name, str) or not name:
             raise ValueError(f"a {self.kind} needs a non-empty name, got {name!r}")
         missing = [k for k in self.required if k not in meta]
