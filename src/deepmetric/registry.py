@@ -38,7 +38,8 @@ class UnknownNameError(ValueError, KeyError):
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """One registration: the object, its metadata and the module that registered it."""
+    """One registration: the object, its metadata, and its module (where the class or function is defined, else the
+    module that registered the object)."""
 
     name: str
     obj: T

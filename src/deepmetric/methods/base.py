@@ -11,7 +11,7 @@ package is enough for it to be found (`deepmetric.methods` discovers them).
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -185,10 +185,11 @@ class _Embedder(nn.Module):
 # Every method, by its `train.method` name. Metadata: `kind` (seed: a paper this project reproduces; baseline: a
 # pytorch-metric-learning loss), `paper` (authors: title (venue year)), `doc` (its page under docs/methods/).
 METHODS: Registry[type[Method]] = Registry("method", required=("kind", "paper", "doc"))
-METHOD_KINDS: tuple[str, ...] = ("seed", "baseline")
+MethodKind = Literal["seed", "baseline"]
+METHOD_KINDS: tuple[str, ...] = get_args(MethodKind)
 
 
-def register(name: str, *, kind: Literal["seed", "baseline"], paper: str, doc: str):
+def register(name: str, *, kind: MethodKind, paper: str, doc: str):
     """Class decorator: register a `Method` subclass as `train.method: name` and set its ``name``."""
     if kind not in METHOD_KINDS:
         raise ValueError(f"method {name!r}: kind must be one of {METHOD_KINDS}, got {kind!r}")
