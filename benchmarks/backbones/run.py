@@ -14,6 +14,8 @@ import logging
 import time
 
 from deepmetric.evaluation.protocol import EvaluateConfig, evaluate_model
+from deepmetric.models.backbones import BACKBONES
+from deepmetric.registry import UnknownNameError
 from deepmetric.training.config import InputConfig, parse_train
 from deepmetric.training.loop import fit, seed_everything
 from deepmetric.training.model_io import build_method, load_model
@@ -27,8 +29,15 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--size", type=int, default=64)
-    ap.add_argument("--backbones", nargs="+", default=["resnet18", "efficientnet_lite0:pretrained"])
+    ap.add_argument("--backbones", nargs="+", default=["resnet18", "efficientnet_lite0:pretrained"],
+                    help=f"<name>[:pretrained], name one of {', '.join(BACKBONES.names())} (the README's comparison by "
+                         "default)")
     args = ap.parse_args()
+    try:
+        for item in args.backbones:
+            BACKBONES.check(item.partition(":")[0], what="--backbones entry")
+    except UnknownNameError as exc:
+        ap.error(str(exc))
     logging.basicConfig(level=logging.WARNING)
     manifest, _ = ingest({"dataset": "glyphs", "root": args.root})
     spec = InputConfig(resize=args.size, crop=args.size)

@@ -20,8 +20,19 @@ import tempfile
 import time
 from pathlib import Path
 
-SEEDS = ["ranked_list", "intra_batch", "divide_conquer", "sharing"]
-BASELINES = ["margin", "triplet", "multi_similarity", "proxy_anchor", "contrastive"]
+
+
+def method_order() -> list[str]:
+    """Every registered method, the seed methods first (`deepmetric.methods.METHODS`, by its `kind` metadata)."""
+    from deepmetric.methods import METHODS
+
+    return METHODS.names(kind="seed") + METHODS.names(kind="baseline")
+
+
+def method_kind(name: str) -> str:
+    from deepmetric.methods import METHODS
+
+    return METHODS.meta(name)["kind"] if name in METHODS else "–"
 
 
 def make_dataset(root: Path, num_classes: int, image_size: int):
@@ -122,7 +133,7 @@ def table(results: list[dict], label: str | None = None) -> str:
 
     rows = ["| method | kind | seeds | MAP@R % | Recall@1 % | NMI % | CPU s / iteration | time vs margin | "
             "peak RSS MB |", "|---|---|---|---|---|---|---|---|---|"]
-    order = SEEDS + BASELINES
+    order = method_order()
     by: dict[str, list[dict]] = {}
     for r in results:
         if "error" not in r and r.get("label") == label:
@@ -141,7 +152,7 @@ def table(results: list[dict], label: str | None = None) -> str:
             mean = statistics.fmean(v)
             return f"{mean:.{digits}f}" + (f" ± {statistics.stdev(v):.{digits}f}" if len(v) > 1 else "")
 
-        kind = "seed" if m in SEEDS else "baseline"
+        kind = method_kind(m)
         it = per_it(rs)
         rel = f"{it / ref:.2f}×" if it is not None and ref else "–"
         rows.append(f"| `{m}` | {kind} | {len(rs)} | {fmt('map@r')} | {fmt('recall@1')} | {fmt('nmi')} | "
@@ -177,7 +188,7 @@ def seed_table(results: list[dict], ref: str = "margin") -> str:
         if "error" not in r:
             by.setdefault((r["method"], r.get("label")), {})[r["seed"]] = 100 * r["map@r"]
     seeds = sorted({s for v in by.values() for s in v})
-    order = SEEDS + BASELINES
+    order = method_order()
     base = by.get((ref, None), {})
     rows = ["| method | " + " | ".join(f"seed {s}" for s in seeds) + f" | mean | vs `{ref}` (same seeds) |",
             "|---|" + "---|" * (len(seeds) + 2)]
@@ -205,7 +216,7 @@ def _write_atomic(path: Path, text: str) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--methods", nargs="+", default=SEEDS + BASELINES)
+    ap.add_argument("--methods", nargs="+", default=None, help="default: every registered method, seeds first")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     ap.add_argument("--classes", type=int, default=100, help="glyph classes (half train, half test)")
     ap.add_argument("--size", type=int, default=32, help="image size (px)")
@@ -245,13 +256,22 @@ def main() -> None:
     if args.by_seed:
         print(seed_table([r for f in args.out.split(",") for r in json.loads(Path(f).read_text())], args.vs))
         return
+    from deepmetric.methods import METHODS
+    from deepmetric.registry import UnknownNameError
+
+    methods = args.methods or method_order()
+    try:
+        for m in methods:
+            METHODS.check(m, what="--methods entry")
+    except UnknownNameError as exc:
+        ap.error(str(exc))
     make_dataset(Path(args.data), args.classes, args.size)  # render once, before the timed runs
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else []
     done = {(r["method"], r["seed"], r.get("label")) for r in results}
     passthrough = [a for a in sys.argv[1:] if a not in ("--one",)]
     for seed in args.seeds:
-        for method in args.methods:
+        for method in methods:
             if (method, seed, args.label) in done:
                 continue
             cmd = [sys.executable, __file__, *passthrough, "--one", "--method", method, "--seed", str(seed),

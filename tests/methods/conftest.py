@@ -78,6 +78,16 @@ def tiny_backbone():
 
 
 @pytest.fixture
+def two_class_batch():
+    """Four 8-d embeddings, two pairs at opposite poles, with labels that make them (a) perfectly separated:
+    positives at distance 0, negatives at 2; (b) swapped: each positive at 2, one negative at 0 and one at 2."""
+    e = torch.zeros(8)
+    e[0] = 3.0
+    emb = torch.stack([e, e, -e, -e])
+    return emb, torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 0, 1])
+
+
+@pytest.fixture
 def simple_context():
     return SimpleContext
 

@@ -8,11 +8,11 @@ import yaml
 from deepmetric.methods import METHODS
 from deepmetric.training.config import ParameterError, parse_train
 
-SEEDS = ["ranked_list", "intra_batch", "divide_conquer", "sharing"]
+SEEDS = METHODS.names(kind="seed")
 
 
 def test_seed_methods_are_registered():
-    assert set(SEEDS) <= set(METHODS)
+    assert set(SEEDS) == {"ranked_list", "intra_batch", "divide_conquer", "sharing"} and set(SEEDS) <= set(METHODS)
 
 
 @pytest.mark.parametrize("method", SEEDS)

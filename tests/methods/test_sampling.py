@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from deepmetric.methods import METHODS
-from deepmetric.methods.baselines import MarginParams
+from deepmetric.methods.losses import MarginParams
 from deepmetric.methods.sampling import DistanceWeightedSampler, distance_weighted_triplets
 
 DIM = 512

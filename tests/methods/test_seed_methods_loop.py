@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from deepmetric.methods import METHODS
 from deepmetric.training.config import InputConfig, parse_train
 from deepmetric.training.loop import fit
 from deepmetric.training.model_io import load_model
@@ -20,7 +21,7 @@ def bars(tmp_path_factory):
     return str(root), make_bars(root, lambda c: "train" if c < 6 else "test", num_classes=10, size=32)
 
 
-@pytest.mark.parametrize("method", ["ranked_list", "intra_batch", "divide_conquer", "sharing"])
+@pytest.mark.parametrize("method", METHODS.names(kind="seed"))
 def test_seed_method_trains_in_the_loop(bars, method):
     root, manifest = bars
     blocks = {"divide_conquer": {"num_clusters": 2, "kmeans_niter": 5, "kmeans_nredo": 1},

@@ -14,6 +14,7 @@ from deepmetric.data.config import ParamsError
 from deepmetric.data.manifest import build_manifest
 from deepmetric.data.readers import read_dataset
 from deepmetric.data.transforms import InputSpec
+from deepmetric.methods import METHODS
 from deepmetric.params import ParamsCheckHook, validate_params
 from deepmetric.training.config import parse_train
 from deepmetric.training.loop import fit
@@ -22,7 +23,7 @@ from tests.data import layouts
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = available(ROOT)
-SEED_METHODS = ("divide_conquer", "intra_batch", "ranked_list", "sharing")
+SEED_METHODS = METHODS.names(kind="seed")
 # Stand-ins for what a unit test cannot have: ImageNet weights, 227 px images, a paper's epochs.
 TINY = {"train.epochs": 1, "train.steps_per_epoch": 1, "train.backbone.name": "resnet18",
         "train.backbone.pretrained": False, "train.backbone.weights_path": None, "model.resize": 40,

@@ -17,9 +17,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from deepmetric.methods import METHODS as REGISTRY
 from deepmetric.training.config import InputConfig, parse_train
 
-METHODS = ("margin", "ranked_list", "intra_batch", "divide_conquer", "sharing")
+METHODS = ("margin", *REGISTRY.names(kind="seed"))
 BLOCKS = {"divide_conquer": {"num_clusters": 2, "kmeans_niter": 5, "kmeans_nredo": 1}, "intra_batch": {"mpn_heads": 2}}
 SPEC = InputConfig(resize=32, crop=32)
 

@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from deepmetric.data.contract import DATASET_INFO
+from deepmetric.data.contract import DATASETS
 from deepmetric.data.dataset import ManifestImages
 from deepmetric.data.images import ImageLimits
 from deepmetric.data.transforms import InputSpec
@@ -58,7 +58,7 @@ def zero_shot_split(manifest: pd.DataFrame, dataset: str) -> TestSplit:
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     if test.empty:
         raise ValueError("the manifest has no `test` rows to evaluate on")
-    info = DATASET_INFO[dataset]
+    info = DATASETS[dataset]
     roles = set(test["role"])
     if info.separate_gallery or roles & {"query", "gallery"}:
         q = test[test["role"].isin(["query", "both"])].reset_index(drop=True)

@@ -1,16 +1,12 @@
 """DML methods behind one interface (`deepmetric.methods.base.Method`), selected by `train.method`.
 
-Importing this package registers every method in `METHODS`.
+One method per module; each registers itself in `METHODS` (`deepmetric.methods.base.register`). Importing this
+package imports every module in it, so a new method is one file here (plus its test and its page under
+docs/methods/): `METHODS.names()` lists every method, `METHODS.names(kind="seed")` the seed methods.
 """
 
-from deepmetric.methods import baselines  # noqa: F401  (registers the baselines)
 from deepmetric.methods.base import METHODS, BatchConfig, Method, MethodParams, register
 
-for _seed in ("ranked_list", "intra_batch", "divide_conquer", "sharing"):
-    try:
-        __import__(f"deepmetric.methods.{_seed}")
-    except ModuleNotFoundError as exc:  # a seed method not written yet
-        if exc.name != f"deepmetric.methods.{_seed}":
-            raise
+METHODS.discover(__name__)
 
 __all__ = ["METHODS", "BatchConfig", "Method", "MethodParams", "register"]

@@ -3,13 +3,15 @@
 A method is one module in this package declaring its typed hyper-parameters (`Params`, with its paper's
 defaults), its heads, its batch composition, its loss for a batch, optional per-epoch hooks, and which
 embedding is the test/export embedding. The training loop (`deepmetric.training.loop`) knows nothing else
-about it. Register a method with `@register("name")`.
+about it. A method registers itself in `METHODS` with
+``@register("name", kind="seed" | "baseline", paper=..., doc="docs/methods/<name>.md")``; being a module of this
+package is enough for it to be found (`deepmetric.methods` discovers them).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -18,6 +20,7 @@ from pydantic import BaseModel, ConfigDict
 from torch import nn
 
 from deepmetric.models.backbones import Backbone
+from deepmetric.registry import Registry
 
 
 class MethodParams(BaseModel):
@@ -179,15 +182,21 @@ class _Embedder(nn.Module):
         return self.method.embed(x)
 
 
-METHODS: dict[str, type[Method]] = {}
+# Every method, by its `train.method` name. Metadata: `kind` (seed: a paper this project reproduces; baseline: a
+# pytorch-metric-learning loss), `paper` (authors: title (venue year)), `doc` (its page under docs/methods/).
+METHODS: Registry[type[Method]] = Registry("method", required=("kind", "paper", "doc"))
+MethodKind = Literal["seed", "baseline"]
+METHOD_KINDS: tuple[str, ...] = get_args(MethodKind)
 
 
-def register(name: str):
+def register(name: str, *, kind: MethodKind, paper: str, doc: str):
+    """Class decorator: register a `Method` subclass as `train.method: name` and set its ``name``."""
+    if kind not in METHOD_KINDS:
+        raise ValueError(f"method {name!r}: kind must be one of {METHOD_KINDS}, got {kind!r}")
+
     def deco(cls: type[Method]) -> type[Method]:
-        if name in METHODS:
-            raise ValueError(f"method {name!r} registered twice")
+        METHODS.add(name, cls, kind=kind, paper=paper, doc=doc)
         cls.name = name
-        METHODS[name] = cls
         return cls
 
     return deco

@@ -15,7 +15,7 @@ freezing schedule, as the authors' TPAMI code (`merge_dataloaders`); the test em
   each re-clustering. Masks have their own absolute lr (`mask_lr`, 1e-3 = the TPAMI command's 100 × 1e-5).
 - `version: conference` (CVPR 2019): learners are fixed contiguous slices of size D/K, flat k-means into K.
 
-See `/work/shared/docs/methods.md` §3 and `docs/methods/divide_conquer.md`.
+See `docs/methods/divide_conquer.md`.
 """
 
 from __future__ import annotations
@@ -31,13 +31,13 @@ from pydantic import Field, model_validator
 from torch import nn
 
 from deepmetric.methods.base import BatchConfig, Method, MethodParams, class_balanced_batches, register
-from deepmetric.methods.baselines import MarginParams, distance_weighted_miner, margin_loss
+from deepmetric.methods.losses import MarginParams, distance_weighted_miner, margin_loss
 
 log = logging.getLogger(__name__)
 
 
 class DivideConquerParams(MarginParams):
-    # Margin loss + distance-weighted sampling (methods.md §3, TPAMI): β 1.2 fixed (not in the optimiser unless
+    # Margin loss + distance-weighted sampling (the TPAMI code): β 1.2 fixed (not in the optimiser unless
     # lr_beta > 0), γ 0.2, negatives clamped at ≥ 0.5 and only those with d < β + γ = 1.4.
     learn_beta: bool = Field(False, description="β is a fixed 1.2 in both codebases (lr_beta = 0)")
     version: Literal["journal", "conference"] = "journal"
@@ -198,7 +198,13 @@ def mask_orthogonality(masks: torch.Tensor) -> torch.Tensor:
 
 # --- the method -------------------------------------------------------------------------------------------------
 
-@register("divide_conquer")
+@register(
+    "divide_conquer",
+    kind="seed",
+    paper="Sanakoyeu, Tschernezki, Büchler, Ommer: Divide and Conquer the Embedding Space for Metric Learning "
+    "(CVPR 2019); Sanakoyeu, Ma, Tschernezki, Ommer: Improving Deep Metric Learning by Divide and Conquer (TPAMI 2021)",
+    doc="docs/methods/divide_conquer.md",
+)
 class DivideConquerMethod(Method):
     Params = DivideConquerParams
 
@@ -231,7 +237,7 @@ class DivideConquerMethod(Method):
     @classmethod
     def backbone_options(cls, params: MethodParams) -> dict[str, Any]:
         # ResNet-50 with BatchNorm statistics frozen (eval mode; γ/β still train, as `model/resnet.py` of both
-        # codebases), average pooling (methods.md §3).
+        # codebases), average pooling (docs/methods/divide_conquer.md).
         return {"pool": "avg", "frozen_bn": "stats"}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -6,7 +6,7 @@ L2-normalised f; a message-passing network (MPN) of transformer layers (multi-he
 dropout → residual → LayerNorm → FFN → dropout → residual → LayerNorm) refines every node from all the others,
 and a BatchNorm-neck classifier gives the MPN logits. Loss = CE_ls(z_backbone / τ) + CE_ls(z_mpn / τ) with label
 smoothing 0.1. The MPN is training-only: the test and ONNX embedding is normalise(f), without batch context.
-See `/work/shared/docs/methods.md` §2 and `docs/methods/intra_batch.md`.
+See `docs/methods/intra_batch.md`.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from deepmetric.methods.base import BatchConfig, Method, MethodParams, class_bal
 
 
 class IntraBatchParams(MethodParams):
-    # Defaults: the CUB config of dvl-tum/intra_batch (methods.md §2 table): τ 0.2, 1 MPN layer, 2 heads.
+    # Defaults: the CUB config of the authors' code (dvl-tum/intra_batch): τ 0.2, 1 MPN layer, 2 heads.
     temperature: float = Field(0.2, gt=0, le=10, description="τ dividing both heads' logits")
     label_smoothing: float = Field(0.1, ge=0, lt=1, description="ε of the label-smoothed cross-entropy")
     mpn_layers: int = Field(1, ge=1, le=8)
@@ -35,7 +35,7 @@ class IntraBatchParams(MethodParams):
     mpn_cat: bool = Field(False, description="classify the concatenation of all MPN layers' outputs (`cat: 1`)")
     backbone_loss_weight: float = Field(1.0, ge=0)
     mpn_loss_weight: float = Field(1.0, ge=0)
-    # CUB's NumberSampler: a new factorisation N × P of the batch size every epoch (methods.md §2).
+    # The authors' NumberSampler (their CUB config): a new factorisation N × P of the batch size every epoch.
     number_sampler: bool = Field(False, description="draw a new classes × samples factorisation each epoch")
     number_sampler_min: int = Field(2, ge=1, description="smallest N and P the NumberSampler may draw")
 
@@ -124,7 +124,12 @@ class _BackboneEmbedder(nn.Module):
         return F.normalize(self.head(self.backbone(x)), dim=-1)
 
 
-@register("intra_batch")
+@register(
+    "intra_batch",
+    kind="seed",
+    paper="Seidenschwarz, Elezi, Leal-Taixé: Learning Intra-Batch Connections for Deep Metric Learning (ICML 2021)",
+    doc="docs/methods/intra_batch.md",
+)
 class IntraBatchMethod(Method):
     Params = IntraBatchParams
 
@@ -141,7 +146,7 @@ class IntraBatchMethod(Method):
 
     @classmethod
     def backbone_options(cls, params: MethodParams) -> dict[str, Any]:
-        # Global max pooling and trainable BatchNorm (methods.md §2).
+        # Global max pooling and trainable BatchNorm, as the authors' code (docs/methods/intra_batch.md).
         return {"pool": "max", "frozen_bn": False}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:

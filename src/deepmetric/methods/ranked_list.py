@@ -12,7 +12,7 @@ between L2-normalised embeddings, α the negative boundary and m the margin:
 hinges linear in the distance (not squared). The pair weights are constants in the backward pass, as in the
 Caffe layer, whose gradient for a pair is the weight times the unit vector between the two embeddings.
 Queries combine by a mean (default) or by the Caffe layer's query weighting (each query's share of the batch's
-total raw pair weight). See `/work/shared/docs/methods.md` §4 and `docs/methods/ranked_list.md`.
+total raw pair weight). See `docs/methods/ranked_list.md`.
 
 Option `multi_level` (the paper's RLL-(L,M,H)): extra embedding heads on earlier backbone stages, each with its
 own RLL; at test the L2-normalised heads are concatenated and re-normalised.
@@ -31,16 +31,16 @@ from deepmetric.methods.base import Method, MethodParams, register
 
 
 class RankedListParams(MethodParams):
-    # methods.md §4: "the paper's headline setting is usually quoted as α = 1.2, m = 0.4, T_n = 10, embedding 512";
-    # the SOP Caffe config uses exactly these (CUB: α = 1.4, m = 0.2).
+    # The paper's headline setting is α = 1.2, m = 0.4, T_n = 10, embedding 512; the authors' SOP Caffe config
+    # uses exactly these (CUB: α = 1.4, m = 0.2).
     alpha: float = Field(1.2, gt=0, le=2, description="α: negatives closer than α are violating")
     margin: float = Field(0.4, gt=0, le=2, description="m: positives farther than α − m are violating")
     t_n: float = Field(10.0, ge=0, le=50, description="T_n: temperature of the negative weighting")
     t_p: float = Field(0.0, ge=0, le=50, description="T_p: temperature of the positive weighting (0: uniform)")
     lam: float = Field(1.0, ge=0, description="λ: weight of the negative part; L = (L_P + λ L_N) / (1 + λ)")
-    # methods.md §4: the Caffe layer weights each query by its share of the batch's total pair weight.
+    # The authors' Caffe layer weights each query by its share of the batch's total pair weight.
     query_weighting: Literal["mean", "caffe"] = Field("mean", description="mean over queries | Caffe weighting")
-    # methods.md §4: TPAMI-era layer hard-codes the boundaries to 1 ± m/2 (only m matters).
+    # The authors' TPAMI-era layer hard-codes the boundaries to 1 ± m/2 (only m matters).
     tpami_boundaries: bool = Field(False, description="use α = 1 + m/2 and α − m = 1 − m/2 (TPAMI code)")
     # RLL-(L,M,H): heads on earlier stages (0-based indices into backbone stages; the final head is implicit).
     multi_level: bool = False
@@ -129,7 +129,13 @@ class AuxHead(nn.Module):
         return self.net(fmap.mean(dim=(2, 3)))
 
 
-@register("ranked_list")
+@register(
+    "ranked_list",
+    kind="seed",
+    paper="Wang, Hua, Kodirov, Hu, Garnier, Robertson: "
+    "Ranked List Loss for Deep Metric Learning (CVPR 2019; TPAMI 2021)",
+    doc="docs/methods/ranked_list.md",
+)
 class RankedListMethod(Method):
     Params = RankedListParams
 
@@ -151,7 +157,7 @@ class RankedListMethod(Method):
 
     @classmethod
     def backbone_options(cls, params: MethodParams) -> dict[str, Any]:
-        # Inception-BN with trainable BatchNorm and average pooling (methods.md §4).
+        # The authors' Inception-BN: trainable BatchNorm and average pooling (docs/methods/ranked_list.md).
         return {"pool": "avg", "frozen_bn": False}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ steps, as the authors' code:
 Adversarial decorrelation: a regressor r (shared_dim → 512 → embedding_dim MLP) maximises
 mean((φ_c ⊙ normalise(r(φ_s)))²); both embeddings reach it through a gradient-reversal layer, so the encoders
 minimise that similarity. Backbone BatchNorm frozen. The test embedding is φ_c (option: [φ_c | φ_s]).
-See `/work/shared/docs/methods.md` §1 and `docs/methods/sharing.md`.
+See `docs/methods/sharing.md`.
 """
 
 from __future__ import annotations
@@ -30,12 +30,12 @@ from pydantic import Field
 from torch import nn
 
 from deepmetric.methods.base import BatchConfig, Method, MethodParams, class_balanced_batches, register
-from deepmetric.methods.baselines import MarginParams, distance_weighted_miner, margin_loss
+from deepmetric.methods.losses import MarginParams, distance_weighted_miner, margin_loss
 from deepmetric.methods.sampling import inverse_sphere_log_density, negative_probabilities
 
 
 class SharingParams(MarginParams):
-    # Margin loss (methods.md §1): β 1.2 learnable per class with lr 5e-4 (absolute: class_beta_lr), γ 0.2;
+    # Margin loss (the authors' code): β 1.2 learnable per class with lr 5e-4 (absolute: class_beta_lr), γ 0.2;
     # distance-weighted sampling clamped at 0.5 with the upper cut-off disabled in the authors' code (≥ 2 disables),
     # one (random positive, distance-weighted negative) triplet per anchor.
     learn_beta: bool = True
@@ -134,7 +134,12 @@ def shared_triplets(
     return anchors, positives, negatives
 
 
-@register("sharing")
+@register(
+    "sharing",
+    kind="seed",
+    paper="Milbich, Roth, Brattoli, Ommer: Sharing Matters for Generalization in Deep Metric Learning (TPAMI 2020)",
+    doc="docs/methods/sharing.md",
+)
 class SharingMethod(Method):
     Params = SharingParams
     batch_sections = 2  # [class-balanced batch | surrogate batch]
@@ -151,7 +156,7 @@ class SharingMethod(Method):
     @classmethod
     def backbone_options(cls, params: MethodParams) -> dict[str, Any]:
         # ResNet-50 with BatchNorm statistics frozen (eval mode; γ/β stay in the optimiser, as `netlib.py` of the
-        # authors' code), average pooling (methods.md §1).
+        # authors' code), average pooling (docs/methods/sharing.md).
         return {"pool": "avg", "frozen_bn": "stats"}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -191,11 +191,10 @@ class TrainConfig(BaseModel):
 
     @model_validator(mode="after")
     def _method(self) -> TrainConfig:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown train.method {self.method!r}; choose one of {sorted(METHODS)}")
+        METHODS.check(self.method, what="train.method")
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
-            raise ValueError(f"train.methods has blocks for unknown methods {unknown}; known: {sorted(METHODS)}")
+            raise ValueError(f"train.methods has blocks for unknown methods {unknown}; known: {METHODS.names()}")
         world = self.distributed.world_size
         if world > 1 and self.batch.size % world:
             raise ValueError(

@@ -16,15 +16,17 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from deepmetric.data.config import ParamsError, parse_params
+from deepmetric.data.contract import DATASETS as ALL_DATASETS
 
 PRESET_DIR = Path("conf") / "presets"
-DATASETS = ("cub", "cars196", "sop", "inshop")
+# A preset is one paper's setting on one published benchmark dataset.
+DATASETS = tuple(ALL_DATASETS.names(kind="benchmark"))
 
 
 class PresetParams(BaseModel):
@@ -49,11 +51,18 @@ class PresetFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str
-    dataset: Literal["cub", "cars196", "sop", "inshop"]
+    dataset: str
     paper: str
     expect: Expectation
     train: dict[str, Any]
     model: dict[str, Any]
+
+    @field_validator("dataset")
+    @classmethod
+    def _benchmark(cls, name: str) -> str:
+        if name not in DATASETS:
+            raise ValueError(f"must be one of the benchmark datasets {list(DATASETS)}, got {name!r}")
+        return name
 
 
 def available(root: str | Path = ".") -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepmetric.data.contract import DATASET_INFO, MANIFEST_COLUMNS, ROLES, SPLITS
+from deepmetric.data.contract import DATASETS, MANIFEST_COLUMNS, ROLES, SPLITS
 from deepmetric.data.images import ImageLimits
 from deepmetric.validation.params import ValidateParams
 
@@ -99,7 +99,7 @@ def _build_suite(gx, df: pd.DataFrame, dataset: str, params: ValidateParams) -> 
         add(f"allowed values: dataset is '{dataset}'",
             E.ExpectColumnValuesToBeInSet(column="dataset", value_set=[dataset]))
     if {"split", "role"} <= cols:
-        info = DATASET_INFO.get(dataset)
+        info = DATASETS.get(dataset)
         test_roles = ["query", "gallery"] if info is not None and info.separate_gallery else ["both"]
         add("roles: train/val rows are 'both'",
             E.ExpectColumnValuesToBeInSet(column="role", value_set=["both"], row_condition='split != "test"',
@@ -135,7 +135,7 @@ def _build_suite(gx, df: pd.DataFrame, dataset: str, params: ValidateParams) -> 
     if "sha256_split_count" in cols:
         add("no identical file bytes across splits (leakage)",
             E.ExpectColumnValuesToBeBetween(column="sha256_split_count", min_value=1, max_value=1))
-    info = DATASET_INFO.get(dataset)
+    info = DATASETS.get(dataset)
     if params.known_counts and info is not None and info.num_images is not None:
         add(f"known image count of {dataset}: {info.num_images}", E.ExpectTableRowCountToEqual(value=info.num_images))
         if "label" in cols and info.num_classes is not None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo
 from deepmetric.data.readers.common import (
     DatasetLayoutError,
     assign_val,
@@ -63,6 +64,7 @@ def _scalar_int(v, where: str) -> int:
         raise DatasetLayoutError(f"{where}: expected an integer class, got {v!r}") from None
 
 
+@LAYOUTS.register("cars196", doc="docs/datasets.md")
 def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = "cars196") -> pd.DataFrame:
     root = Path(root)
     rows: list[tuple[str, int]] = []
@@ -95,3 +97,12 @@ def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = 
     df["split"] = ["train" if lab in train else "test" for lab in df["label"]]
     df["role"] = "both"
     return finish(assign_val(df, val_classes), dataset)
+
+
+DATASETS.add(
+    "cars196",
+    DatasetInfo(layout="cars196", recall_ks=(1, 2, 4, 8), num_images=16185, num_classes=196, num_train_classes=98,
+                num_test_classes=98),
+    kind="benchmark",
+    doc="docs/datasets.md",
+)

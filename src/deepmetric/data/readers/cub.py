@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo
 from deepmetric.data.readers.common import (
     DatasetLayoutError,
     assign_val,
@@ -43,6 +44,7 @@ def _int(value: str, where: str) -> int:
         raise DatasetLayoutError(f"{where}: expected an integer id, got {value!r}") from None
 
 
+@LAYOUTS.register("cub", doc="docs/datasets.md")
 def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = "cub") -> pd.DataFrame:
     root = Path(root)
     images_txt = require_file(root, "images.txt", what="CUB layout")
@@ -74,3 +76,12 @@ def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = 
     df["split"] = ["train" if lab in train else "test" for lab in df["label"]]
     df["role"] = "both"
     return finish(assign_val(df, val_classes), dataset)
+
+
+DATASETS.add(
+    "cub",
+    DatasetInfo(layout="cub", recall_ks=(1, 2, 4, 8), num_images=11788, num_classes=200, num_train_classes=100,
+                num_test_classes=100),
+    kind="benchmark",
+    doc="docs/datasets.md",
+)

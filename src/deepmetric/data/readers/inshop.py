@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo
 from deepmetric.data.readers.common import DatasetLayoutError, assign_val, finish, is_appledouble, require_file
 
 HEADER = ["image_name", "item_id", "evaluation_status"]
 STATUS_SPLIT_ROLE = {"train": ("train", "both"), "query": ("test", "query"), "gallery": ("test", "gallery")}
 
 
+@LAYOUTS.register("inshop", doc="docs/datasets.md")
 def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = "inshop") -> pd.DataFrame:
     root = Path(root)
     path = require_file(root, "Eval/list_eval_partition.txt", "list_eval_partition.txt",
@@ -52,3 +54,12 @@ def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = 
     df = pd.DataFrame(rows, columns=["path", "label", "class_name", "split", "role"])
     df = df[~df["path"].map(is_appledouble)].copy()
     return finish(assign_val(df, val_classes), dataset)
+
+
+DATASETS.add(
+    "inshop",
+    DatasetInfo(layout="inshop", recall_ks=(1, 10, 20, 30, 40, 50), num_images=52712, num_classes=7982,
+                num_train_classes=3997, num_test_classes=3985, separate_gallery=True),
+    kind="benchmark",
+    doc="docs/datasets.md",
+)

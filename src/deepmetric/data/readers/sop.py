@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo
 from deepmetric.data.readers.common import DatasetLayoutError, assign_val, finish, is_appledouble, require_file
 
 HEADER = ["image_id", "class_id", "super_class_id", "path"]
@@ -32,6 +33,7 @@ def _read_list(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "label"])
 
 
+@LAYOUTS.register("sop", doc="docs/datasets.md")
 def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = "sop") -> pd.DataFrame:
     root = Path(root)
     parts = []
@@ -49,3 +51,12 @@ def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = 
     df["class_name"] = category + "/" + product
     df["role"] = "both"
     return finish(assign_val(df, val_classes), dataset)
+
+
+DATASETS.add(
+    "sop",
+    DatasetInfo(layout="sop", recall_ks=(1, 10, 100, 1000), num_images=120053, num_classes=22634,
+                num_train_classes=11318, num_test_classes=11316),
+    kind="benchmark",
+    doc="docs/datasets.md",
+)

