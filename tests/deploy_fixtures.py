@@ -112,11 +112,11 @@ def make_bundle(dest: Path, root: Path, manifest: pd.DataFrame, onnx_bytes: byte
                 index: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                 bundle: dict[str, Any] | None = None) -> Path:
     """Build a bundle folder at ``dest`` through the real index + bundle code and the catalog's dataset."""
+    from deepmetric.bundle.build import build_bundle
+    from deepmetric.bundle.config import BundleParams
     from deepmetric.index.config import IndexParams
     from deepmetric.index.gallery import build_gallery_index
     from deepmetric.io.datasets import FileTreeDataset
-    from deepmetric.serving.bundle import build_bundle
-    from deepmetric.serving.config import BundleParams
 
     data, ids, report = build_gallery_index(onnx_bytes, manifest, root, IndexParams(**(index or {})))
     files = build_bundle(onnx_bytes, data, ids, evaluated(onnx_bytes, metrics),

@@ -284,7 +284,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = ap.parse_args()
 
-    from deepmetric.serving.bundle import load_bundle
+    from deepmetric.bundle import load_bundle
 
     if args.make_untrained:
         args.bundle = str(make_untrained(Path(args.make_untrained)))

@@ -1,4 +1,4 @@
-"""Thin node: parameters → typed config → `deepmetric.serving.bundle.build_bundle`."""
+"""Thin node: parameters → typed config → `deepmetric.bundle.build.build_bundle`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import pandas as pd
 
 from deepmetric.data.config import DataParams, parse_params
-from deepmetric.serving.bundle import build_bundle
-from deepmetric.serving.config import BundleParams
+from deepmetric.bundle.build import build_bundle
+from deepmetric.bundle.config import BundleParams
 
 
 def make_bundle(

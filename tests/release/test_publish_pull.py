@@ -127,7 +127,7 @@ def world(tmp_path_factory):
 
     from deepmetric.data.images import open_image
     from deepmetric.data.transforms import eval_image
-    from deepmetric.serving.bundle import load_bundle
+    from deepmetric.bundle import load_bundle
 
     tmp = tmp_path_factory.mktemp("release")
     # `make release` on the built-in set: a local-folder default remote in .dvc/config.local (not in git).
@@ -282,7 +282,7 @@ def _tampered_remote(world, tmp_path, name: str, change) -> Path:
 
 
 def test_tampered_remote_objects_are_refused(world, tmp_path):
-    from deepmetric.serving.bundle import restamp
+    from deepmetric.bundle.writer import restamp
 
     def flip_model(objs):
         path = objs["model.onnx"]

@@ -66,8 +66,8 @@ def test_declared_dependencies_are_pinned_and_serve_has_no_training_stack():
 
 
 @pytest.fixture(scope="module")
-def bundle(page_bundle):  # tests/serving/conftest.py: shared with the page tests
-    return page_bundle
+def bundle(deploy_bundle):  # tests/conftest.py: the session's default bundle
+    return deploy_bundle
 
 
 PROBE = r"""
@@ -79,7 +79,7 @@ with contextlib.redirect_stdout(io.StringIO()) as out:
     main(["search", "--bundle", bundle, image, "-k", "3"])
 from fastapi.testclient import TestClient
 from deepmetric.serving.app import create_app
-from deepmetric.serving.bundle import load_bundle
+from deepmetric.bundle import load_bundle
 with TestClient(create_app(load_bundle(bundle))) as c:
     assert c.get("/").status_code == 200
     r = c.post("/v1/search?k=2", files={"image": ("q.png", open(image, "rb").read())})

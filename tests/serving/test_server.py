@@ -97,9 +97,9 @@ env_pid: list[int] = []  # the module server's process id (it serves in-process 
 
 
 @pytest.fixture(scope="module")
-def env(page_bundle):
-    """A server of its own over the session's default bundle (tests/serving/conftest.py; tests copy it to alter it)."""
-    bundle, root, manifest = page_bundle
+def env(deploy_bundle):
+    """A server of its own over the session's default bundle (tests/conftest.py; tests copy it to alter it)."""
+    bundle, root, manifest = deploy_bundle
     proc, base = start_server(bundle)
     env_pid[:] = [proc.pid]
     yield base, bundle, root, manifest
@@ -126,7 +126,7 @@ def test_embed_matches_the_bundle_model(env):
     got = np.array([e["embedding"] for e in body["embeddings"]], dtype=np.float32)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     # Same numbers as the index stage's own preprocessing + model (the vectors stored in the index).
-    from deepmetric.serving.bundle import load_bundle
+    from deepmetric.bundle import load_bundle
 
     b = load_bundle(bundle)
     stored = b.index.reconstruct_n(0, 2)

@@ -1,6 +1,5 @@
-"""The deploy bundle (build, load, verify) and the HTTP service over it."""
+"""The HTTP service over a verified bundle (the bundle itself: :mod:`deepmetric.bundle`)."""
 
-from deepmetric.serving.bundle import Bundle, BundleError, build_bundle, load_bundle, read_manifest
-from deepmetric.serving.config import BundleParams, ServerSettings
+from deepmetric.serving.config import ServerSettings
 
-__all__ = ["Bundle", "BundleError", "BundleParams", "ServerSettings", "build_bundle", "load_bundle", "read_manifest"]
+__all__ = ["ServerSettings"]

@@ -39,7 +39,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from deepmetric.data.images import ImageDecodeError, ImageTooLargeError
 from deepmetric.data.transforms import load_eval_image
-from deepmetric.serving.bundle import Bundle, BundleError, load_bundle
+from deepmetric.bundle import Bundle, BundleError, load_bundle
 from deepmetric.serving.config import ADMIN_TOKEN_ENV, BUNDLE_ENV, BUNDLE_SOURCE_ENV, SUPERVISED_ENV, ServerSettings
 from deepmetric.serving.state import Served, ServingState, bundle_summary
 

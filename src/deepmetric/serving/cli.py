@@ -108,7 +108,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _load(root: str, threads: int = 0):
-    from deepmetric.serving.bundle import BundleError, load_bundle
+    from deepmetric.bundle import BundleError, load_bundle
 
     try:
         return load_bundle(root, threads=threads)
@@ -120,7 +120,7 @@ def _load(root: str, threads: int = 0):
 def verify_in_child(root: str, threads: int) -> dict:
     """Load and verify a bundle; its summary, or ``{"error": message}`` (run in a child process by `serve
     --workers N`, so that the supervisor does not keep a copy of the model and index)."""
-    from deepmetric.serving.bundle import BundleError, load_bundle
+    from deepmetric.bundle import BundleError, load_bundle
 
     try:
         return _summary(load_bundle(root, threads=threads))
@@ -252,8 +252,8 @@ def _gallery(args: argparse.Namespace) -> int:
     import csv
     from pathlib import Path
 
-    from deepmetric.serving.bundle import BundleError
-    from deepmetric.serving.gallery import GalleryError, NewItem, update_gallery
+    from deepmetric.bundle import BundleError
+    from deepmetric.bundle.gallery import GalleryError, NewItem, update_gallery
 
     kw: dict = {}
     if args.gallery_command == "add":
@@ -281,7 +281,7 @@ def _gallery(args: argparse.Namespace) -> int:
         limits = _image_limits(args)
         if limits is None:
             return EXIT_BAD_INPUT
-        kw = {"add": items, "max_pixels": limits.max_pixels, "max_aspect_ratio": limits.max_aspect_ratio}
+        kw = {"add": items, "limits": limits.limits}
     else:
         kw = {"remove": args.ids}
     try:

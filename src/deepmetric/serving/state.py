@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from deepmetric.bundle import Bundle, BundleError, load_bundle
 from deepmetric.serving.batching import DynamicBatcher
-from deepmetric.serving.bundle import Bundle, BundleError, load_bundle
 from deepmetric.serving.config import ServerSettings
 
 __all__ = ["Served", "ServingState", "bundle_summary"]

@@ -9,18 +9,20 @@ import shutil
 import pytest
 from PIL import Image
 
-from deepmetric.serving.bundle import MANIFEST_FILE, BundleError, build_bundle, load_bundle, sha256
-from deepmetric.serving.config import BundleParams
+from deepmetric.bundle import BundleError, load_bundle
+from deepmetric.bundle.build import build_bundle
+from deepmetric.bundle.config import BundleParams
+from deepmetric.bundle.format import MANIFEST_FILE, manifest_sha256, sha256
 from tests.deploy_fixtures import evaluated, make_bundle, onnx_model
 
 
 @pytest.fixture(scope="module")
-def data(page_data):
-    return page_data
+def data(deploy_data):
+    return deploy_data
 
 
-def test_thumbnails_are_small_images_in_gallery_order(page_bundle):
-    folder, root, manifest = page_bundle  # tests/serving/conftest.py: default bundle parameters
+def test_thumbnails_are_small_images_in_gallery_order(deploy_bundle):
+    folder, root, manifest = deploy_bundle  # tests/conftest.py: default bundle parameters
     b = load_bundle(folder)
     info = b.manifest["thumbnails"]
     assert info["files"] == ["thumbnails-00000.parquet"] and info["count"] == b.gallery_size == 36
@@ -76,13 +78,11 @@ def test_unreadable_gallery_image_names_it(data, tmp_path):
 
 
 def test_manifest_cannot_name_other_files_as_thumbnails(data, tmp_path):
-    import deepmetric.serving.bundle as B
-
     tmp, root, manifest = data
     folder = make_bundle(tmp_path / "b", root, manifest, onnx_model())
     m = json.loads((folder / MANIFEST_FILE).read_text())
     m["thumbnails"]["files"] = ["../../etc/passwd"]
-    m["manifest_sha256"] = sha256(B._canonical(m))
+    m["manifest_sha256"] = manifest_sha256(m)
     (folder / MANIFEST_FILE).write_text(json.dumps(m))
     with pytest.raises(BundleError, match="thumbnails-NNNNN.parquet"):
         load_bundle(folder)

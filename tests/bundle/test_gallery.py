@@ -11,15 +11,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deepmetric.serving.bundle import BundleError, load_bundle
-from deepmetric.serving.gallery import GalleryError, NewItem, update_gallery
+from deepmetric.bundle import BundleError, load_bundle
+from deepmetric.bundle.gallery import GalleryError, NewItem, update_gallery
+from deepmetric.data.images import ImageLimits
 from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, onnx_model, png_bytes
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, page_bundle):
-    """The session's default bundle (tests/serving/conftest.py; only read here: updates go to new folders)."""
-    bundle, root, _ = page_bundle
+def env(tmp_path_factory, deploy_bundle):
+    """The session's default bundle (tests/conftest.py; only read here: updates go to new folders)."""
+    bundle, root, _ = deploy_bundle
     tmp = tmp_path_factory.mktemp("gallery")
     new = tmp / "new"
     new.mkdir()
@@ -137,3 +138,16 @@ def test_gallery_cli(env, tmp_path):
     proc = cli("add", "--bundle", str(dest), str(new / "n2.png"))
     assert proc.returncode == 3 and "--label" in proc.stderr
     assert np.array_equal(load_bundle(dest).ids["id"].to_numpy(), [*range(1, 36), 37])
+
+
+def test_limits_reach_the_decode_of_added_images(env, tmp_path):
+    """``limits=`` is what the added images are checked against: n0.png (44×40) passes the defaults, not an aspect
+    ratio limit of 1.05:1 nor a pixel limit of 1,000; nothing is written."""
+    tmp, root, src, new = env
+    image = NewItem(str(new / "n0.png"), 7)
+    with pytest.raises(GalleryError, match=r"n0.png: refused as too thin.*limit of 1.05:1 \(parameter max_aspect_ratio\)"):
+        update_gallery(src, tmp_path / "a", add=[image], limits=ImageLimits(max_aspect_ratio=1.05))
+    with pytest.raises(GalleryError, match=r"n0.png: refused as a decompression bomb.*limit of 1,000 \(parameter max_pixels\)"):
+        update_gallery(src, tmp_path / "b", add=[image], limits=ImageLimits(max_pixels=1_000))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert update_gallery(src, tmp_path / "c", add=[image])["added_ids"] == [36]

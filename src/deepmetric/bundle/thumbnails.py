@@ -11,18 +11,14 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-SHARD_PATTERN = re.compile(r"^thumbnails-\d{5}\.parquet$")
+from deepmetric.bundle.format import shard_name
+
 MEDIA_TYPES = {"webp": "image/webp", "jpeg": "image/jpeg"}
-
-
-def shard_name(i: int) -> str:
-    return f"thumbnails-{i:05d}.parquet"
 
 
 def encode_thumbnail(img: Any, size: int, fmt: str, quality: int) -> bytes:
