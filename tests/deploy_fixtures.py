@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,13 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 
+from tests.fixtures import png_bytes
+
 CROP = 32
 EMBED_DIM = 16
 
 PALETTE = [(220, 30, 30), (30, 160, 40), (30, 60, 220), (230, 200, 20), (150, 40, 180), (20, 190, 200),
            (240, 120, 20), (90, 90, 90)]
-
-
-def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 def draw_image(cls: int, j: int, size: tuple[int, int] = (40, 36)) -> Image.Image:

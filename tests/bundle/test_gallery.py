@@ -14,7 +14,8 @@ import pytest
 from deepmetric.bundle import BundleError, load_bundle
 from deepmetric.bundle.gallery import GalleryError, NewItem, update_gallery
 from deepmetric.data.images import ImageLimits
-from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, onnx_model, png_bytes
+from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, onnx_model
+from tests.fixtures import png_bytes
 
 
 @pytest.fixture(scope="module")

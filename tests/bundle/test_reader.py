@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
@@ -14,6 +12,7 @@ import pytest
 from deepmetric.bundle import BundleError, load_bundle, read_manifest
 from deepmetric.bundle.format import MANIFEST_FILE, PAYLOAD_FILES, manifest_sha256, sha256
 from tests.deploy_fixtures import EMBED_DIM, onnx_model
+from tests.server_fixtures import deepmetric
 
 FILES = ["model.onnx", "index.faiss", "ids.parquet", "manifest.json", "thumbnails-00000.parquet"]
 
@@ -57,8 +56,7 @@ def test_one_changed_byte_in_any_file_is_refused(built, tmp_path, name):
     if name != "model.onnx":
         return
     # The CLI refuses such a bundle with the message and a non-zero exit status (once: it is slow to start).
-    proc = subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", "info", "--bundle", str(copy)],
-                          capture_output=True, text=True, timeout=120)
+    proc = deepmetric("info", "--bundle", str(copy))
     assert proc.returncode == 2 and name in proc.stderr and "bundle refused" in proc.stderr
 
 

@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from tests.pipelines.test_chain import run
-from tests.release.test_publish_pull import build_repo, host
+from tests.project_fixtures import build_repo, run
+from tests.server_fixtures import host
 
 pytestmark = pytest.mark.slow
 

@@ -3,16 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from tests.deploy_fixtures import make_bundle, make_dataset, onnx_model
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", *args], capture_output=True, text=True, timeout=120)
+from tests.server_fixtures import deepmetric as cli
 
 
 @pytest.fixture(scope="module")

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from tests.fixtures import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINING_STACK = {"torch", "torchvision", "kedro", "kedro_datasets", "dvc", "great_expectations", "sklearn",
@@ -98,14 +99,6 @@ def test_serving_path_imports_no_training_stack(bundle):
     assert not loaded & TRAINING_STACK, f"the serving path imported {sorted(loaded & TRAINING_STACK)}"
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow  # ~100 s (pip install from its cache / PyPI); .ci/run runs it after `make test`
 @pytest.mark.skipif(shutil.which("git") is None, reason="needs git to list the tracked sources")
 def test_wheel_installed_with_the_serve_extra_serves_a_bundle(bundle, tmp_path):
@@ -145,7 +138,7 @@ def test_wheel_installed_with_the_serve_extra_serves_a_bundle(bundle, tmp_path):
     assert found.returncode == 0, found.stderr
     top = json.loads(found.stdout)["results"][0]["neighbors"][0]
     assert top["path"] == manifest[manifest["split"] == "test"]["path"].iloc[5] and top["score"] > 0.999
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([cli, "serve", "--bundle", str(folder), "--port", str(port), "--log-level", "warning"],
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
