@@ -29,15 +29,15 @@ TRAINING_STACK = ("torch", "torchvision", "kedro", "kedro_datasets", "great_expe
 
 
 def deepmetric(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`deepmetric ARGS` in a process of its own (``python -m deepmetric.serving.cli``), output captured as text."""
-    return subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", *args], capture_output=True, text=True,
+    """`deepmetric ARGS` in a process of its own (``python -m deepmetric.cli``), output captured as text."""
+    return subprocess.run([sys.executable, "-m", "deepmetric.cli", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
 def deepmetric_here(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """`deepmetric ARGS` in this process (cheaper than a process each), stdout and stderr captured; its exit
     status as the program would have it (``main`` raises SystemExit for usage errors and refused bundles)."""
-    from deepmetric.serving.cli import main
+    from deepmetric.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     old = os.getcwd()
@@ -60,7 +60,7 @@ def host_cmd(*args: str) -> list[str]:
     code = ("import runpy, sys\n"
             f"for m in {TRAINING_STACK!r}: sys.modules[m] = None\n"
             f"sys.argv = ['deepmetric', *{list(args)!r}]\n"
-            "runpy.run_module('deepmetric.serving.cli', run_name='__main__')\n")
+            "runpy.run_module('deepmetric.cli', run_name='__main__')\n")
     return [sys.executable, "-c", code]
 
 
@@ -119,7 +119,7 @@ def start_server(bundle: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     """`deepmetric serve` over ``bundle`` (with the small limits above and ``extra`` flags) on a free port;
     (the process, its base URL) once it answers /healthz."""
     port = free_port()
-    cmd = [sys.executable, "-m", "deepmetric.serving.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "deepmetric.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
            "--port", str(port), "--max-upload-bytes", str(MAX_UPLOAD), "--max-pixels", str(MAX_PIXELS),
            "--max-images", str(MAX_IMAGES), "--log-level", "warning", *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})

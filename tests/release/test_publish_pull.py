@@ -89,7 +89,7 @@ def world(tmp_path_factory):
         build_outputs(project, version)
         revisions[version] = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
         if version == 1:  # the command as a user runs it
-            proc = run([sys.executable, "-m", "deepmetric.serving.cli", "publish", "v1", "--git-remote", "origin"],
+            proc = run([sys.executable, "-m", "deepmetric.cli", "publish", "v1", "--git-remote", "origin"],
                        project)
         else:
             proc = cli("publish", "v2", "--git-remote", "origin", cwd=project)

@@ -73,7 +73,7 @@ def bundle(deploy_bundle):  # tests/conftest.py: the session's default bundle
 
 PROBE = r"""
 import io, json, sys, contextlib
-from deepmetric.serving.cli import main
+from deepmetric.cli import main
 bundle, image = sys.argv[1], sys.argv[2]
 with contextlib.redirect_stdout(io.StringIO()) as out:
     main(["info", "--bundle", bundle])

@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from tests.deploy_fixtures import draw_image
-from tests.fixtures import free_port, png_bytes
-from tests.server_fixtures import (MAX_IMAGES, MAX_PIXELS, MAX_UPLOAD, deepmetric, multipart, post_images, raw_http,
-                                   request, start_server, stop)
+from tests.fixtures import png_bytes
+from tests.server_fixtures import (MAX_IMAGES, MAX_PIXELS, MAX_UPLOAD, multipart, post_images, raw_http, request,
+                                   start_server, stop)
 
 env_pid: list[int] = []  # the module server's process id (it serves in-process with one worker)
 
@@ -167,17 +167,3 @@ def test_multi_worker_mode(env):
         assert proc.pid not in pids
     finally:
         stop(proc)
-
-
-def test_serve_refuses_a_tampered_bundle(env, tmp_path):
-    import shutil
-
-    _, bundle, *_ = env
-    copy = tmp_path / "b"
-    shutil.copytree(bundle, copy)
-    data = bytearray((copy / "index.faiss").read_bytes())
-    data[-5] ^= 0xFF
-    (copy / "index.faiss").write_bytes(bytes(data))
-    for workers in ("1", "2"):  # with several workers the supervisor verifies it in a child process
-        proc = deepmetric("serve", "--bundle", str(copy), "--port", str(free_port()), "--workers", workers)
-        assert proc.returncode == 2 and "index.faiss" in proc.stderr and "sha256" in proc.stderr, proc.stderr
