@@ -27,3 +27,30 @@ def page_server_without_thumbnails(deploy_data):
     yield base, bundle, root, manifest
     stop(proc)
 
+
+@pytest.fixture(scope="session")
+def loaded(deploy_bundle):
+    """The session's default bundle, loaded once (read-only; every app made from it has its own state)."""
+    from deepmetric.bundle import load_bundle
+
+    return load_bundle(deploy_bundle[0])
+
+
+@pytest.fixture()
+def client(loaded):
+    """``client(settings=None, **create_app_kwargs)``: a TestClient (lifespan run) over the real app and the
+    session's bundle; closed at the end of the test."""
+    from fastapi.testclient import TestClient
+
+    from deepmetric.serving.app import create_app
+
+    opened = []
+
+    def make(settings=None, **kw):
+        c = TestClient(create_app(loaded, settings, **kw))
+        opened.append(c.__enter__())
+        return c
+
+    yield make
+    for c in opened:
+        c.__exit__(None, None, None)
