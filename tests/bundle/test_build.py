@@ -84,8 +84,9 @@ def test_built_files_are_the_declared_ones_and_load(built, tmp_path):
 
     tmp, root, manifest, onnx_bytes, _ = built
     index_bytes, ids, report = build_gallery_index(onnx_bytes, manifest, root, IndexParams())
-    files = build_bundle(onnx_bytes, index_bytes, ids, evaluated(onnx_bytes), BundleParams(thumbnails={"shard_items": 20}),
-                         index_report=report, image_root=str(root), created="2026-01-02T03:04:05+00:00")
+    files = build_bundle(onnx_bytes, index_bytes, ids, evaluated(onnx_bytes),
+                         BundleParams(thumbnails={"shard_items": 20}), index_report=report, image_root=str(root),
+                         created="2026-01-02T03:04:05+00:00")
     m = json.loads(files[MANIFEST_FILE])
     assert sorted(files) == sorted([*declared_files(m), MANIFEST_FILE])
     assert m["thumbnails"]["files"] == ["thumbnails-00000.parquet", "thumbnails-00001.parquet"]

@@ -21,7 +21,8 @@ from deepmetric.bundle.format import (
     timestamp,
 )
 
-MANIFEST = {"format": "deepmetric-bundle/1", "b": [1, 2], "a": {"y": "é", "x": None}, "files": {"model.onnx": "0" * 64}}
+MANIFEST = {"format": "deepmetric-bundle/1", "b": [1, 2], "a": {"y": "é", "x": None},
+            "files": {"model.onnx": "0" * 64}}
 
 
 def test_manifest_sha256_is_the_hash_of_the_canonical_json_without_itself():

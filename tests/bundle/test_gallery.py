@@ -114,9 +114,11 @@ def test_limits_reach_the_decode_of_added_images(env, tmp_path):
     ratio limit of 1.05:1 nor a pixel limit of 1,000; nothing is written."""
     tmp, root, src, new = env
     image = NewItem(str(new / "n0.png"), 7)
-    with pytest.raises(GalleryError, match=r"n0.png: refused as too thin.*limit of 1.05:1 \(parameter max_aspect_ratio\)"):
+    with pytest.raises(GalleryError, match=r"n0.png: refused as too thin.*limit of 1.05:1 "
+                                           r"\(parameter max_aspect_ratio\)"):
         update_gallery(src, tmp_path / "a", add=[image], limits=ImageLimits(max_aspect_ratio=1.05))
-    with pytest.raises(GalleryError, match=r"n0.png: refused as a decompression bomb.*limit of 1,000 \(parameter max_pixels\)"):
+    with pytest.raises(GalleryError, match=r"n0.png: refused as a decompression bomb.*limit of 1,000 "
+                                           r"\(parameter max_pixels\)"):
         update_gallery(src, tmp_path / "b", add=[image], limits=ImageLimits(max_pixels=1_000))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert update_gallery(src, tmp_path / "c", add=[image])["added_ids"] == [36]

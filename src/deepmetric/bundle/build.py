@@ -1,9 +1,9 @@
 """Build a bundle from the pipeline's artefacts (the `bundle` stage): :func:`build_bundle`.
 
-Before anything is packaged, the artefacts must belong together — the index was embedded by this model, the index
-report describes this index and these ids, the metrics are this model's — and the model must pass the
-``bundle.require`` gate. The files then go through the one writer (:mod:`deepmetric.bundle.writer`), and the result
-is checked as :func:`~deepmetric.bundle.reader.load_bundle` will check it.
+Before anything is packaged, the artefacts must belong together — the model's output dimension is the index's, the
+ids are the index rows, the index was embedded by this model, the index report describes this index and these ids,
+the metrics are this model's — and the model must pass the ``bundle.require`` gate. The files and their manifest
+are laid out by the one writer (:mod:`deepmetric.bundle.writer`); the catalog's dataset writes the folder.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Read and verify a bundle (the server, the CLI, gallery updates, `deepmetric pull`): :func:`load_bundle`.
 
-Nothing is trusted before it is checked: the manifest's own hash, every file's sha256, the model runs, model output
-dimension = index dimension = manifest dimension, the ids match the index, and the lineage (the index was built by
-this model, ``accepted_on`` holds this model's metrics). Any failure is a :class:`~deepmetric.bundle.format.BundleError`
-naming the file. Imports neither torch nor Kedro.
+Nothing is trusted before it is checked: the manifest's own hash, every file's sha256, the model runs, model
+output dimension = index dimension = manifest dimension, the ids match the index, and the lineage (the index was
+built by this model, ``accepted_on`` holds this model's metrics). Any failure is a
+:class:`~deepmetric.bundle.format.BundleError` naming the file. Imports neither torch nor Kedro.
 """
 
 from __future__ import annotations

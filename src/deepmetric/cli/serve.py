@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
-from deepmetric.cli.common import EXIT_BAD_BUNDLE, EXIT_BAD_INPUT, add_limit_flags, image_limits, load_bundle_or_exit, say
+from deepmetric.cli.common import (EXIT_BAD_BUNDLE, EXIT_BAD_INPUT, add_limit_flags, image_limits,
+                                   load_bundle_or_exit, say)
 
 
 def register(sub) -> None:
@@ -59,7 +61,7 @@ def _admin_token(path: str | None) -> str | None:
     token = os.environ.get(ADMIN_TOKEN_ENV) or None
     if path:
         try:
-            token = open(path, encoding="utf-8").read().strip()
+            token = Path(path).read_text(encoding="utf-8").strip()
         except OSError as e:
             raise ValueError(f"cannot read --admin-token-file {path}: {e.strerror or e}") from None
         if len(token) < 16:
@@ -68,7 +70,8 @@ def _admin_token(path: str | None) -> str | None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from deepmetric.serving.config import ADMIN_TOKEN_ENV, BUNDLE_ENV, BUNDLE_SOURCE_ENV, SUPERVISED_ENV, ServerSettings
+    from deepmetric.serving.config import (ADMIN_TOKEN_ENV, BUNDLE_ENV, BUNDLE_SOURCE_ENV, SUPERVISED_ENV,
+                                           ServerSettings)
     from deepmetric.serving.http import bind_tcp_socket
     from deepmetric.serving.runner import describe, serve_single, serve_workers, verify_in_child
 

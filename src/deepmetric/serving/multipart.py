@@ -2,8 +2,8 @@
 
 Plain functions of the body's bytes, its Content-Type and the limits — no request, no HTTP — so that every
 refusal is testable on its own. The router reads the body (refusing more than ``max_upload_bytes``) and calls
-:func:`require_multipart` before, :func:`parse_images` after. Parsing is Starlette's multipart parser (python-multipart
-underneath), the one ``Request.form()`` uses, run on the body already read.
+:func:`require_multipart` before, :func:`parse_images` after. Parsing is Starlette's multipart parser
+(python-multipart underneath), the one ``Request.form()`` uses, run on the body already read.
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ __all__ = ["FIELD", "MAX_FIELDS", "check_framing", "parse_images", "require_mult
 def require_multipart(content_type: str) -> None:
     """415 unless the request says multipart/form-data (checked before the body is read)."""
     if not content_type.lower().startswith("multipart/form-data"):
-        raise ApiError(415, "not_multipart",
-                       f"send images as multipart/form-data in the field {FIELD!r} (got Content-Type {content_type!r})")
+        raise ApiError(415, "not_multipart", f"send images as multipart/form-data in the field {FIELD!r} "
+                                             f"(got Content-Type {content_type!r})")
 
 
 def check_framing(content_type: str, body: bytes) -> None:
@@ -40,9 +40,8 @@ def check_framing(content_type: str, body: bytes) -> None:
     if not boundary:
         raise ApiError(400, "bad_multipart", "malformed multipart body: the Content-Type has no boundary parameter")
     if b"--" + boundary + b"--" not in body:
-        raise ApiError(400, "bad_multipart",
-                       f"malformed multipart body: not terminated (no closing delimiter --{boundary.decode('latin-1')}--;"
-                       f" {len(body):,} bytes received)")
+        raise ApiError(400, "bad_multipart", "malformed multipart body: not terminated (no closing delimiter "
+                                             f"--{boundary.decode('latin-1')}--; {len(body):,} bytes received)")
 
 
 async def _form(body: bytes, content_type: str, max_images: int, max_part_size: int) -> FormData:
@@ -63,7 +62,8 @@ async def _form(body: bytes, content_type: str, max_images: int, max_part_size: 
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {e.message}") from None
 
 
-async def parse_images(body: bytes, content_type: str, *, max_images: int, max_part_size: int) -> list[tuple[str, bytes]]:
+async def parse_images(body: bytes, content_type: str, *, max_images: int,
+                       max_part_size: int) -> list[tuple[str, bytes]]:
     """The files of the field ``image`` in ``body`` as ``(file name, bytes)`` in the order sent (an unnamed part is
     ``image[i]``). Refuses (:class:`ApiError`) a body without boundary or close delimiter, a malformed one, no file
     in the field, more than ``max_images`` files, a text value in the field. ``max_part_size`` bounds a non-file
