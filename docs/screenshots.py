@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests import browser  # noqa: E402
-from tests.serving.test_server import start_server, stop  # noqa: E402
+from tests.server_fixtures import start_server, stop  # noqa: E402
 
 
 def main() -> int:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,13 @@ import pandas as pd
 import torch
 from PIL import Image, ImageDraw
 
+from tests.fixtures import png_bytes
+
 CROP = 32
 EMBED_DIM = 16
 
 PALETTE = [(220, 30, 30), (30, 160, 40), (30, 60, 220), (230, 200, 20), (150, 40, 180), (20, 190, 200),
            (240, 120, 20), (90, 90, 90)]
-
-
-def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
 
 
 def draw_image(cls: int, j: int, size: tuple[int, int] = (40, 36)) -> Image.Image:
@@ -128,11 +123,11 @@ def make_bundle(dest: Path, root: Path, manifest: pd.DataFrame, onnx_bytes: byte
                 index: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
                 bundle: dict[str, Any] | None = None) -> Path:
     """Build a bundle folder at ``dest`` through the real index + bundle code and the catalog's dataset."""
+    from deepmetric.bundle.build import build_bundle
+    from deepmetric.bundle.config import BundleParams
     from deepmetric.index.config import IndexParams
     from deepmetric.index.gallery import build_gallery_index
     from deepmetric.io.datasets import FileTreeDataset
-    from deepmetric.serving.bundle import build_bundle
-    from deepmetric.serving.config import BundleParams
 
     data, ids, report = build_gallery_index(onnx_bytes, manifest, root, IndexParams(**(index or {})))
     files = build_bundle(onnx_bytes, data, ids, evaluated(onnx_bytes, metrics),

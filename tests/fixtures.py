@@ -2,8 +2,25 @@
 
 from __future__ import annotations
 
+import io
 import os
+import socket
 from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server or a rendezvous the test starts)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def png_bytes(img: Any, fmt: str = "PNG", **save_options: Any) -> bytes:
+    """The encoded bytes of a ``PIL.Image`` (``fmt``: any format Pillow writes; options go to ``Image.save``)."""
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **save_options)
+    return buf.getvalue()
 
 
 def make_tiny_glyphs(

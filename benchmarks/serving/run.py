@@ -162,7 +162,7 @@ def level(port, requests, clients, total, seconds, k, raw: bool = False) -> dict
 
 
 def start_server(bundle_dir: str, extra: list[str]) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([sys.executable, "-m", "deepmetric.serving.cli", "serve", "--bundle", bundle_dir,
+    proc = subprocess.Popen([sys.executable, "-m", "deepmetric.cli", "serve", "--bundle", bundle_dir,
                              "--host", "127.0.0.1", "--port", "0", "--log-level", "warning", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
@@ -284,7 +284,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = ap.parse_args()
 
-    from deepmetric.serving.bundle import load_bundle
+    from deepmetric.bundle import load_bundle
 
     if args.make_untrained:
         args.bundle = str(make_untrained(Path(args.make_untrained)))

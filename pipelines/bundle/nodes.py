@@ -1,4 +1,4 @@
-"""Thin node: parameters → typed config → `deepmetric.serving.bundle.build_bundle`."""
+"""Thin node: parameters → typed config → `deepmetric.bundle.build.build_bundle`."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 import pandas as pd
 
 from deepmetric.data.config import DataParams, parse_params
-from deepmetric.serving.bundle import build_bundle
-from deepmetric.serving.config import BundleParams
+from deepmetric.bundle.build import build_bundle
+from deepmetric.bundle.config import BundleParams
 
 
 def make_bundle(
@@ -23,4 +23,4 @@ def make_bundle(
     data_cfg = parse_params(DataParams, data, "data")
     params = parse_params(BundleParams, bundle, "bundle")
     return build_bundle(onnx_model, faiss_index, index_ids, metrics, params, index_report=index_report,
-                        dataset=data_cfg.dataset, image_root=str(data_cfg.root), max_pixels=data_cfg.max_pixels)
+                        dataset=data_cfg.dataset, image_root=str(data_cfg.root), limits=data_cfg.limits)

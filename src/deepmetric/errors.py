@@ -36,7 +36,7 @@ USER_ERRORS = frozenset({
     "deepmetric.export.quantize.QuantizationError",
     "deepmetric.index.build.IndexBuildError",
     "deepmetric.training.launch.DistributedRunError",
-    "deepmetric.serving.bundle.BundleError",
+    "deepmetric.bundle.format.BundleError",
     "deepmetric.errors.WorkerInputError",
 })
 

@@ -30,7 +30,7 @@ BLOCKS: dict[str, str] = {
     "evaluate": "deepmetric.evaluation.protocol:EvaluateConfig",
     "export": "deepmetric.export.config:ExportParams",
     "index": "deepmetric.index.config:IndexParams",
-    "bundle": "deepmetric.serving.config:BundleParams",
+    "bundle": "deepmetric.bundle.config:BundleParams",
 }
 
 

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from tests import fixtures
+
 
 def png_bytes(size=(24, 20), color=(200, 30, 30), mode="RGB", fmt="PNG", **kw) -> bytes:
-    buf = io.BytesIO()
-    Image.new(mode, size, color).save(buf, fmt, **kw)
-    return buf.getvalue()
+    """A plain ``size`` image of one ``color``, encoded (tests.fixtures.png_bytes)."""
+    return fixtures.png_bytes(Image.new(mode, size, color), fmt, **kw)
 
 
 def write_image(path: Path, seed: int, size=(24, 20), fmt="JPEG") -> None:

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from deepmetric.io.datasets import JSONDataset, ParquetDataset, TorchDataset
-from deepmetric.serving.bundle import load_bundle
+from deepmetric.bundle import load_bundle
 from deepmetric.training.model_io import weights_sha256
 from tests.deploy_fixtures import data_params, make_dataset, make_model_payload, model_params
 from tests.pipelines.kedro_helpers import load_params, run_stage
@@ -54,7 +54,7 @@ def test_export_index_bundle_chain(work):
 
 def test_default_parameter_file_is_valid():
     from deepmetric.data.config import parse_params
-    from deepmetric.serving.config import BundleParams
+    from deepmetric.bundle.config import BundleParams
 
     assert parse_params(BundleParams, load_params("bundle")["bundle"], "bundle").require == {}
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from deepmetric.methods import METHODS
-from tests.pipelines.test_chain import STAGES, make_project, run
+from tests.project_fixtures import STAGES, make_project, run
 
 pytestmark = pytest.mark.slow
 

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from tests.pipelines.test_chain import make_project, run
+from tests.project_fixtures import make_project, run
 
 pytestmark = pytest.mark.slow
 

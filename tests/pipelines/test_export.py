@@ -86,7 +86,7 @@ def test_int8_export_then_index_and_bundle_record_it(work):
     carries and serves it with the same code. (The model is untrained, so the accuracy limits are opened here;
     the limits themselves are tested below.)"""
     from deepmetric.export.onnx_export import read_metadata
-    from deepmetric.serving.bundle import load_bundle
+    from deepmetric.bundle import load_bundle
 
     tmp, root = work
     int8 = {"mode": "static", "calibration_images": 8, "timing_repeats": 2, "max_map_drop": 1.0, "max_recall_drop": 1.0}

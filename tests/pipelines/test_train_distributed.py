@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,7 +25,7 @@ from deepmetric.training import launch as launch_module
 from deepmetric.training.launch import DistributedRunError, join_command, launch
 from deepmetric.training.loop import CHECKPOINT
 from deepmetric.training.model_io import build_method
-from tests.fixtures import make_bars
+from tests.fixtures import free_port, make_bars
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 SPEC = InputConfig(resize=32, crop=32)
@@ -52,12 +51,6 @@ def _params(root: Path, train: dict) -> dict:
         "evaluate": {**load_params("evaluate")["evaluate"], "progress": False, "grid": {"queries": 2, "neighbours": 2}},
         "export": {**load_params("export")["export"], "exporter": "torchscript"},
     }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _in_thread(fn, *args, **kwargs):
@@ -130,7 +123,7 @@ def test_kill_a_rank_then_resume_through_the_train_stage_then_evaluate_and_expor
                 " ".join(p.cmdline())], "a worker outlived the failed run"
 
     # 2. the train stage resumes, as 2 machines × 1 process: node 0 is this Kedro run, node 1 joins by hand
-    port = _free_port()
+    port = free_port()
     resume = {**TRAIN, "epochs": done + 1, "distributed": {"nproc_per_node": 1, "nnodes": 2,
                                                              "rdzv_endpoint": f"127.0.0.1:{port}"}}
     cmd = join_command(parse_train(resume)[0], node_rank=1).split()

@@ -21,47 +21,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy_fixtures import (data_params, evaluated, make_dataset, make_model_payload, model_params, onnx_model,
-                                   png_bytes)
+from tests.deploy_fixtures import data_params, evaluated, make_dataset, make_model_payload, model_params, onnx_model
+from tests.fixtures import free_port, png_bytes
 from tests.pipelines.kedro_helpers import load_params, run_stage
-from tests.pipelines.test_chain import TINY, make_project, run
-from tests.serving.test_server import free_port, post_images, request, wait_healthy
+from tests.project_fixtures import build_repo, run
+from tests.server_fixtures import deepmetric_here as cli
+from tests.server_fixtures import host, host_cmd, post_images, request, wait_healthy
 
-BLOCKED = ("torch", "torchvision", "kedro", "kedro_datasets", "great_expectations", "pytorch_metric_learning")
 METRICS = {1: {"recall@1": 0.61, "map@r": 0.31, "nmi": 0.52, "best_epoch": 1},
            2: {"recall@1": 0.72, "map@r": 0.44, "nmi": 0.58, "best_epoch": 2}}
-
-
-def host_cmd(*args: str) -> list[str]:
-    """`deepmetric ARGS` in a process where torch, Kedro, GX and PML cannot be imported (an inference host)."""
-    code = ("import runpy, sys\n"
-            f"for m in {BLOCKED!r}: sys.modules[m] = None\n"
-            f"sys.argv = ['deepmetric', *{list(args)!r}]\n"
-            "runpy.run_module('deepmetric.serving.cli', run_name='__main__')\n")
-    return [sys.executable, "-c", code]
-
-
-def host(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(host_cmd(*args), capture_output=True, text=True, timeout=300)
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """`deepmetric ARGS` in this process (the refusals: cheaper than a process each)."""
-    import contextlib
-    import io
-
-    from deepmetric.serving.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    old = os.getcwd()
-    try:
-        if cwd is not None:
-            os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = main(list(args))
-    finally:
-        os.chdir(old)
-    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
 
 def build_outputs(project: Path, version: int) -> None:
@@ -105,29 +73,13 @@ def bundle_objects(remote: Path, release_md5: str) -> dict[str, Path]:
     return {e["relpath"]: remote_object(remote, e["md5"]) for e in listing}
 
 
-def build_repo(tmp: Path, committed_remote: bool) -> tuple[Path, Path, Path]:
-    """(build clone, bare git origin, DVC remote folder): a copy of the project (tiny parameters) in git, with
-    origin as its git remote and a local-folder DVC default remote, committed (as a team sharing a remote has it)
-    or in .dvc/config.local (as `make release` sets it up)."""
-    origin, remote = tmp / "origin.git", tmp / "dvc-remote"
-    run(["git", "init", "-q", "--bare", str(origin)], tmp)
-    (tmp / "build").mkdir()
-    project = make_project(tmp / "build", TINY)
-    for key, value in [("user.name", "release test"), ("user.email", "release@test"), ("commit.gpgsign", "false"),
-                       ("tag.gpgsign", "false")]:
-        run(["git", "config", key, value], project)
-    run(["git", "remote", "add", "origin", str(origin)], project)
-    run(["dvc", "remote", "add", *([] if committed_remote else ["--local"]), "-d", "store", str(remote)], project)
-    return project, origin, remote
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     import numpy as np
 
     from deepmetric.data.images import ImageLimits, open_image
     from deepmetric.data.transforms import eval_image
-    from deepmetric.serving.bundle import load_bundle
+    from deepmetric.bundle import load_bundle
 
     tmp = tmp_path_factory.mktemp("release")
     # `make release` on the built-in set: a local-folder default remote in .dvc/config.local (not in git).
@@ -137,7 +89,7 @@ def world(tmp_path_factory):
         build_outputs(project, version)
         revisions[version] = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
         if version == 1:  # the command as a user runs it
-            proc = run([sys.executable, "-m", "deepmetric.serving.cli", "publish", "v1", "--git-remote", "origin"],
+            proc = run([sys.executable, "-m", "deepmetric.cli", "publish", "v1", "--git-remote", "origin"],
                        project)
         else:
             proc = cli("publish", "v2", "--git-remote", "origin", cwd=project)
@@ -282,7 +234,7 @@ def _tampered_remote(world, tmp_path, name: str, change) -> Path:
 
 
 def test_tampered_remote_objects_are_refused(world, tmp_path):
-    from deepmetric.serving.bundle import restamp
+    from deepmetric.bundle.writer import restamp
 
     def flip_model(objs):
         path = objs["model.onnx"]

@@ -10,8 +10,8 @@ import sys
 import pytest
 import yaml
 
-from tests.pipelines.test_chain import run
-from tests.release.test_publish_pull import build_repo, host
+from tests.project_fixtures import build_repo, run
+from tests.server_fixtures import host
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ def test_repro_publish_pull_roll_back(tmp_path):
     run(["dvc", "repro"], project)
     run(["git", "add", "-A"], project)
     run(["git", "commit", "-q", "-m", "pipeline, seed 0"], project)
-    run([sys.executable, "-m", "deepmetric.serving.cli", "publish", "v1", "--git-remote", "origin"], project)
+    run([sys.executable, "-m", "deepmetric.cli", "publish", "v1", "--git-remote", "origin"], project)
 
     manifest = json.loads((project / "release/bundle/manifest.json").read_text())
     key = manifest["provenance"]["dvc"]["stage_hash"]
@@ -44,7 +44,7 @@ def test_repro_publish_pull_roll_back(tmp_path):
     out = run(["dvc", "repro"], project).stdout
     assert "Running stage 'train'" in out and "Running stage 'ingest'" not in out
     run(["git", "commit", "-q", "-am", "training seed 1"], project)
-    run([sys.executable, "-m", "deepmetric.serving.cli", "publish", "v2", "--git-remote", "origin"], project)
+    run([sys.executable, "-m", "deepmetric.cli", "publish", "v2", "--git-remote", "origin"], project)
 
     image = project / "data/01_raw/glyphs/images" / sorted(p.name for p in (project / "data/01_raw/glyphs/images").iterdir())[-1]
     image = sorted(image.iterdir())[0]

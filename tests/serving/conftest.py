@@ -1,46 +1,56 @@
-"""Shared by the page tests (HTTP and browser): one real `deepmetric serve` over a bundle with thumbnails, and
-one over the same gallery without them."""
+"""Shared by the page tests (HTTP and browser): one real `deepmetric serve` over the session's default bundle
+(tests/conftest.py, with thumbnails), and one over the same gallery without them."""
 
 from __future__ import annotations
 
 import pytest
 
-from tests.deploy_fixtures import make_bundle, make_dataset, onnx_model
+from tests.deploy_fixtures import make_bundle, onnx_model
+from tests.server_fixtures import start_server, stop
 
 
 @pytest.fixture(scope="session")
-def page_data(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("page")
-    root = tmp / "data"
-    manifest = make_dataset(root)
-    return tmp, root, manifest
-
-
-@pytest.fixture(scope="session")
-def page_bundle(page_data):
-    """(bundle folder with thumbnails, dataset root, manifest), built once per test session."""
-    tmp, root, manifest = page_data
-    return make_bundle(tmp / "bundle", root, manifest, onnx_model()), root, manifest
-
-
-@pytest.fixture(scope="session")
-def page_server(page_bundle):
+def page_server(deploy_bundle):
     """(base URL, bundle folder, dataset root, manifest) of a server whose bundle has thumbnails."""
-    from tests.serving.test_server import start_server, stop
-
-    bundle, root, manifest = page_bundle
+    bundle, root, manifest = deploy_bundle
     proc, base = start_server(bundle)
     yield base, bundle, root, manifest
     stop(proc)
 
 
 @pytest.fixture(scope="session")
-def page_server_without_thumbnails(page_data):
-    from tests.serving.test_server import start_server, stop
-
-    tmp, root, manifest = page_data
+def page_server_without_thumbnails(deploy_data):
+    tmp, root, manifest = deploy_data
     bundle = make_bundle(tmp / "bundle_nothumbs", root, manifest, onnx_model(),
                          bundle={"thumbnails": {"enabled": False}})
     proc, base = start_server(bundle)
     yield base, bundle, root, manifest
     stop(proc)
+
+
+@pytest.fixture(scope="session")
+def loaded(deploy_bundle):
+    """The session's default bundle, loaded once (read-only; every app made from it has its own state)."""
+    from deepmetric.bundle import load_bundle
+
+    return load_bundle(deploy_bundle[0])
+
+
+@pytest.fixture()
+def client(loaded):
+    """``client(settings=None, **create_app_kwargs)``: a TestClient (lifespan run) over the real app and the
+    session's bundle; closed at the end of the test."""
+    from fastapi.testclient import TestClient
+
+    from deepmetric.serving.app import create_app
+
+    opened = []
+
+    def make(settings=None, **kw):
+        c = TestClient(create_app(loaded, settings, **kw))
+        opened.append(c.__enter__())
+        return c
+
+    yield make
+    for c in opened:
+        c.__exit__(None, None, None)

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from packaging.requirements import Requirement
 
+from tests.fixtures import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 TRAINING_STACK = {"torch", "torchvision", "kedro", "kedro_datasets", "dvc", "great_expectations", "sklearn",
@@ -66,20 +67,20 @@ def test_declared_dependencies_are_pinned_and_serve_has_no_training_stack():
 
 
 @pytest.fixture(scope="module")
-def bundle(page_bundle):  # tests/serving/conftest.py: shared with the page tests
-    return page_bundle
+def bundle(deploy_bundle):  # tests/conftest.py: the session's default bundle
+    return deploy_bundle
 
 
 PROBE = r"""
 import io, json, sys, contextlib
-from deepmetric.serving.cli import main
+from deepmetric.cli import main
 bundle, image = sys.argv[1], sys.argv[2]
 with contextlib.redirect_stdout(io.StringIO()) as out:
     main(["info", "--bundle", bundle])
     main(["search", "--bundle", bundle, image, "-k", "3"])
 from fastapi.testclient import TestClient
 from deepmetric.serving.app import create_app
-from deepmetric.serving.bundle import load_bundle
+from deepmetric.bundle import load_bundle
 with TestClient(create_app(load_bundle(bundle))) as c:
     assert c.get("/").status_code == 200
     r = c.post("/v1/search?k=2", files={"image": ("q.png", open(image, "rb").read())})
@@ -96,14 +97,6 @@ def test_serving_path_imports_no_training_stack(bundle):
     assert out.returncode == 0, out.stderr
     loaded = set(json.loads(out.stdout.strip().splitlines()[-1]))
     assert not loaded & TRAINING_STACK, f"the serving path imported {sorted(loaded & TRAINING_STACK)}"
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow  # ~100 s (pip install from its cache / PyPI); .ci/run runs it after `make test`
@@ -145,7 +138,7 @@ def test_wheel_installed_with_the_serve_extra_serves_a_bundle(bundle, tmp_path):
     assert found.returncode == 0, found.stderr
     top = json.loads(found.stdout)["results"][0]["neighbors"][0]
     assert top["path"] == manifest[manifest["split"] == "test"]["path"].iloc[5] and top["score"] > 0.999
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([cli, "serve", "--bundle", str(folder), "--port", str(port), "--log-level", "warning"],
                               env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"

@@ -8,15 +8,14 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, onnx_model, png_bytes
-from tests.serving.test_server import multipart, request, start_server, stop
+from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, onnx_model
+from tests.fixtures import png_bytes
+from tests.server_fixtures import deepmetric, multipart, request, start_server, stop
 
 TOKEN = "s3cret-admin-token-0123456789"
 
@@ -82,8 +81,7 @@ def admin(base: str, token: str | None):
 
 
 def gallery_cli(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", "gallery", *args], capture_output=True,
-                          text=True, timeout=120)
+    proc = deepmetric("gallery", *args)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 

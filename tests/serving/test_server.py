@@ -1,105 +1,27 @@
-"""The real server (`deepmetric serve`, uvicorn) on a free loopback port, driven over a socket with urllib."""
+"""The real server (`deepmetric serve`, uvicorn) on a free loopback port, driven over a socket with urllib: the app
+as a whole (search, embed, every refusal, the process modes)."""
 
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.deploy_fixtures import draw_image, png_bytes
-
-MAX_UPLOAD = 200_000
-MAX_PIXELS = 1_000_000
-MAX_IMAGES = 4
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def multipart(files: list[tuple[str, str, bytes]], fields: list[tuple[str, str]] = ()) -> tuple[bytes, str]:
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields:
-        parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode())
-    for field, filename, data in files:
-        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="{field}"; filename="{filename}"\r\n'
-                "Content-Type: application/octet-stream\r\n\r\n").encode()
-        parts.append(head + data + b"\r\n")
-    parts.append(f"--{boundary}--\r\n".encode())
-    return b"".join(parts), f"multipart/form-data; boundary={boundary}"
-
-
-def request(base: str, method: str, path: str, body: bytes | None = None, ctype: str | None = None):
-    req = urllib.request.Request(base + path, data=body, method=method)
-    if ctype:
-        req.add_header("Content-Type", ctype)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
-
-
-def post_images(base: str, path: str, files, fields=()):
-    body, ctype = multipart(files, fields)
-    return request(base, "POST", path, body, ctype)
-
-
-def start_server(bundle: Path, *extra: str) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "deepmetric.serving.cli", "serve", "--bundle", str(bundle), "--host", "127.0.0.1",
-           "--port", str(port), "--max-upload-bytes", str(MAX_UPLOAD), "--max-pixels", str(MAX_PIXELS),
-           "--max-images", str(MAX_IMAGES), "--log-level", "warning", *extra]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
-    return proc, wait_healthy(proc, port)
-
-
-def wait_healthy(proc: subprocess.Popen, port: int, seconds: float = 90) -> str:
-    """The base URL once the server started as ``proc`` answers /healthz on ``port``; raise if it exits first."""
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited {proc.returncode}: {proc.stdout.read().decode()}")
-        try:
-            if request(base, "GET", "/healthz")[0] == 200:
-                return base
-        except (urllib.error.URLError, ConnectionError, OSError):
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server did not become healthy in {seconds:.0f} s")
-
-
-def stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
+from tests.deploy_fixtures import draw_image
+from tests.fixtures import png_bytes
+from tests.server_fixtures import (MAX_IMAGES, MAX_PIXELS, MAX_UPLOAD, multipart, post_images, raw_http, request,
+                                   start_server, stop)
 
 env_pid: list[int] = []  # the module server's process id (it serves in-process with one worker)
 
 
 @pytest.fixture(scope="module")
-def env(page_bundle):
-    """A server of its own over the session's default bundle (tests/serving/conftest.py; tests copy it to alter it)."""
-    bundle, root, manifest = page_bundle
+def env(deploy_bundle):
+    """A server of its own over the session's default bundle (tests/conftest.py; tests copy it to alter it)."""
+    bundle, root, manifest = deploy_bundle
     proc, base = start_server(bundle)
     env_pid[:] = [proc.pid]
     yield base, bundle, root, manifest
@@ -126,7 +48,7 @@ def test_embed_matches_the_bundle_model(env):
     got = np.array([e["embedding"] for e in body["embeddings"]], dtype=np.float32)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
     # Same numbers as the index stage's own preprocessing + model (the vectors stored in the index).
-    from deepmetric.serving.bundle import load_bundle
+    from deepmetric.bundle import load_bundle
 
     b = load_bundle(bundle)
     stored = b.index.reconstruct_n(0, 2)
@@ -191,21 +113,6 @@ def test_bad_inputs_get_4xx_and_the_service_stays_up(env):
     assert request(base, "GET", "/healthz")[0] == 200
 
 
-def raw_http(base: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send ``data`` as is on a fresh connection; the status, headers and body of the answer."""
-    host, port = base.rsplit("/", 1)[-1].split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as s:
-        s.sendall(data)
-        s.shutdown(socket.SHUT_WR)
-        chunks = []
-        while chunk := s.recv(65536):
-            chunks.append(chunk)
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    headers = dict(ln.split(": ", 1) for ln in lines[1:])
-    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
-
-
 def test_unparseable_request_gets_the_json_error_shape(env):
     base, *_ = env
     status, headers, body = raw_http(base, b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n"
@@ -260,19 +167,3 @@ def test_multi_worker_mode(env):
         assert proc.pid not in pids
     finally:
         stop(proc)
-
-
-def test_serve_refuses_a_tampered_bundle(env, tmp_path):
-    import shutil
-
-    _, bundle, *_ = env
-    copy = tmp_path / "b"
-    shutil.copytree(bundle, copy)
-    data = bytearray((copy / "index.faiss").read_bytes())
-    data[-5] ^= 0xFF
-    (copy / "index.faiss").write_bytes(bytes(data))
-    for workers in ("1", "2"):  # with several workers the supervisor verifies it in a child process
-        proc = subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", "serve", "--bundle", str(copy),
-                               "--port", str(free_port()), "--workers", workers], capture_output=True, text=True,
-                              timeout=120)
-        assert proc.returncode == 2 and "index.faiss" in proc.stderr and "sha256" in proc.stderr, proc.stderr

@@ -5,4 +5,7 @@
 - `deepmetric.release.publish` — the build side (`deepmetric publish v3`): DVC's Python API + git.
 - `deepmetric.release.fetch` — the host side (`deepmetric pull v3`): `dvc.api.DVCFileSystem`, then the bundle's
   own checks. Imports neither torch nor Kedro.
+
+The bundle is written by the one bundle writer (:mod:`deepmetric.bundle.writer`: the stamped copy) and read by
+its reader; the commands (`deepmetric publish | pull | releases`) are :mod:`deepmetric.cli.release`.
 """

@@ -2,7 +2,7 @@
 
 The download goes through DVC's own API (`dvc.api.DVCFileSystem` at the tag: DVC clones the git repository,
 reads ``release/bundle.dvc`` and fetches the objects from the DVC remote). Then the checks the server runs on
-any bundle (`deepmetric.serving.bundle.load_bundle`: every file's sha256, the manifest's own hash, dimensions),
+any bundle (`deepmetric.bundle.load_bundle`: every file's sha256, the manifest's own hash, dimensions),
 plus one only a release has: the manifest's sha256 must equal the one in ``release/release.json`` at the tag,
 which git, not the remote, holds — so an object altered in the remote is refused even when whoever altered it
 also rewrote the manifest's checksums. Nothing lands in ``DEST/NAME`` unless every check passed; ``DEST/current``
@@ -130,7 +130,7 @@ def _check_remote(fs) -> str:
 
 def verify(folder: Path, name: str, record: dict[str, Any]):
     """The bundle's own checks, then: it is release ``name`` and its manifest is the one git recorded."""
-    from deepmetric.serving.bundle import BundleError, load_bundle, read_manifest
+    from deepmetric.bundle import BundleError, load_bundle, read_manifest
 
     manifest = read_manifest(folder)
     want = record.get("manifest_sha256")
@@ -161,7 +161,7 @@ def pull(name: str, repo: str, dest: str | Path, remote: str | None = None, remo
     from dvc.repo.open_repo import clean_repos
     from dvc.scm import RevError
 
-    from deepmetric.serving.bundle import BundleError
+    from deepmetric.bundle import BundleError
 
     check_name(name)
     dest = Path(dest)

@@ -14,7 +14,6 @@ Runs on the build machine (it needs DVC and git; not torch beyond what verifying
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import shutil
 import subprocess
@@ -24,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from deepmetric.bundle.format import timestamp
 from deepmetric.release.provenance import provenance
 from deepmetric.release.record import (
     BUILD_BUNDLE,
@@ -103,8 +103,8 @@ def _push(repo: Any, remote: str | None, where: dict[str, str], targets: list[st
 
 def _stamp(root: Path, name: str, prov: dict[str, Any]) -> dict[str, Any]:
     """Write release/bundle: the built bundle's payload + its manifest with ``release`` and ``provenance``."""
-    from deepmetric.io.atomic import atomic_path
-    from deepmetric.serving.bundle import MANIFEST_FILE, load_bundle, manifest_bytes, restamp
+    from deepmetric.bundle import load_bundle
+    from deepmetric.bundle.writer import restamp, write_bundle
 
     built = root / BUILD_BUNDLE
     try:
@@ -112,11 +112,8 @@ def _stamp(root: Path, name: str, prov: dict[str, Any]) -> dict[str, Any]:
     except ValueError as e:  # BundleError
         raise ReleaseError("not_ready", f"{BUILD_BUNDLE} does not verify: {e}") from None
     manifest = restamp(bundle.manifest, release=name, provenance=prov)
-    with atomic_path(root / RELEASE_BUNDLE) as tmp:
-        tmp.mkdir()
-        for f in manifest["files"]:  # every file the manifest lists (model, index, ids, thumbnail shards, …)
-            shutil.copyfile(built / f, tmp / f)
-        (tmp / MANIFEST_FILE).write_bytes(manifest_bytes(manifest))
+    # every file the manifest lists (model, index, ids, thumbnail shards, …), copied as built
+    write_bundle(root / RELEASE_BUNDLE, manifest, {f: built / f for f in manifest["files"]})
     return manifest
 
 
@@ -168,7 +165,7 @@ def publish(root: str | Path = ".", name: str = "", remote: str | None = None, g
             record = {
                 "format": RECORD_FORMAT,
                 "name": name,
-                "created": _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+                "created": timestamp(),
                 "bundle": RELEASE_BUNDLE,
                 "bundle_md5": dvc_md5,
                 "manifest_sha256": manifest["manifest_sha256"],

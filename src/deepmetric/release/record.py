@@ -19,7 +19,7 @@ RECORD_FORMAT = "deepmetric-release/1"
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
 
-# Exit statuses of the release commands (2 and 3 are the serving CLI's: bad bundle, bad input).
+# Exit statuses of the release commands (2 and 3 are every command's: bad bundle, bad input; deepmetric.cli.common).
 EXIT = {
     "checksum": 2,            # the fetched bundle fails its checks (sha256, manifest, dimensions)
     "bad_input": 3,           # a malformed release name or argument

@@ -1,42 +1,13 @@
-"""Typed `bundle` parameters and the server's settings."""
+"""The server's settings (`deepmetric serve` flags, DEEPMETRIC_* environment variables of its workers)."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
 
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, PILLOW_MAX_PIXELS
-
-
-class ThumbnailParams(BaseModel):
-    """`bundle.thumbnails:` — small gallery images in the bundle, shown by the search page at `/`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # false: no thumbnails (very large galleries); the page then shows ids and class names only.
-    enabled: bool = True
-    size: int = Field(96, ge=16, le=512, description="longest side in pixels (aspect ratio kept, never enlarged)")
-    format: Literal["webp", "jpeg"] = "webp"
-    quality: int = Field(80, ge=1, le=100)
-    shard_items: int = Field(50_000, gt=0, description="thumbnails per parquet shard")
-
-
-class BundleParams(BaseModel):
-    """`bundle:` — what goes into data/09_deploy/bundle/manifest.json and when a model may ship."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # metrics.json keys recorded under `accepted_on` (null: every numeric entry).
-    accepted_on: list[str] | None = None
-    # Minimum values a metric must reach for the bundle to be built, e.g. {"map@r": 0.5}. Empty: no gate.
-    require: dict[str, float] = Field(default_factory=dict)
-    release: str | None = Field(None, description="free-form release name recorded in the manifest")
-    thumbnails: ThumbnailParams = Field(default_factory=ThumbnailParams)
-
+from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, PILLOW_MAX_PIXELS, ImageLimits
 
 ENV_PREFIX = "DEEPMETRIC_"
 BUNDLE_ENV = "DEEPMETRIC_BUNDLE"  # the bundle folder a worker started by `serve --workers N` loads (resolved)
@@ -51,7 +22,7 @@ class ServerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_upload_bytes: int = Field(20 * 1024 * 1024, gt=0, description="request body limit (all images together)")
-    max_pixels: int = Field(40_000_000, gt=0, le=PILLOW_MAX_PIXELS,
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, le=PILLOW_MAX_PIXELS,
                             description="per image and per resize intermediate; above it a decompression bomb")
     max_aspect_ratio: float = Field(DEFAULT_MAX_ASPECT_RATIO, ge=1,
                                     description="longer side / shorter side; above it refused (thin images)")
@@ -65,6 +36,11 @@ class ServerSettings(BaseModel):
                                    description="how long a batch waits for requests that are still being decoded")
     max_batch: int = Field(32, ge=1, le=1024, description="images per onnxruntime batch")
     prep_threads: int = Field(0, ge=0, description="decode threads (0: one per core)")
+
+    @property
+    def limits(self) -> ImageLimits:
+        """The per-image limits (``max_pixels``, ``max_aspect_ratio``) as the one object image readers take."""
+        return ImageLimits(self.max_pixels, self.max_aspect_ratio)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:

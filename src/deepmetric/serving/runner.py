@@ -21,6 +21,24 @@ from uvicorn.supervisors.multiprocess import Multiprocess
 WORKER_RELOAD_SIGNAL = signal.SIGUSR1
 
 
+def describe(bundle: Any) -> dict[str, Any]:
+    """What `deepmetric serve` says about the bundle it verified (versions, index, size, dimension)."""
+    m = bundle.manifest
+    return {"model_version": m["model_version"], "index_version": m["index_version"],
+            "index_factory": m.get("index_factory"), "gallery_size": bundle.gallery_size, "dim": bundle.dim}
+
+
+def verify_in_child(root: str, threads: int) -> dict[str, Any]:
+    """Load and verify a bundle; its :func:`describe`, or ``{"error": message}`` (run in a child process by
+    `serve --workers N` and by the supervisor on SIGHUP, so that the supervisor keeps no copy of the model)."""
+    from deepmetric.bundle import BundleError, load_bundle
+
+    try:
+        return describe(load_bundle(root, threads=threads))
+    except BundleError as e:
+        return {"error": str(e)}
+
+
 def uvicorn_config(app: Any, *, workers: int = 1, log_level: str = "info", **kw: Any):
     import uvicorn
 
@@ -57,7 +75,6 @@ class ReloadingSupervisor(Multiprocess):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        from deepmetric.serving.cli import verify_in_child
         from deepmetric.serving.config import BUNDLE_ENV, BUNDLE_SOURCE_ENV
 
         log = logging.getLogger("uvicorn.error")

@@ -10,6 +10,7 @@ and stops once its last request is done.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import threading
@@ -22,8 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from deepmetric.bundle import Bundle, BundleError, load_bundle
 from deepmetric.serving.batching import DynamicBatcher
-from deepmetric.serving.bundle import Bundle, BundleError, load_bundle
 from deepmetric.serving.config import ServerSettings
 
 __all__ = ["Served", "ServingState", "bundle_summary"]
@@ -127,6 +128,10 @@ class ServingState:
                       "load_seconds": round(time.perf_counter() - t0, 3)}
             self.last_reload = {**result, "at": time.time()}
             return result
+
+    async def reload_async(self) -> dict[str, Any]:
+        """:meth:`reload` in the event loop's default executor (a load must not block the loop)."""
+        return await asyncio.get_running_loop().run_in_executor(None, self.reload)
 
     def close(self) -> None:
         self._current.close()

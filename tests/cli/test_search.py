@@ -1,28 +1,11 @@
-"""`deepmetric search` and `deepmetric info` on a real bundle; bad bundle / image / k → message + non-zero exit."""
+"""`deepmetric search` and `deepmetric info` on a real bundle (tests/cli/conftest.py); bad bundle / image / k →
+message + non-zero exit."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
-import pytest
-
-from tests.deploy_fixtures import make_bundle, make_dataset, onnx_model
-
-
-def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", *args], capture_output=True, text=True, timeout=120)
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("cli")
-    root = tmp / "data"
-    manifest = make_dataset(root)
-    bundle = make_bundle(tmp / "bundle", root, manifest, onnx_model(),
-                         index={"factory": "HNSW8", "search": {"efSearch": 40}})
-    return tmp, root, manifest, bundle
+from tests.server_fixtures import deepmetric as cli
 
 
 def test_info_prints_the_manifest(env):
@@ -70,19 +53,3 @@ def test_search_refuses_a_thin_image_naming_the_limit(env, tmp_path):
     assert "thin.png" in proc.stderr and "limit of 100:1 (parameter max_aspect_ratio)" in proc.stderr
     proc = cli("search", "--bundle", str(bundle), str(thin), "--max-aspect-ratio", "0.5")
     assert proc.returncode == 3 and "max_aspect_ratio" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def test_serve_bad_port_and_busy_port_are_clear_errors(env):
-    import socket
-
-    *_, bundle = env
-    proc = cli("serve", "--bundle", str(bundle), "--port", "99999")
-    assert proc.returncode == 3 and "Traceback" not in proc.stderr
-    assert "argument --port: must be in [0, 65535]" in proc.stderr
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        proc = cli("serve", "--bundle", str(bundle), "--port", str(port))
-    assert proc.returncode == 3 and "Traceback" not in proc.stderr
-    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr, proc.stderr

@@ -4,8 +4,9 @@
 bundle's own ONNX model through the evaluation transform (the code the index stage and the server use, with the
 same per-image bounds), and writes a new bundle version: same model, new ``index.faiss`` / ``ids.parquet`` /
 thumbnails, a manifest with fresh checksums, ``lineage.gallery_version`` + 1 and the parent manifest's sha256.
-The new version is verified like any bundle (:func:`~deepmetric.serving.bundle.load_bundle`) *before* it is
-renamed into place, so a failed update leaves the destination as it was.
+The new version is written by the one bundle writer (:func:`~deepmetric.bundle.writer.write_bundle`) and verified
+like any bundle (:func:`~deepmetric.bundle.reader.load_bundle`) *before* it is renamed into place, so a failed
+update leaves the destination as it was.
 
 Ids are stable: the id table's ``id`` column names an item for as long as it is in the gallery (faiss row numbers
 may shift); new items get ids from ``lineage.next_id`` on, and a removed id is never given out again. Removal
@@ -16,7 +17,6 @@ encoded again) into a copy of it emptied with ``reset()``, which keeps any train
 
 from __future__ import annotations
 
-import datetime as _dt
 import io
 import json
 import os
@@ -28,19 +28,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS
-from deepmetric.serving.bundle import (
-    ID_COLUMNS,
-    IDS_FILE,
-    INDEX_FILE,
-    MANIFEST_FILE,
-    MODEL_FILE,
-    Bundle,
-    BundleError,
-    _canonical,
-    load_bundle,
-    sha256,
-)
+from deepmetric.bundle.format import ID_COLUMNS, IDS_FILE, INDEX_FILE, MODEL_FILE, BundleError, sha256, timestamp
+from deepmetric.bundle.reader import Bundle, load_bundle
+from deepmetric.bundle.writer import seal, write_bundle
+from deepmetric.data.images import ImageLimits
 
 __all__ = ["GalleryError", "NewItem", "update_gallery"]
 
@@ -88,9 +79,8 @@ def _emptied(index):
     return fresh
 
 
-def _embed(bundle: Bundle, items: Sequence[NewItem], max_pixels: int, max_aspect_ratio: float | None,
-           batch_size: int) -> np.ndarray:
-    from deepmetric.data.images import ImageDecodeError, ImageLimits
+def _embed(bundle: Bundle, items: Sequence[NewItem], limits: ImageLimits, batch_size: int) -> np.ndarray:
+    from deepmetric.data.images import ImageDecodeError
     from deepmetric.data.transforms import load_eval_image
 
     out = []
@@ -98,27 +88,26 @@ def _embed(bundle: Bundle, items: Sequence[NewItem], max_pixels: int, max_aspect
         batch = []
         for it in items[start : start + batch_size]:
             try:
-                batch.append(load_eval_image(it.file, bundle.spec,
-                                             limits=ImageLimits(max_pixels, max_aspect_ratio)))
+                batch.append(load_eval_image(it.file, bundle.spec, limits=limits))
             except ImageDecodeError as e:
                 raise GalleryError(str(e)) from None
         out.append(bundle.embed(np.stack(batch)))
     return np.concatenate(out) if out else np.zeros((0, bundle.dim), dtype=np.float32)
 
 
-def _thumbnail_files(bundle: Bundle, keep_rows: np.ndarray, items: Sequence[NewItem], max_pixels: int,
-                     max_aspect_ratio: float | None) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+def _thumbnail_files(bundle: Bundle, keep_rows: np.ndarray, items: Sequence[NewItem],
+                     limits: ImageLimits) -> tuple[dict[str, Any], dict[str, bytes]] | None:
     """The thumbnail shards of the new gallery (kept rows' thumbnails as they are, new ones encoded)."""
     if bundle.thumbnails is None:
         return None
-    from deepmetric.data.images import ImageDecodeError, ImageLimits, open_image
-    from deepmetric.serving.thumbnails import encode_thumbnail, write_thumbnail_shards
+    from deepmetric.data.images import ImageDecodeError, open_image
+    from deepmetric.bundle.thumbnails import encode_thumbnail, write_thumbnail_shards
 
     info = dict(bundle.manifest["thumbnails"])
     images = [bundle.thumbnails.get(int(r)) for r in keep_rows]
     for it in items:
         try:
-            img = open_image(it.file, limits=ImageLimits(max_pixels, max_aspect_ratio))
+            img = open_image(it.file, limits=limits)
         except ImageDecodeError as e:
             raise GalleryError(str(e)) from None
         images.append(encode_thumbnail(img, int(info["size"]), str(info["format"]), int(info.get("quality", 80))))
@@ -133,16 +122,15 @@ def update_gallery(
     *,
     add: Sequence[NewItem] = (),
     remove: Sequence[int] = (),
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    limits: ImageLimits = ImageLimits(),
     batch_size: int = 32,
     created: str | None = None,
 ) -> dict[str, Any]:
     """Write the bundle at ``src`` with ``add`` embedded into its gallery and the ids ``remove`` taken out, as a
     new version at ``dest`` (default: ``src`` itself, replaced atomically). Returns a summary (the new
-    versions, the ids given to the added items). Raises :class:`GalleryError` / :class:`BundleError`."""
+    versions, the ids given to the added items). ``limits``: the per-image limits applied to the added images.
+    Raises :class:`GalleryError` / :class:`BundleError`."""
     from deepmetric.index.build import serialize_index
-    from deepmetric.io.atomic import atomic_path
 
     if not add and not remove:
         raise GalleryError("nothing to do: give images to add or ids to remove")
@@ -162,7 +150,7 @@ def update_gallery(
     if not keep.any() and not add:
         raise GalleryError("removing these ids would leave an empty gallery")
 
-    new_vectors = _embed(bundle, add, max_pixels, max_aspect_ratio, batch_size) if add else None
+    new_vectors = _embed(bundle, add, limits, batch_size) if add else None
     if gone:
         index = _emptied(bundle.index)
         kept = _vectors(bundle.index)[keep]
@@ -197,15 +185,13 @@ def update_gallery(
     if files[MODEL_FILE] and sha256(files[MODEL_FILE]) != manifest["files"][MODEL_FILE]:
         raise BundleError(MODEL_FILE, "changed while the gallery was being updated")
     new_manifest = json.loads(json.dumps(manifest))
-    thumbs = _thumbnail_files(bundle, np.flatnonzero(keep), add, max_pixels, max_aspect_ratio)
+    thumbs = _thumbnail_files(bundle, np.flatnonzero(keep), add, limits)
     if thumbs is not None:
         new_manifest["thumbnails"] = thumbs[0]
         files.update(thumbs[1])
     new_manifest.update({
-        "created": created or _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        "created": created or timestamp(),
         "index_version": sha256(index_bytes)[:12],
-        "files": {name: sha256(data) for name, data in files.items()},
-        "sizes": {name: len(data) for name, data in files.items()},
         "gallery_size": int(index.ntotal),
         # The index stage's recall/latency figures describe the gallery it built, not this one.
         "index_report": {},
@@ -215,16 +201,9 @@ def update_gallery(
     new_manifest["lineage"] = {**lineage, "index_sha256": sha256(index_bytes),
                                "gallery_version": int(lineage.get("gallery_version", 0)) + 1,
                                "parent_manifest_sha256": manifest.get("manifest_sha256"), "next_id": next_id}
-    new_manifest.pop("manifest_sha256", None)
-    new_manifest["manifest_sha256"] = sha256(_canonical(new_manifest))
-    files[MANIFEST_FILE] = (json.dumps(new_manifest, indent=2, sort_keys=True) + "\n").encode()
-
-    with atomic_path(dest) as tmp:
-        tmp.mkdir()
-        for name, data in files.items():
-            (tmp / name).write_bytes(data)
-        check = load_bundle(tmp)  # the new version must load like any bundle before it takes the name
-        del check
+    new_manifest = seal(new_manifest, files)
+    # The new version must load like any bundle before it takes the name.
+    write_bundle(dest, new_manifest, files, verify=load_bundle)
     return {"bundle": str(dest), "model_version": new_manifest["model_version"],
             "index_version": new_manifest["index_version"], "gallery_version": new_manifest["lineage"]["gallery_version"],
             "gallery_size": new_manifest["gallery_size"], "added_ids": added_ids, "removed_ids": gone,

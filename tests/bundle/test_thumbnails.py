@@ -9,18 +9,20 @@ import shutil
 import pytest
 from PIL import Image
 
-from deepmetric.serving.bundle import MANIFEST_FILE, BundleError, build_bundle, load_bundle, sha256
-from deepmetric.serving.config import BundleParams
+from deepmetric.bundle import BundleError, load_bundle
+from deepmetric.bundle.build import build_bundle
+from deepmetric.bundle.config import BundleParams
+from deepmetric.bundle.format import MANIFEST_FILE, manifest_sha256, sha256
 from tests.deploy_fixtures import evaluated, make_bundle, onnx_model
 
 
 @pytest.fixture(scope="module")
-def data(page_data):
-    return page_data
+def data(deploy_data):
+    return deploy_data
 
 
-def test_thumbnails_are_small_images_in_gallery_order(page_bundle):
-    folder, root, manifest = page_bundle  # tests/serving/conftest.py: default bundle parameters
+def test_thumbnails_are_small_images_in_gallery_order(deploy_bundle):
+    folder, root, manifest = deploy_bundle  # tests/conftest.py: default bundle parameters
     b = load_bundle(folder)
     info = b.manifest["thumbnails"]
     assert info["files"] == ["thumbnails-00000.parquet"] and info["count"] == b.gallery_size == 36
@@ -76,13 +78,25 @@ def test_unreadable_gallery_image_names_it(data, tmp_path):
 
 
 def test_manifest_cannot_name_other_files_as_thumbnails(data, tmp_path):
-    import deepmetric.serving.bundle as B
-
     tmp, root, manifest = data
     folder = make_bundle(tmp_path / "b", root, manifest, onnx_model())
     m = json.loads((folder / MANIFEST_FILE).read_text())
     m["thumbnails"]["files"] = ["../../etc/passwd"]
-    m["manifest_sha256"] = sha256(B._canonical(m))
+    m["manifest_sha256"] = manifest_sha256(m)
     (folder / MANIFEST_FILE).write_text(json.dumps(m))
     with pytest.raises(BundleError, match="thumbnails-NNNNN.parquet"):
         load_bundle(folder)
+
+
+def test_thumbnails_read_gallery_images_under_the_data_parameters_limits(tmp_path):
+    """The bundle stage passes `data.limits`: a 150:1 image accepted by ingest with max_aspect_ratio 200 must not be
+    refused when its thumbnail is made (it was checked against the default 100:1)."""
+    from deepmetric.bundle.thumbnails import build_thumbnail_shards
+    from deepmetric.data.images import ImageLimits, ImageTooLargeError
+
+    Image.new("RGB", (300, 2), "red").save(tmp_path / "thin.png")
+    kw = {"size": 32, "fmt": "webp", "quality": 80, "shard_items": 10}
+    shards = build_thumbnail_shards(["thin.png"], tmp_path, limits=ImageLimits(max_aspect_ratio=200), **kw)
+    assert list(shards) == ["thumbnails-00000.parquet"]
+    with pytest.raises(ImageTooLargeError, match="max_aspect_ratio"):
+        build_thumbnail_shards(["thin.png"], tmp_path, limits=ImageLimits(), **kw)

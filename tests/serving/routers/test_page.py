@@ -11,7 +11,7 @@ import urllib.request
 
 from PIL import Image
 
-from deepmetric.serving.app import STATIC_DIR
+from deepmetric.serving.routers.page import STATIC_DIR
 
 
 def get(base: str, path: str):

@@ -1,4 +1,4 @@
-"""The release subcommands of `deepmetric` (wired into `deepmetric.serving.cli`):
+"""The release commands (:mod:`deepmetric.release`):
 
     deepmetric publish NAME [--remote R] [--git-remote origin] [--repo-dir .]        (build machine)
     deepmetric pull NAME --repo URL [--dest releases] [--remote R | --remote-url URL]  (inference host)
@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
+
+from deepmetric.cli.common import EXIT_BAD_INPUT, say
 
 REPO_ENV = "DEEPMETRIC_RELEASE_REPO"
 DEST_ENV = "DEEPMETRIC_RELEASES_DIR"
 
 
-def add_parsers(sub) -> None:
+def register(sub) -> None:
     publish = sub.add_parser("publish", help="publish the committed pipeline state as a release (DVC remote + git tag)")
     publish.add_argument("name", help="release name = git tag, e.g. v3")
     publish.add_argument("--remote", default=None, help="DVC remote to push to (default: the DVC default remote)")
@@ -28,6 +29,7 @@ def add_parsers(sub) -> None:
                          help="git remote to push the release commit and tag to (e.g. origin); default: none")
     publish.add_argument("--repo-dir", default=".", help="the repository (default: the current directory)")
     publish.add_argument("-m", "--message", default=None, help="tag message body (default: versions and metrics)")
+    publish.set_defaults(handler=publish_cmd, hard_exit=True)
 
     pull = sub.add_parser("pull", help="fetch a release by name from the DVC remote, verify it, install it")
     pull.add_argument("name", help="release name (git tag), e.g. v3; the previous one to roll back")
@@ -36,10 +38,12 @@ def add_parsers(sub) -> None:
                       help=f"folder holding pulled releases; DEST/current points at the last one [${DEST_ENV}, releases]")
     pull.add_argument("--remote", default=None, help="name of a DVC remote configured in the repository")
     pull.add_argument("--remote-url", default=None, help="DVC remote URL to fetch from (overrides the repository's)")
+    pull.set_defaults(handler=pull_cmd, hard_exit=True)
 
     rel = sub.add_parser("releases", help="list the releases of a repository")
     _repo_arg(rel)
     rel.add_argument("--json", action="store_true", help="print the release records as JSON")
+    rel.set_defaults(handler=releases_cmd)
 
 
 def _repo_arg(p: argparse.ArgumentParser) -> None:
@@ -53,18 +57,18 @@ def _need_dvc() -> int:
     try:
         import dvc  # noqa: F401
     except ImportError:
-        print("deepmetric: fetching releases needs DVC, which this environment lacks: install the host extra "
-              "(pip install -c constraints.txt 'deepmetric[host]')", file=sys.stderr)
-        return 3
+        say("fetching releases needs DVC, which this environment lacks: install the host extra "
+            "(pip install -c constraints.txt 'deepmetric[host]')")
+        return EXIT_BAD_INPUT
     return 0
 
 
 def _fail(e) -> int:
-    print(f"deepmetric: {e}", file=sys.stderr)
+    say(str(e))
     return e.exit_code
 
 
-def publish(args: argparse.Namespace) -> int:
+def publish_cmd(args: argparse.Namespace) -> int:
     if code := _need_dvc():
         return code
     from deepmetric.release.publish import publish as run
@@ -75,16 +79,15 @@ def publish(args: argparse.Namespace) -> int:
     except ReleaseError as e:
         return _fail(e)
     r = done.record
-    print(f"deepmetric: published release {summary(r)}", file=sys.stderr)
-    print(f"deepmetric: bundle pushed to DVC remote {r['remote']['name']} ({r['remote']['url']}); tag {r['name']} "
-          f"at {done.commit[:12]}" + (f", pushed to {done.pushed_to}" if done.pushed_to else
-                                       f" (local: `git push <remote> {r['name']}` makes it visible to hosts)"),
-          file=sys.stderr)
+    say(f"published release {summary(r)}")
+    say(f"bundle pushed to DVC remote {r['remote']['name']} ({r['remote']['url']}); tag {r['name']} at "
+        f"{done.commit[:12]}" + (f", pushed to {done.pushed_to}" if done.pushed_to else
+                                 f" (local: `git push <remote> {r['name']}` makes it visible to hosts)"))
     print(json.dumps(r, indent=2, sort_keys=True))
     return 0
 
 
-def pull(args: argparse.Namespace) -> int:
+def pull_cmd(args: argparse.Namespace) -> int:
     if code := _need_dvc():
         return code
     from deepmetric.release.fetch import pull as run
@@ -94,14 +97,13 @@ def pull(args: argparse.Namespace) -> int:
         done = run(args.name, args.repo, args.dest, remote=args.remote, remote_url=args.remote_url)
     except ReleaseError as e:
         return _fail(e)
-    print(f"deepmetric: release {summary(done.record)} verified (every sha256, the manifest git recorded) from "
-          f"{done.remote}", file=sys.stderr)
-    print(f"deepmetric: installed at {done.path}; {done.path.parent / 'current'} -> {done.name}", file=sys.stderr)
+    say(f"release {summary(done.record)} verified (every sha256, the manifest git recorded) from {done.remote}")
+    say(f"installed at {done.path}; {done.path.parent / 'current'} -> {done.name}")
     print(done.path)
     return 0
 
 
-def releases(args: argparse.Namespace) -> int:
+def releases_cmd(args: argparse.Namespace) -> int:
     if code := _need_dvc():
         return code
     from deepmetric.release.fetch import releases as run
@@ -118,5 +120,3 @@ def releases(args: argparse.Namespace) -> int:
             print(f"{r.get('created', '?')}  {summary(r)}")
     return 0
 
-
-HANDLERS = {"publish": publish, "pull": pull, "releases": releases}

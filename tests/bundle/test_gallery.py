@@ -1,25 +1,23 @@
-"""Live gallery updates: `update_gallery` / `deepmetric gallery add|remove` on real bundles (faiss, onnxruntime)."""
+"""Live gallery updates: `update_gallery` on real bundles (faiss, onnxruntime); the command: tests/cli/test_gallery.py."""
 
 from __future__ import annotations
 
-import json
 import shutil
-import subprocess
-import sys
 
-import numpy as np
 import pandas as pd
 import pytest
 
-from deepmetric.serving.bundle import BundleError, load_bundle
-from deepmetric.serving.gallery import GalleryError, NewItem, update_gallery
-from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, onnx_model, png_bytes
+from deepmetric.bundle import BundleError, load_bundle
+from deepmetric.bundle.gallery import GalleryError, NewItem, update_gallery
+from deepmetric.data.images import ImageLimits
+from tests.deploy_fixtures import draw_image, make_bundle, make_dataset, onnx_model
+from tests.fixtures import png_bytes
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory, page_bundle):
-    """The session's default bundle (tests/serving/conftest.py; only read here: updates go to new folders)."""
-    bundle, root, _ = page_bundle
+def env(tmp_path_factory, deploy_bundle):
+    """The session's default bundle (tests/conftest.py; only read here: updates go to new folders)."""
+    bundle, root, _ = deploy_bundle
     tmp = tmp_path_factory.mktemp("gallery")
     new = tmp / "new"
     new.mkdir()
@@ -111,29 +109,16 @@ def test_bad_updates_are_refused_and_write_nothing(env, tmp_path):
         update_gallery(dest, add=[NewItem(str(new / "n0.png"), 1)])
 
 
-def test_gallery_cli(env, tmp_path):
+def test_limits_reach_the_decode_of_added_images(env, tmp_path):
+    """``limits=`` is what the added images are checked against: n0.png (44×40) passes the defaults, not an aspect
+    ratio limit of 1.05:1 nor a pixel limit of 1,000; nothing is written."""
     tmp, root, src, new = env
-    dest = tmp_path / "b"
-    listing = tmp_path / "items.csv"
-    shutil.copy(new / "n0.png", tmp_path / "a.png")
-    listing.write_text("path,label,class_name\na.png,42,answer\n")
-
-    def cli(*args):
-        return subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", "gallery", *args],
-                              capture_output=True, text=True, timeout=120)
-
-    proc = cli("add", "--bundle", str(src), "--out", str(dest), "--list", str(listing), "--label", "7",
-               str(new / "n2.png"))
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout)
-    assert out["added_ids"] == [36, 37] and out["gallery_version"] == 1
-    ids = load_bundle(dest).ids
-    assert list(ids["path"].iloc[36:]) == [str(new / "n2.png"), "a.png"] and ids["class_name"].iloc[37] == "answer"
-    proc = cli("remove", "--bundle", str(dest), "--id", "36", "--id", "0")
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["removed_ids"] == [0, 36]
-    proc = cli("remove", "--bundle", str(dest), "--id", "0")
-    assert proc.returncode == 3 and "no gallery item has id [0]" in proc.stderr
-    proc = cli("add", "--bundle", str(dest), str(new / "n2.png"))
-    assert proc.returncode == 3 and "--label" in proc.stderr
-    assert np.array_equal(load_bundle(dest).ids["id"].to_numpy(), [*range(1, 36), 37])
+    image = NewItem(str(new / "n0.png"), 7)
+    with pytest.raises(GalleryError, match=r"n0.png: refused as too thin.*limit of 1.05:1 "
+                                           r"\(parameter max_aspect_ratio\)"):
+        update_gallery(src, tmp_path / "a", add=[image], limits=ImageLimits(max_aspect_ratio=1.05))
+    with pytest.raises(GalleryError, match=r"n0.png: refused as a decompression bomb.*limit of 1,000 "
+                                           r"\(parameter max_pixels\)"):
+        update_gallery(src, tmp_path / "b", add=[image], limits=ImageLimits(max_pixels=1_000))
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert update_gallery(src, tmp_path / "c", add=[image])["added_ids"] == [36]

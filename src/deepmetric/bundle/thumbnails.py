@@ -11,18 +11,15 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-SHARD_PATTERN = re.compile(r"^thumbnails-\d{5}\.parquet$")
+from deepmetric.bundle.format import shard_name
+from deepmetric.data.images import ImageLimits
+
 MEDIA_TYPES = {"webp": "image/webp", "jpeg": "image/jpeg"}
-
-
-def shard_name(i: int) -> str:
-    return f"thumbnails-{i:05d}.parquet"
 
 
 def encode_thumbnail(img: Any, size: int, fmt: str, quality: int) -> bytes:
@@ -43,13 +40,12 @@ def encode_thumbnail(img: Any, size: int, fmt: str, quality: int) -> bytes:
 
 def build_thumbnail_shards(
     paths: Sequence[str], root: str | os.PathLike[str], *, size: int, fmt: str, quality: int, shard_items: int,
-    max_pixels: int,
+    limits: ImageLimits,
 ) -> dict[str, bytes]:
     """``{shard name: parquet bytes}`` for the gallery images at ``paths`` (relative to ``root``), in id order.
     A gallery image that cannot be read raises ``ImageDecodeError``/``OSError`` naming it."""
-    from deepmetric.data.images import ImageLimits, open_image, safe_join
+    from deepmetric.data.images import open_image, safe_join
 
-    limits = ImageLimits(max_pixels)
     images = [encode_thumbnail(open_image(safe_join(root, rel), limits=limits), size, fmt, quality)
               for rel in paths]
     return write_thumbnail_shards(images, shard_items)

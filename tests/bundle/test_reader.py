@@ -1,30 +1,27 @@
-"""Bundle build and verification: checksums of every file, dimensions, refusals naming the file."""
+"""Bundle verification (`load_bundle`, `read_manifest`): checksums of every file, dimensions, lineage, refusals
+naming the file."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
 
-from deepmetric.serving.bundle import MANIFEST_FILE, BundleError, build_bundle, load_bundle, read_manifest, sha256
-from deepmetric.serving.config import BundleParams
-from tests.deploy_fixtures import EMBED_DIM, evaluated, make_bundle, make_dataset, onnx_model
+from deepmetric.bundle import BundleError, load_bundle, read_manifest
+from deepmetric.bundle.format import MANIFEST_FILE, PAYLOAD_FILES, manifest_sha256, sha256
+from tests.deploy_fixtures import EMBED_DIM, onnx_model
+from tests.server_fixtures import deepmetric
 
 FILES = ["model.onnx", "index.faiss", "ids.parquet", "manifest.json", "thumbnails-00000.parquet"]
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("bundle")
-    root = tmp / "data"
-    manifest = make_dataset(root)
-    onnx_bytes = onnx_model()
-    bundle = make_bundle(tmp / "bundle", root, manifest, onnx_bytes)
-    return tmp, root, manifest, onnx_bytes, bundle
+def built(deploy_data, deploy_bundle):
+    """The session's default bundle (tests/conftest.py; only read: tests alter copies)."""
+    tmp, root, manifest = deploy_data
+    return tmp, root, manifest, onnx_model(), deploy_bundle[0]
 
 
 def test_bundle_loads_and_manifest_is_complete(built):
@@ -59,8 +56,7 @@ def test_one_changed_byte_in_any_file_is_refused(built, tmp_path, name):
     if name != "model.onnx":
         return
     # The CLI refuses such a bundle with the message and a non-zero exit status (once: it is slow to start).
-    proc = subprocess.run([sys.executable, "-m", "deepmetric.serving.cli", "info", "--bundle", str(copy)],
-                          capture_output=True, text=True, timeout=120)
+    proc = deepmetric("info", "--bundle", str(copy))
     assert proc.returncode == 2 and name in proc.stderr and "bundle refused" in proc.stderr
 
 
@@ -78,13 +74,11 @@ def test_missing_file_and_not_a_bundle(built, tmp_path):
 
 
 def _rewrite_manifest(folder, **changes):
-    import deepmetric.serving.bundle as B
-
     m = json.loads((folder / MANIFEST_FILE).read_text())
     m.update(changes)
     thumbs = tuple(m["thumbnails"]["files"]) if m.get("thumbnails") else ()
-    m["files"] = {n: sha256((folder / n).read_bytes()) for n in B.PAYLOAD_FILES + thumbs}
-    m["manifest_sha256"] = sha256(B._canonical(m))
+    m["files"] = {n: sha256((folder / n).read_bytes()) for n in PAYLOAD_FILES + thumbs}
+    m["manifest_sha256"] = manifest_sha256(m)
     (folder / MANIFEST_FILE).write_text(json.dumps(m))
 
 
@@ -111,58 +105,6 @@ def test_gallery_size_mismatch_is_refused(built, tmp_path):
     _rewrite_manifest(copy)
     with pytest.raises(BundleError, match="ids.parquet: 35 ids, index holds 36"):
         load_bundle(copy)
-
-
-def test_build_refuses_mismatches_and_unaccepted_models(built):
-    from deepmetric.index.config import IndexParams
-    from deepmetric.index.gallery import build_gallery_index
-
-    tmp, root, manifest, onnx_bytes, bundle_dir = built
-    index_bytes, ids, report = build_gallery_index(onnx_bytes, manifest, root, IndexParams())
-    metrics = evaluated(onnx_bytes, {"map@r": 0.3, "recall@1": 0.9, "best_epoch": 3, "note": "text is skipped"})
-    kw = {"index_report": report}
-    with pytest.raises(BundleError, match="map@r = 0.3000 < 0.5"):
-        build_bundle(onnx_bytes, index_bytes, ids, metrics, BundleParams(require={"map@r": 0.5}), **kw)
-    with pytest.raises(BundleError, match="lacks"):
-        build_bundle(onnx_bytes, index_bytes, ids, metrics, BundleParams(require={"nmi": 0.1}), **kw)
-    with pytest.raises(BundleError, match="36 index vectors"):
-        build_bundle(onnx_bytes, index_bytes, ids.iloc[:10], metrics, BundleParams(), **kw)
-    with pytest.raises(BundleError, match="dimension 8 != index dimension 16"):
-        build_bundle(onnx_model(8), index_bytes, ids, metrics, BundleParams(), **kw)
-    files = build_bundle(onnx_bytes, index_bytes, ids, metrics, BundleParams(accepted_on=["map@r"], release="r1"),
-                         image_root=str(root), **kw)
-    m = json.loads(files["manifest.json"])
-    assert m["accepted_on"] == {"map@r": 0.3} and m["release"] == "r1"
-    assert m["lineage"]["index_model_sha256"] == m["files"]["model.onnx"] == sha256(onnx_bytes)
-    assert m["lineage"]["metrics_weights_sha256"] == m["lineage"]["weights_sha256"] == metrics["model_weights_sha256"]
-    assert m["lineage"]["data_version"] == report["data_version"] and len(report["data_version"]) == 64
-
-
-def test_build_refuses_a_new_model_with_an_old_index_or_old_metrics(built):
-    """The issue's case: retrain + export, but no index (or evaluate) rerun: the bundle stage must refuse."""
-    import functools
-
-    from deepmetric.serving.config import BundleParams as BaseParams
-    from deepmetric.index.config import IndexParams
-    from deepmetric.index.gallery import build_gallery_index
-
-    tmp, root, manifest, old_onnx, bundle_dir = built
-    BundleParams = functools.partial(BaseParams, thumbnails={"enabled": False})  # noqa: N806
-    new_onnx = onnx_model(seed=1)  # same architecture and dimension, other weights
-    old_index, ids, old_report = build_gallery_index(old_onnx, manifest, root, IndexParams())
-    with pytest.raises(BundleError, match=r"index.faiss: the gallery was embedded by model \w{12}, but the packaged "
-                                          r"model.onnx is \w{12}: the index is stale, rerun the index stage"):
-        build_bundle(new_onnx, old_index, ids, evaluated(new_onnx), BundleParams(), index_report=old_report)
-    new_index, ids, new_report = build_gallery_index(new_onnx, manifest, root, IndexParams())
-    with pytest.raises(BundleError, match="metrics.json: are the metrics of weights .* rerun the evaluate stage"):
-        build_bundle(new_onnx, new_index, ids, evaluated(old_onnx), BundleParams(), index_report=new_report)
-    with pytest.raises(BundleError, match="metrics.json: does not say which model"):
-        build_bundle(new_onnx, new_index, ids, {"map@r": 0.5}, BundleParams(), index_report=new_report)
-    with pytest.raises(BundleError, match="index.json: describes index"):
-        build_bundle(new_onnx, old_index, ids, evaluated(new_onnx), BundleParams(), index_report=new_report)
-    with pytest.raises(BundleError, match="index.json: does not say which model"):
-        build_bundle(new_onnx, new_index, ids, evaluated(new_onnx), BundleParams(), index_report={})
-    build_bundle(new_onnx, new_index, ids, evaluated(new_onnx), BundleParams(), index_report=new_report)
 
 
 def test_load_refuses_a_swapped_model_or_foreign_metrics(built, tmp_path):

@@ -1,0 +1,78 @@
+"""The bundle format: which files a bundle holds, the manifest's canonical JSON and its own hash.
+
+A bundle is one flat folder: ``model.onnx``, ``index.faiss``, ``ids.parquet``, ``manifest.json`` and, when the
+bundle carries gallery thumbnails, ``thumbnails-NNNNN.parquet`` shards. The manifest lists the sha256 (``files``)
+and size (``sizes``) of every other file and carries ``manifest_sha256``: the sha256 of its own canonical JSON
+(sorted keys, no whitespace, ASCII) without that key, so a changed byte in any file, the manifest included, is
+caught. :mod:`deepmetric.bundle.writer` is the one place that writes a bundle, :mod:`deepmetric.bundle.reader`
+the one that reads and verifies it; both take names and hashes from here.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import re
+from collections.abc import Mapping
+from typing import Any
+
+FORMAT = "deepmetric-bundle/1"
+MODEL_FILE, INDEX_FILE, IDS_FILE, MANIFEST_FILE = "model.onnx", "index.faiss", "ids.parquet", "manifest.json"
+PAYLOAD_FILES = (MODEL_FILE, INDEX_FILE, IDS_FILE)
+ID_COLUMNS = ("id", "label", "class_name", "path")
+SHARD_PATTERN = re.compile(r"^thumbnails-\d{5}\.parquet$")
+
+__all__ = ["FORMAT", "ID_COLUMNS", "IDS_FILE", "INDEX_FILE", "MANIFEST_FILE", "MODEL_FILE", "PAYLOAD_FILES",
+           "SHARD_PATTERN", "BundleError", "declared_files", "manifest_bytes", "manifest_sha256", "sha256",
+           "shard_name", "short", "timestamp"]
+
+
+class BundleError(ValueError):
+    """A bundle that must not be served. ``file`` names the offending file, ``reason`` says why."""
+
+    def __init__(self, file: str, reason: str) -> None:
+        self.file, self.reason = file, reason
+        super().__init__(f"bundle refused: {file}: {reason}")
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def short(digest: Any) -> str:
+    """The first 12 hex digits of a sha256, for messages (``none`` when there is none)."""
+    return str(digest)[:12] if digest else "none"
+
+
+def shard_name(i: int) -> str:
+    """The file name of thumbnail shard ``i``."""
+    return f"thumbnails-{i:05d}.parquet"
+
+
+def manifest_sha256(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its ``manifest_sha256`` key."""
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode())
+
+
+def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
+    """How manifest.json is written (indented, sorted keys)."""
+    return (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode()
+
+
+def declared_files(manifest: Mapping[str, Any]) -> list[str]:
+    """Every file besides manifest.json that ``manifest`` says the bundle holds: the payload, then the thumbnail
+    shards it declares (plain names of the expected pattern, nothing else)."""
+    info = manifest.get("thumbnails")
+    if info is None:
+        return list(PAYLOAD_FILES)
+    names = info.get("files") if isinstance(info, dict) else None
+    if not isinstance(names, list) or not all(isinstance(n, str) and SHARD_PATTERN.match(n) for n in names):
+        raise BundleError(MANIFEST_FILE, "'thumbnails.files' must be a list of thumbnails-NNNNN.parquet names")
+    return [*PAYLOAD_FILES, *names]
+
+
+def timestamp() -> str:
+    """Now, as the manifests and release records write it (UTC, seconds)."""
+    return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat()

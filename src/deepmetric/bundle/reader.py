@@ -1,0 +1,208 @@
+"""Read and verify a bundle (the server, the CLI, gallery updates, `deepmetric pull`): :func:`load_bundle`.
+
+Nothing is trusted before it is checked: the manifest's own hash, every file's sha256, the model runs, model
+output dimension = index dimension = manifest dimension, the ids match the index, and the lineage (the index was
+built by this model, ``accepted_on`` holds this model's metrics). Any failure is a
+:class:`~deepmetric.bundle.format.BundleError` naming the file. Imports neither torch nor Kedro.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from deepmetric.bundle.format import (
+    FORMAT,
+    ID_COLUMNS,
+    IDS_FILE,
+    INDEX_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    BundleError,
+    declared_files,
+    manifest_sha256,
+    sha256,
+    short,
+)
+from deepmetric.bundle.thumbnails import ThumbnailError, Thumbnails
+
+__all__ = ["Bundle", "load_bundle", "read_manifest", "verify_lineage"]
+
+
+@dataclass
+class Bundle:
+    """A verified bundle, ready to embed and search."""
+
+    root: Path
+    manifest: dict[str, Any]
+    embedder: Any
+    index: Any
+    ids: pd.DataFrame
+    thumbnails: Thumbnails | None = None
+    _labels: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # Stable item ids (the id table's `id`: increasing, equal to the faiss row number until items are removed).
+        self._ids = self.ids["id"].to_numpy(dtype=np.int64)
+        self._labels = self.ids["label"].to_numpy()
+        self._class_names = self.ids["class_name"].astype(str).to_numpy()
+        self._paths = self.ids["path"].astype(str).to_numpy()
+
+    @property
+    def spec(self):
+        return self.embedder.spec
+
+    @property
+    def gallery_size(self) -> int:
+        return int(self.index.ntotal)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embedder.dim)
+
+    def embed(self, images: np.ndarray) -> np.ndarray:
+        return self.embedder.embed(images)
+
+    def examples(self, n: int) -> list[dict[str, Any]]:
+        """Up to ``n`` gallery items of different classes, evenly spread over the classes in id order (the first
+        item of each chosen class)."""
+        first = self.ids.drop_duplicates("label")
+        if len(first) > n:
+            first = first.iloc[np.unique(np.linspace(0, len(first) - 1, n).round().astype(int))]
+        return [{"id": int(r.id), "label": int(r.label), "class_name": str(r.class_name)} for r in first.itertuples()]
+
+    def row_of(self, item_id: int) -> int | None:
+        """The faiss row of gallery id ``item_id`` (None when no item has it)."""
+        row = int(np.searchsorted(self._ids, item_id))
+        return row if row < len(self._ids) and self._ids[row] == item_id else None
+
+    def neighbours(self, scores: np.ndarray, rows: np.ndarray) -> list[list[dict[str, Any]]]:
+        """faiss search output (scores, row numbers) → per query, the neighbours with their ids and labels."""
+        results = []
+        for srow, irow in zip(scores, rows):
+            results.append([
+                {"id": int(self._ids[i]), "label": int(self._labels[i]), "class_name": str(self._class_names[i]),
+                 "path": str(self._paths[i]), "score": float(s)}
+                for s, i in zip(srow, irow) if i >= 0
+            ])
+        return results
+
+    def search(self, embeddings: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+        if not 1 <= k <= self.gallery_size:
+            raise ValueError(f"k must be in [1, {self.gallery_size}] (the gallery size), got {k}")
+        scores, rows = self.index.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
+        return self.neighbours(scores, rows)
+
+
+def read_manifest(root: str | Path) -> dict[str, Any]:
+    """The manifest of the bundle folder ``root``, checked against its own ``manifest_sha256`` and for the list
+    of files it must declare (the files themselves are checked by :func:`load_bundle`)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise BundleError(str(root), "not a directory (expected a bundle folder with manifest.json)")
+    path = root / MANIFEST_FILE
+    if not path.is_file():
+        raise BundleError(MANIFEST_FILE, f"missing in {root}")
+    try:
+        manifest = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(MANIFEST_FILE, f"not valid JSON ({e})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(MANIFEST_FILE, "not a JSON object")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(MANIFEST_FILE, f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    want = manifest.get("manifest_sha256")
+    if want != manifest_sha256(manifest):
+        raise BundleError(MANIFEST_FILE, "content does not match its manifest_sha256 (edited or corrupted)")
+    files = manifest.get("files")
+    expected = set(declared_files(manifest))
+    if not isinstance(files, dict) or set(files) != expected:
+        raise BundleError(MANIFEST_FILE, f"'files' must list exactly {sorted(expected)}")
+    return manifest
+
+
+def verify_lineage(manifest: Mapping[str, Any], weights: str | None) -> None:
+    """At load: the index was built by the bundle's model and ``accepted_on`` describes its weights."""
+    lin = manifest.get("lineage")
+    if not isinstance(lin, dict):
+        raise BundleError(MANIFEST_FILE, "has no 'lineage' (which model built the index, which model the metrics "
+                          "describe): rebuild the bundle with the bundle stage")
+    model_sha = manifest["files"][MODEL_FILE]
+    if lin.get("index_model_sha256") != model_sha:
+        raise BundleError(INDEX_FILE, f"was built by model {short(lin.get('index_model_sha256'))}, but the "
+                          f"bundle's model.onnx is {short(model_sha)}")
+    if lin.get("weights_sha256") != weights:
+        raise BundleError(MODEL_FILE, f"was exported from weights {short(weights)}, the manifest says "
+                          f"{short(lin.get('weights_sha256'))}")
+    if manifest.get("accepted_on") and lin.get("metrics_weights_sha256") != weights:
+        raise BundleError(MANIFEST_FILE, f"accepted_on holds the metrics of weights "
+                          f"{short(lin.get('metrics_weights_sha256'))}, not of this model ({short(weights)})")
+
+
+def load_bundle(root: str | Path, threads: int = 0) -> Bundle:
+    """Read and verify a bundle: manifest integrity, every file's sha256, the model runs, model output
+    dimension = index dimension = manifest dimension, ids match the index. Raises `BundleError`."""
+    from deepmetric.index.build import IndexBuildError, deserialize_index
+    from deepmetric.index.embedder import OnnxEmbedder
+
+    root = Path(root)
+    manifest = read_manifest(root)
+    blobs: dict[str, bytes] = {}
+    for name in declared_files(manifest):
+        path = root / name
+        if not path.is_file():
+            raise BundleError(name, f"missing in {root}")
+        data = path.read_bytes()
+        got = sha256(data)
+        if got != manifest["files"][name]:
+            raise BundleError(name, f"sha256 {got[:16]}… does not match the manifest's {str(manifest['files'][name])[:16]}… "
+                              "(file changed after the bundle was built)")
+        blobs[name] = data
+    try:
+        embedder = OnnxEmbedder(blobs[MODEL_FILE], threads=threads)
+    except ValueError as e:
+        raise BundleError(MODEL_FILE, str(e)) from None
+    try:
+        index = deserialize_index(blobs[INDEX_FILE])
+    except IndexBuildError as e:
+        raise BundleError(INDEX_FILE, str(e)) from None
+    try:
+        ids = pd.read_parquet(io.BytesIO(blobs[IDS_FILE]))
+    except Exception as e:  # pyarrow raises several types
+        raise BundleError(IDS_FILE, f"not a readable parquet table ({e})") from None
+    dim = manifest.get("embedding_dim")
+    if embedder.dim != index.d:
+        raise BundleError(MODEL_FILE, f"model output dimension {embedder.dim} != index dimension {index.d} ({INDEX_FILE})")
+    if dim != index.d:
+        raise BundleError(MANIFEST_FILE, f"embedding_dim {dim} != index dimension {index.d}")
+    missing = [c for c in ID_COLUMNS if c not in ids.columns]
+    if missing:
+        raise BundleError(IDS_FILE, f"lacks columns {missing}")
+    if len(ids) != index.ntotal or manifest.get("gallery_size") != index.ntotal:
+        raise BundleError(IDS_FILE, f"{len(ids)} ids, index holds {index.ntotal}, manifest says gallery_size "
+                          f"{manifest.get('gallery_size')}")
+    id_values = ids["id"].to_numpy()
+    if len(id_values) and (id_values.min() < 0 or np.any(np.diff(id_values) <= 0)):
+        raise BundleError(IDS_FILE, "ids must be non-negative and increasing (one id per faiss row, never reused)")
+    verify_lineage(manifest, embedder.weights_sha256)
+    if manifest.get("search_params"):
+        from deepmetric.index.build import apply_search_params
+
+        try:
+            apply_search_params(index, manifest["search_params"])
+        except IndexBuildError as e:
+            raise BundleError(MANIFEST_FILE, f"search_params do not fit the index: {e}") from None
+    thumbnails = None
+    if manifest.get("thumbnails") is not None:
+        try:
+            thumbnails = Thumbnails(manifest["thumbnails"], blobs, int(index.ntotal))
+        except ThumbnailError as e:
+            raise BundleError("thumbnails", str(e)) from None
+    return Bundle(root=root, manifest=manifest, embedder=embedder, index=index, ids=ids, thumbnails=thumbnails)

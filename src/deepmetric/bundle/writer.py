@@ -1,0 +1,75 @@
+"""The one writer of bundles: seal a manifest over the files it lists, lay the bundle out, write it atomically.
+
+Every bundle comes from here — the `bundle` stage (:func:`deepmetric.bundle.build.build_bundle`, whose
+``{name: bytes}`` the catalog's ``FileTreeDataset`` writes), gallery updates
+(:func:`deepmetric.bundle.gallery.update_gallery`) and release stamping (`deepmetric publish`) — so the
+manifest's ``files`` / ``sizes`` / ``manifest_sha256`` are computed in one place and a new kind of bundle file
+is added in one place.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from deepmetric.bundle.format import MANIFEST_FILE, manifest_bytes, manifest_sha256, sha256
+
+__all__ = ["bundle_files", "restamp", "seal", "write_bundle"]
+
+#: A file's content, or the path of an existing file to copy (a release copies the built bundle's payload).
+Content = bytes | os.PathLike[str]
+
+
+def seal(manifest: Mapping[str, Any], payload: Mapping[str, bytes] | None = None) -> dict[str, Any]:
+    """A copy of ``manifest`` that lists ``payload`` (every file of the bundle but manifest.json: its sha256
+    under ``files``, its size under ``sizes``) and carries its own ``manifest_sha256``. Without ``payload`` the
+    listed files stay as they are."""
+    out = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    if payload is not None:
+        out["files"] = {name: sha256(data) for name, data in payload.items()}
+        out["sizes"] = {name: len(data) for name, data in payload.items()}
+    out["manifest_sha256"] = manifest_sha256(out)
+    return out
+
+
+def restamp(manifest: Mapping[str, Any], **fields: Any) -> dict[str, Any]:
+    """A copy of ``manifest`` with ``fields`` set, sealed again. Releases use it to add their name and provenance
+    to a built bundle's manifest; the payload files and their sha256 stay as built."""
+    return seal({**manifest, **fields})
+
+
+def bundle_files(manifest: Mapping[str, Any], payload: Mapping[str, Content]) -> dict[str, Content]:
+    """The bundle as ``{file name: content}``: ``payload`` and manifest.json. ``manifest`` must be sealed and
+    list exactly the files of ``payload`` (a mismatch is a bug in the caller: ``ValueError``)."""
+    if manifest.get("manifest_sha256") != manifest_sha256(manifest):
+        raise ValueError("the manifest is not sealed: pass it through deepmetric.bundle.writer.seal")
+    listed = set(manifest.get("files") or {})
+    if listed != set(payload):
+        raise ValueError(f"the manifest lists {sorted(listed)}, the payload holds {sorted(payload)}")
+    if MANIFEST_FILE in payload or any(Path(name).name != name for name in payload):
+        raise ValueError(f"payload names must be plain file names other than {MANIFEST_FILE}: {sorted(payload)}")
+    return {**payload, MANIFEST_FILE: manifest_bytes(manifest)}
+
+
+def write_bundle(dest: str | os.PathLike[str], manifest: Mapping[str, Any], payload: Mapping[str, Content], *,
+                 verify: Callable[[Path], Any] | None = None) -> Path:
+    """Write the bundle (``payload`` + manifest.json) as the folder ``dest``, replacing what is there atomically.
+    ``verify(folder)`` runs on the complete new folder before it takes the name: if it raises, ``dest`` is left
+    exactly as it was and nothing else remains."""
+    from deepmetric.io.atomic import atomic_path
+
+    files = bundle_files(manifest, payload)
+    dest = Path(dest)
+    with atomic_path(dest) as tmp:
+        tmp.mkdir()
+        for name, content in files.items():
+            if isinstance(content, bytes):
+                (tmp / name).write_bytes(content)
+            else:
+                shutil.copyfile(content, tmp / name)
+        if verify is not None:
+            verify(tmp)
+    return dest

@@ -1,0 +1,89 @@
+"""`deepmetric gallery add|remove`: a new bundle version with images added to its gallery or items removed
+(:func:`deepmetric.bundle.gallery.update_gallery`), without retraining.
+
+    deepmetric gallery add    --bundle DIR [--out DIR] --label N [--class-name NAME] IMAGE...   (or --list FILE.csv)
+    deepmetric gallery remove --bundle DIR [--out DIR] --id N [--id N ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from deepmetric.cli.common import EXIT_BAD_BUNDLE, EXIT_BAD_INPUT, add_limit_flags, image_limits, say
+
+
+def register(sub) -> None:
+    gallery = sub.add_parser("gallery", help="add images to a bundle's gallery or remove items: a new bundle version")
+    gallery.set_defaults(handler=run, hard_exit=True)
+    gsub = gallery.add_subparsers(dest="gallery_command", required=True)
+    add = gsub.add_parser("add", help="embed images with the bundle's model and add them to its gallery")
+    add.add_argument("--bundle", required=True)
+    add.add_argument("--out", default=None, help="where the new version goes (default: replace --bundle atomically)")
+    add.add_argument("images", nargs="*", metavar="IMAGE")
+    add.add_argument("--label", type=int, default=None, help="label of the IMAGEs")
+    add.add_argument("--class-name", default=None, help="class name of the IMAGEs (default: the label's, if known)")
+    add.add_argument("--list", default=None, metavar="CSV",
+                     help="a CSV with columns path,label[,class_name] (paths relative to the CSV's folder)")
+    add_limit_flags(add)
+    rm = gsub.add_parser("remove", help="take items out of a bundle's gallery (by id)")
+    rm.add_argument("--bundle", required=True)
+    rm.add_argument("--out", default=None, help="where the new version goes (default: replace --bundle atomically)")
+    rm.add_argument("--id", type=int, action="append", required=True, dest="ids", help="an id to remove (repeat)")
+
+
+def _items(args: argparse.Namespace) -> list | None:
+    """The images to add (IMAGE... with --label, and the rows of --list), or None after saying what is wrong."""
+    import csv
+    from pathlib import Path
+
+    from deepmetric.bundle.gallery import NewItem
+
+    items: list[NewItem] = []
+    if args.images:
+        if args.label is None:
+            say("gallery add IMAGE... needs --label")
+            return None
+        items += [NewItem(p, args.label, args.class_name) for p in args.images]
+    if args.list:
+        base = Path(args.list).resolve().parent
+        try:
+            with open(args.list, newline="", encoding="utf-8") as f:
+                for n, row in enumerate(csv.DictReader(f), start=2):
+                    try:
+                        items.append(NewItem(str(base / row["path"]), int(row["label"]),
+                                             row.get("class_name") or None, row["path"]))
+                    except (KeyError, TypeError, ValueError):
+                        say(f"{args.list}:{n}: needs columns path,label[,class_name] with an integer label, "
+                            f"got {row}")
+                        return None
+        except OSError as e:
+            say(f"cannot read {args.list}: {e.strerror or e}")
+            return None
+    return items
+
+
+def run(args: argparse.Namespace) -> int:
+    from deepmetric.bundle import BundleError
+    from deepmetric.bundle.gallery import GalleryError, update_gallery
+
+    if args.gallery_command == "add":
+        items = _items(args)
+        if items is None:
+            return EXIT_BAD_INPUT
+        limits = image_limits(args)
+        if limits is None:
+            return EXIT_BAD_INPUT
+        change: dict = {"add": items, "limits": limits}
+    else:
+        change = {"remove": args.ids}
+    try:
+        summary = update_gallery(args.bundle, args.out, **change)
+    except BundleError as e:
+        say(str(e))
+        return EXIT_BAD_BUNDLE
+    except GalleryError as e:
+        say(f"gallery not changed: {e}")
+        return EXIT_BAD_INPUT
+    print(json.dumps(summary, indent=2))
+    return 0

@@ -1,0 +1,31 @@
+"""``GET /healthz`` (this process: the bundle version it serves, reloads, batching figures) and ``GET /v1/info``
+(the bundle's manifest and the server's limits)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from fastapi import APIRouter
+
+from deepmetric.serving.dependencies import Settings, State
+from deepmetric.serving.state import bundle_summary
+
+router = APIRouter()
+
+
+@router.get("/healthz")
+async def healthz(state: State) -> dict[str, Any]:
+    served = state.current
+    out = {"status": "ok", **bundle_summary(served.bundle), "pid": os.getpid(), "reloads": state.reloads,
+           "batching": served.batcher is not None}
+    if served.batcher is not None:  # of this worker, since this bundle version was loaded
+        b = served.batcher
+        out["batches"] = {"count": b.batches, "images": b.images,
+                          "mean_images": round(b.images / b.batches, 2) if b.batches else None}
+    return out
+
+
+@router.get("/v1/info")
+async def info(state: State, settings: Settings) -> dict[str, Any]:
+    return {**state.current.bundle.manifest, "limits": settings.model_dump()}

@@ -1,0 +1,146 @@
+"""``POST /v1/search?k=10`` and ``POST /v1/embed``: images come as one or more multipart files in the field
+``image`` and go through the evaluation transform (`open_image` + `eval_image`), the same code as evaluation and
+index building, then the bundle's model (and index).
+
+A request keeps the bundle version it started with (:meth:`ServingState.use`). With batching on (the default),
+concurrent requests' images run through onnxruntime and faiss as one batch (:mod:`deepmetric.serving.batching`);
+off, each request is one onnxruntime call in the thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
+from deepmetric.bundle import Bundle
+from deepmetric.data.images import ImageDecodeError, ImageLimits
+from deepmetric.data.transforms import load_eval_image
+from deepmetric.serving.config import ServerSettings
+from deepmetric.serving.dependencies import Settings, State
+from deepmetric.serving.errors import ApiError, image_error
+from deepmetric.serving.multipart import FIELD, parse_images, require_multipart
+from deepmetric.serving.responses import json_response
+from deepmetric.serving.state import Served, ServingState
+
+router = APIRouter()
+
+_IMAGES_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"multipart/form-data": {"schema": {
+            "type": "object", "required": [FIELD],
+            "properties": {FIELD: {"type": "array", "items": {"type": "string", "format": "binary"},
+                                   "description": "one or more image files (JPEG, PNG, WebP, …)"}},
+        }}},
+    },
+    "responses": {"4XX": {"description": "refused: `{\"error\": code, \"message\": text}`"}},
+}
+_K_PARAM = {"name": "k", "in": "query", "required": False, "description": "neighbours per image (1 … gallery size)",
+            "schema": {"type": "integer", "minimum": 1, "default": 10}}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing (413) more than ``limit`` bytes. A declared oversize body far above the limit
+    is refused unread; a modest excess is drained first so the client reads a clean 413."""
+    declared = request.headers.get("content-length")
+    too_big = ApiError(413, "upload_too_large",
+                       f"request body exceeds the upload limit of {limit:,} bytes (setting max_upload_bytes)")
+    if declared is not None:
+        try:
+            n = int(declared)
+        except ValueError:
+            raise ApiError(400, "bad_request", f"invalid Content-Length {declared!r}") from None
+        if n > 4 * limit:
+            raise too_big
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size <= limit:
+            chunks.append(chunk)
+        elif size > 4 * limit:
+            raise too_big
+    if size > limit:
+        raise too_big
+    return b"".join(chunks)
+
+
+async def request_images(request: Request, settings: ServerSettings) -> list[tuple[str, bytes]]:
+    """The uploaded images of ``request`` as ``(file name, bytes)`` (refusals: :mod:`deepmetric.serving.multipart`)."""
+    ctype = request.headers.get("content-type", "")
+    require_multipart(ctype)
+    body = await read_body(request, settings.max_upload_bytes)
+    return await parse_images(body, ctype, max_images=settings.max_images, max_part_size=settings.max_upload_bytes)
+
+
+def prepare_images(files: list[tuple[str, bytes]], spec: Any, limits: ImageLimits) -> np.ndarray:
+    """The model's input batch (uint8 NHWC) of the uploaded files; the first unusable one refuses the request."""
+    arrays = []
+    for name, data in files:
+        try:
+            arrays.append(load_eval_image(data, spec, limits=limits, name=name))
+        except ImageDecodeError as e:
+            raise image_error(e, name) from None
+    return np.stack(arrays)
+
+
+async def _run(state: ServingState, served: Served, files: list[tuple[str, bytes]], k: int, limits: ImageLimits):
+    """(embeddings, scores, rows) of the request's images: through the batcher, or (batching off) in the
+    thread pool, one onnxruntime call per request."""
+    if served.batcher is None:
+        return await run_in_threadpool(lambda: served.run(prepare_images(files, served.bundle.spec, limits), k))
+    loop = asyncio.get_running_loop()
+    served.batcher.announce()
+    try:
+        images = await loop.run_in_executor(state.prep_pool, prepare_images, files, served.bundle.spec, limits)
+    except BaseException:
+        served.batcher.withdraw()
+        raise
+    result = await asyncio.wrap_future(served.batcher.submit(images, k))
+    return result.embeddings, result.scores, result.rows
+
+
+def _k(request: Request, bundle: Bundle, settings: ServerSettings) -> int:
+    raw = request.query_params.get("k")
+    if raw is None:
+        k = settings.default_k
+    else:
+        try:
+            k = int(raw)
+        except ValueError:
+            raise ApiError(422, "invalid_k", f"k must be an integer, got {raw!r}") from None
+    if not 1 <= k <= bundle.gallery_size:
+        raise ApiError(422, "invalid_k", f"k must be in [1, {bundle.gallery_size}] (the gallery size), got {k}")
+    return k
+
+
+@router.post("/v1/embed", openapi_extra=_IMAGES_BODY)
+async def embed(request: Request, state: State, settings: Settings) -> Response:
+    files = await request_images(request, settings)
+    with state.use() as served:
+        emb, _, _ = await _run(state, served, files, 0, settings.limits)
+        bundle = served.bundle
+    return json_response({
+        "model_version": bundle.manifest.get("model_version"),
+        "dim": bundle.dim,
+        "embeddings": [{"image": name, "embedding": row.tolist()} for (name, _), row in zip(files, emb)],
+    })
+
+
+@router.post("/v1/search", openapi_extra={**_IMAGES_BODY, "parameters": [_K_PARAM]})
+async def search(request: Request, state: State, settings: Settings) -> Response:
+    with state.use() as served:
+        bundle = served.bundle
+        k = _k(request, bundle, settings)
+        files = await request_images(request, settings)
+        _, scores, rows = await _run(state, served, files, k, settings.limits)
+    return json_response({
+        "model_version": bundle.manifest.get("model_version"),
+        "index_version": bundle.manifest.get("index_version"),
+        "k": k,
+        "results": [{"image": name, "neighbors": h} for (name, _), h in zip(files, bundle.neighbours(scores, rows))],
+    })

@@ -1,0 +1,103 @@
+"""The one bundle writer: a manifest sealed over its files, the bundle's file set, the atomic folder write (what
+the bundle stage, gallery updates and release stamping write through)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from deepmetric.bundle import BundleError, load_bundle
+from deepmetric.bundle.format import MANIFEST_FILE, manifest_bytes, manifest_sha256, sha256
+from deepmetric.bundle.writer import bundle_files, restamp, seal, write_bundle
+
+PAYLOAD = {"model.onnx": b"model", "index.faiss": b"index!", "ids.parquet": b"ids"}
+
+
+def test_seal_lists_the_payload_and_hashes_itself():
+    draft = {"format": "deepmetric-bundle/1", "gallery_size": 3, "files": {"stale": "x"}, "manifest_sha256": "old"}
+    m = seal(draft, PAYLOAD)
+    assert m["files"] == {name: sha256(data) for name, data in PAYLOAD.items()}
+    assert m["sizes"] == {"model.onnx": 5, "index.faiss": 6, "ids.parquet": 3}
+    assert m["manifest_sha256"] == manifest_sha256(m) != "old"
+    assert draft["manifest_sha256"] == "old" and draft["files"] == {"stale": "x"}, "the input is not changed"
+    assert seal(m) == m, "sealing a sealed manifest changes nothing"
+
+
+def test_restamp_sets_fields_and_keeps_the_files():
+    m = seal({"format": "deepmetric-bundle/1", "release": None}, PAYLOAD)
+    stamped = restamp(m, release="v3", provenance={"git_revision": "c" * 40})
+    assert stamped["release"] == "v3" and stamped["provenance"] == {"git_revision": "c" * 40}
+    assert stamped["files"] == m["files"] and stamped["sizes"] == m["sizes"]
+    assert stamped["manifest_sha256"] == manifest_sha256(stamped) != m["manifest_sha256"]
+    assert m["release"] is None
+
+
+def test_bundle_files_are_the_payload_and_the_manifest():
+    m = seal({"format": "deepmetric-bundle/1"}, PAYLOAD)
+    files = bundle_files(m, PAYLOAD)
+    assert files == {**PAYLOAD, MANIFEST_FILE: manifest_bytes(m)}
+
+
+def test_bundle_files_refuse_what_would_not_verify():
+    m = seal({"format": "deepmetric-bundle/1"}, PAYLOAD)
+    with pytest.raises(ValueError, match="not sealed"):
+        bundle_files({**m, "gallery_size": 4}, PAYLOAD)
+    with pytest.raises(ValueError, match="lists .* the payload holds"):
+        bundle_files(m, {**PAYLOAD, "extra.bin": b""})
+    with pytest.raises(ValueError, match="lists .* the payload holds"):
+        bundle_files(m, {k: v for k, v in PAYLOAD.items() if k != "ids.parquet"})
+    sub = {**PAYLOAD, "sub/ids.parquet": PAYLOAD["ids.parquet"]}
+    del sub["ids.parquet"]
+    with pytest.raises(ValueError, match="plain file names"):
+        bundle_files(seal({}, sub), sub)
+
+
+def test_write_bundle_writes_bytes_and_copies_files(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "index.faiss").write_bytes(PAYLOAD["index.faiss"])
+    m = seal({"format": "deepmetric-bundle/1"}, PAYLOAD)
+    dest = write_bundle(tmp_path / "b", m, {**PAYLOAD, "index.faiss": src / "index.faiss"})
+    assert sorted(p.name for p in dest.iterdir()) == sorted([*PAYLOAD, MANIFEST_FILE])
+    assert {n: (dest / n).read_bytes() for n in PAYLOAD} == PAYLOAD
+    assert (dest / MANIFEST_FILE).read_bytes() == manifest_bytes(m)
+
+
+def test_a_failed_verification_leaves_the_destination_as_it_was(tmp_path):
+    dest = tmp_path / "b"
+    first = seal({"format": "deepmetric-bundle/1", "n": 1}, PAYLOAD)
+    write_bundle(dest, first, PAYLOAD)
+    before = {p.name: p.read_bytes() for p in dest.iterdir()}
+    seen = []
+
+    def refuse(folder):
+        seen.append(sorted(p.name for p in folder.iterdir()))
+        raise BundleError("index.faiss", "refused by the check")
+
+    second = seal({"format": "deepmetric-bundle/1", "n": 2}, {**PAYLOAD, "index.faiss": b"other"})
+    with pytest.raises(BundleError, match="refused by the check"):
+        write_bundle(dest, second, {**PAYLOAD, "index.faiss": b"other"}, verify=refuse)
+    assert seen == [sorted([*PAYLOAD, MANIFEST_FILE])], "the check saw the complete new folder"
+    assert {p.name: p.read_bytes() for p in dest.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"], "no temporary left behind"
+    write_bundle(dest, second, {**PAYLOAD, "index.faiss": b"other"}, verify=lambda folder: None)
+    assert json.loads((dest / MANIFEST_FILE).read_text())["n"] == 2 and (dest / "index.faiss").read_bytes() == b"other"
+
+
+def test_restamped_copy_of_a_real_bundle_loads(deploy_bundle, tmp_path):
+    """Release stamping as `deepmetric publish` does it: the built payload copied, the manifest restamped."""
+    built, _, _ = deploy_bundle
+    bundle = load_bundle(built)
+    m = restamp(bundle.manifest, release="v9", provenance={"git_revision": "0" * 40})
+    dest = write_bundle(tmp_path / "release", m, {f: built / f for f in m["files"]}, verify=load_bundle)
+    again = load_bundle(dest)
+    assert again.manifest["release"] == "v9" and again.manifest["files"] == bundle.manifest["files"]
+    # and a payload file that changed since is refused by the check, nothing written
+    copy = tmp_path / "changed"
+    shutil.copytree(built, copy)
+    (copy / "ids.parquet").write_bytes((copy / "ids.parquet").read_bytes() + b"\0")
+    with pytest.raises(BundleError, match="ids.parquet: sha256"):
+        write_bundle(tmp_path / "release2", m, {f: copy / f for f in m["files"]}, verify=load_bundle)
+    assert not (tmp_path / "release2").exists()

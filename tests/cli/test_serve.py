@@ -1,0 +1,69 @@
+"""`deepmetric serve`: the refusals before anything is served (flags, admin token, bundle, port) name the problem
+and exit 3 (bad input) or 2 (bundle refused), with no traceback. Serving itself: tests/serving/test_server.py."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+
+import pytest
+
+from tests.fixtures import free_port
+from tests.server_fixtures import deepmetric as cli
+from tests.server_fixtures import deepmetric_here
+
+
+def test_serve_bad_port_and_busy_port_are_clear_errors(env):
+    *_, bundle = env
+    proc = cli("serve", "--bundle", str(bundle), "--port", "99999")
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert "argument --port: must be in [0, 65535]" in proc.stderr
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = cli("serve", "--bundle", str(bundle), "--port", str(port))
+    assert proc.returncode == 3 and "Traceback" not in proc.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in proc.stderr, proc.stderr
+
+
+def test_serve_refuses_a_tampered_bundle(env, tmp_path):
+    _, _, _, bundle = env
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    data = bytearray((copy / "index.faiss").read_bytes())
+    data[-5] ^= 0xFF
+    (copy / "index.faiss").write_bytes(bytes(data))
+    for workers in ("1", "2"):  # with several workers the supervisor verifies it in a child process
+        proc = cli("serve", "--bundle", str(copy), "--port", str(free_port()), "--workers", workers)
+        assert proc.returncode == 2 and "index.faiss" in proc.stderr and "sha256" in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize(("flags", "words"), [
+    (["--workers", "0"], ["--workers must be >= 1"]),
+    (["--max-aspect-ratio", "0.5"], ["invalid setting", "max_aspect_ratio", "0.5"]),
+    (["--max-pixels", "0"], ["invalid setting", "max_pixels"]),
+    (["--max-pixels", str(10**9)], ["invalid setting", "max_pixels", "Pillow's own limit"]),
+    (["--max-images", "0"], ["invalid setting", "max_images"]),
+    (["--batch-window-ms", "500"], ["invalid setting", "batch_window_ms"]),
+])
+def test_bad_settings_are_refused_before_the_bundle_is_read(tmp_path, flags, words):
+    # the bundle does not exist: the flags are checked first (exit 3), nothing is loaded or bound
+    proc = deepmetric_here("serve", "--bundle", str(tmp_path / "none"), *flags)
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stderr.startswith("deepmetric: ") and all(w in proc.stderr for w in words), proc.stderr
+
+
+def test_admin_token_file_must_be_readable_and_long_enough(tmp_path, monkeypatch):
+    monkeypatch.delenv("DEEPMETRIC_ADMIN_TOKEN", raising=False)
+    short = tmp_path / "short"
+    short.write_text("short\n")
+    proc = deepmetric_here("serve", "--bundle", str(tmp_path / "none"), "--admin-token-file", str(short))
+    assert proc.returncode == 3 and "the admin token must be at least 16 characters" in proc.stderr
+    missing = tmp_path / "missing"
+    proc = deepmetric_here("serve", "--bundle", str(tmp_path / "none"), "--admin-token-file", str(missing))
+    assert proc.returncode == 3 and f"cannot read --admin-token-file {missing}: No such file" in proc.stderr
+    # a good token passes on to the bundle, which is refused (exit 2: the token check is done)
+    (tmp_path / "good").write_text("0123456789abcdef\n")
+    proc = deepmetric_here("serve", "--bundle", str(tmp_path / "none"), "--admin-token-file", str(tmp_path / "good"))
+    assert proc.returncode == 2 and "bundle refused" in proc.stderr and "not a directory" in proc.stderr
