@@ -66,6 +66,21 @@ def test_zero_and_two_workers_give_the_same_batches(bars):
     assert not torch.equal(runs[0][0][0][1], runs[0][1][0][1])
 
 
+def test_load_augments_the_images_a_method_asks_for(bars):
+    """`TrainContext.load` (extra images mid-step) goes through `TrainLoader.load`, which raised ValueError on every
+    call (a negative entry in the sample's SeedSequence)."""
+    root, manifest = bars
+    loader, _ = _loader(root, manifest, 0)
+    try:
+        a, again = loader.load([0, 1, 2], seed=5), loader.load([0, 1, 2], seed=5)
+        assert a.shape == (3, 3, 24, 24) and a.dtype == torch.uint8
+        assert torch.equal(a, again)  # seeded: a resumed run loads the same pixels
+        assert not torch.equal(a, loader.load([0, 1, 2], seed=6))
+        assert not torch.equal(a[0], loader.load([1, 0, 2], seed=5)[1])  # each position has its own seed
+    finally:
+        loader.close()
+
+
 @pytest.mark.parametrize("method", ["margin", "divide_conquer", "sharing", "intra_batch"])
 def test_the_loader_keeps_the_methods_batch_composition(bars, method):
     root, manifest = bars

@@ -268,7 +268,8 @@ class TrainLoader:
 
     def load(self, indices: Sequence[int], seed: int) -> torch.Tensor:
         """One batch in this process (for a method that asks for extra images mid-step)."""
-        keys = [(int(i), sample_seed(seed, -1, 0, j)) for j, i in enumerate(indices)]
+        # epoch 2**32 - 1: no epoch of the run (SeedSequence takes non-negative entries only)
+        keys = [(int(i), sample_seed(seed, 2**32 - 1, 0, j)) for j, i in enumerate(indices)]
         items = [self.dataset[k] for k in keys]
         return self._to_device(_keep(items) if self.decode == "gpu" else _stack(items))
 
