@@ -13,7 +13,7 @@ Everything rank-aware lives here, so the loop and the methods stay small:
   of the one-process loss over the global batch for every parameter: ``(1/W) Σ_r W ∂L/∂x_r ∂x_r/∂θ = ∂L/∂θ`` for
   the network, ``∂L/∂β`` unchanged for parameters of the loss (proxies, learnable margins).
 - random numbers: `begin_step` seeds each step (per rank: dropout before the gather), and every gather re-seeds
-  from (epoch seed, step, gather number) alone, in a one-process run too, so random miners (distance-weighted
+  from (seed, epoch, step, gather number) alone (`deepmetric.runtime`), in a one-process run too, so random miners (distance-weighted
   sampling) and dropout after the gather draw the same for any number of ranks.
 - `GradientSync`: averages gradients between backward and the optimiser step with bucketed all-reduces that
   start during backward (as DDP does). It is not `DistributedDataParallel` because methods call sub-modules
@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from deepmetric.parallel import shard_bounds
+from deepmetric.runtime import gather_seed, resolve_device, seed_torch, step_seed
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,6 @@ TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 def under_torchrun() -> bool:
     """True inside a process started by torchrun (or another env:// launcher)."""
     return "TORCHELASTIC_RUN_ID" in os.environ or all(k in os.environ for k in TORCHRUN_ENV)
-
-
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes and Python versions)."""
-    digest = hashlib.blake2b(np.asarray(parts, dtype=np.int64).tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -72,15 +67,6 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def seed_torch(seed: int) -> None:
-    """``torch.manual_seed`` for the generators a step uses: the CPU one, and CUDA's once CUDA is in use (dropout
-    on the GPU). ``torch.manual_seed`` itself probes every accelerator backend, which costs ~5 ms a call on a CUDA
-    build without a GPU — twice per step."""
-    torch.random.default_generator.manual_seed(seed)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.manual_seed_all(seed)
-
-
 @dataclass
 class Distributed:
     """This process's place in the job. ``world_size == 1`` is a plain process (every method a no-op)."""
@@ -92,7 +78,8 @@ class Distributed:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
     gather_embeddings: bool = True
-    _rng_base: int = 0
+    _rng_seed: int = 0
+    _rng_epoch: int = 0
     _rng_step: int = 0
     _gathers: int = 0
 
@@ -109,8 +96,6 @@ class Distributed:
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
-            from deepmetric.training.loop import resolve_device
-
             return cls(device=resolve_device(device), gather_embeddings=gather_embeddings)
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         use_cuda = torch.cuda.is_available() and device != "cpu"
@@ -185,22 +170,23 @@ class Distributed:
                                "computed from seeded, rank-independent inputs")
 
     # --- random numbers ---------------------------------------------------------------------------------------
-    def begin_step(self, epoch_seed: int, step: int) -> None:
-        """Seed this rank's generator for one step: its own stream, so dropout before the gather differs between
-        ranks as it differs between the images of one process. (Augmentations have their own per-image seeds.)"""
-        self._rng_base, self._rng_step, self._gathers = epoch_seed, step, 0
-        seed_torch(mix_seed(epoch_seed, step, 1, self.rank))
+    def begin_step(self, seed: int, epoch: int, step: int) -> None:
+        """Seed this rank's generator for global step ``step`` of ``epoch`` of a run seeded ``seed``: its own
+        stream, so dropout before the gather differs between ranks as it differs between the images of one
+        process. (Augmentations have their own per-image seeds.)"""
+        self._rng_seed, self._rng_epoch, self._rng_step, self._gathers = seed, epoch, step, 0
+        seed_torch(step_seed(seed, epoch, step, self.rank))
 
     def _shared_rng(self) -> None:
         self._gathers += 1
-        seed_torch(mix_seed(self._rng_base, self._rng_step, 2, self._gathers))
+        seed_torch(gather_seed(self._rng_seed, self._rng_epoch, self._rng_step, self._gathers))
 
     # --- the global batch -------------------------------------------------------------------------------------
     def gather(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The global batch of each tensor (dim 0 = this rank's images, in `share` order), in the sampler's
         order. Gradients reach only the local part (×``world_size``, see the module docstring); the tensors
         themselves when there is one rank or ``gather_embeddings`` is off. Either way the generator is then
-        re-seeded from (epoch seed, step, gather number), the same on every rank and for any number of ranks,
+        re-seeded from (seed, epoch, step, gather number), the same on every rank and for any number of ranks,
         so what the loss draws (miners, dropout after the gather) is what a one-process run draws."""
         if not tensors:
             raise ValueError("gather needs at least one tensor")

@@ -19,7 +19,6 @@ import hashlib
 import io
 import json
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +33,9 @@ from tqdm.auto import tqdm
 from deepmetric.data.dataset import ManifestImages
 from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO
 from deepmetric.data.transforms import InputSpec, augmentation
-from deepmetric.training.data import TrainLoader, choose_cache, eval_loader_workers, open_images, resolve_workers
+from deepmetric.runtime import (batches_seed, epoch_seed, eval_loader_workers, init_seed, resolve_device,
+                                resolve_workers, seed_everything)
+from deepmetric.training.data import TrainLoader, choose_cache, open_images
 from deepmetric.training.precision import Precision
 from deepmetric.evaluation.embed import embed_dataset, method_embedder
 from deepmetric.evaluation.metrics import evaluate_embeddings
@@ -51,21 +52,6 @@ CHECKPOINT = "last.pt"
 # Settings that may change between a run and its resumption without invalidating the checkpoint.
 # `distributed`: a run may resume on another number of processes (the state is the same model).
 _RESUMABLE_KEYS = ("epochs", "progress", "num_workers", "prefetch_factor", "device", "eval_batch_size", "distributed")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA device is available")
-    return dev
 
 
 @dataclass
@@ -105,8 +91,7 @@ class _Context:
         return to_model_input(images, self.spec.mean, self.spec.std), labels
 
     def load(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        seed = self.seed * 100_003 + self.step
-        return self.batch(indices, self.loader.load(indices, seed))
+        return self.batch(indices, self.loader.load(indices, self.seed, self.step))
 
     def extract(self, fn: Callable[[torch.Tensor], torch.Tensor], batch_size: int | None = None) -> np.ndarray:
         was = self.method.training
@@ -211,7 +196,7 @@ def fit(
     dist = dist or Distributed()
     device = dist.device if dist.enabled else resolve_device(cfg.device)
 
-    seed_everything(cfg.seed)
+    seed_everything(init_seed(cfg.seed))
     method = build_method(cfg, params, num_classes).to(device)
     if cfg.distributed.sync_batchnorm and dist.enabled:
         if device.type == "cuda":
@@ -223,7 +208,7 @@ def fit(
     precision.prepare(method)
     optimizer = _make_optimizer(method, cfg)
 
-    workers = resolve_workers(cfg.num_workers, dist.local_world_size)
+    workers = resolve_workers(cfg.num_workers, shared_by=dist.local_world_size)
     decode = cfg.decode
     if decode == "gpu" and device.type != "cuda":
         log.warning("train.decode=gpu but training runs on %s: decoding on the CPU instead", device)
@@ -282,14 +267,14 @@ def _fit_epochs(ctx: _Context, cfg: TrainConfig, params: MethodParams, spec: Inp
 
     for epoch in range(start, cfg.epochs):
         ctx.epoch = epoch
-        seed_everything(cfg.seed * 100_003 + epoch)
+        seed_everything(epoch_seed(cfg.seed, epoch))
         ctx.lr_scales = {}
         ctx.lr_factor = cfg.optimizer.gamma ** sum(epoch >= m for m in cfg.optimizer.milestones)
         ctx._apply_lrs()
         method.train()
         method.on_epoch_start(ctx)
         dist.broadcast_module(method)  # what the hook decided (D&C's clusters and masks) is rank 0's everywhere
-        batches = list(method.batch_sampler(labels, cfg.batch, cfg.seed * 100_003 + epoch, steps))
+        batches = list(method.batch_sampler(labels, cfg.batch, batches_seed(cfg.seed, epoch), steps))
         dist.check_same(f"{cfg.method}'s batch sampler for epoch {epoch + 1}", batches)
         share = (lambda keys: dist.share(keys, method.batch_sections)) if dist.enabled else None
         t0 = time.perf_counter()
@@ -300,7 +285,7 @@ def _fit_epochs(ctx: _Context, cfg: TrainConfig, params: MethodParams, spec: Inp
                    leave=False)
         for indices, raw in bar:
             images, batch_labels = ctx.batch(indices, raw)
-            dist.begin_step(cfg.seed * 100_003 + epoch, ctx.step)
+            dist.begin_step(cfg.seed, epoch, ctx.step)
             stats = method.training_step(images, batch_labels, ctx)
             ctx.step += 1
             n_images += len(indices) * dist.world_size
