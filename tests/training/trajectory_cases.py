@@ -53,7 +53,7 @@ def main(data: str, out: str) -> None:
     try:
         for method in METHODS:
             cfg, params = config(method)
-            res = fit(manifest, data, cfg, params, SPEC, dist=dist)
+            res = fit(manifest, data, cfg, params, SPEC, strategy=dist)
             if dist.is_main:
                 digests[method] = weights_digest(res.payload["state_dict"])
     finally:

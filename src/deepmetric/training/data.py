@@ -159,6 +159,14 @@ def gpu_decode_batch(items: list, transform: TrainTransform, device: torch.devic
     return torch.stack(out)  # type: ignore[arg-type]
 
 
+def resolve_decode(decode: Literal["cpu", "gpu"], device: torch.device) -> Literal["cpu", "gpu"]:
+    """``train.decode`` on this device: GPU decoding falls back to the CPU (with a warning) without CUDA."""
+    if decode == "gpu" and device.type != "cuda":
+        log.warning("train.decode=gpu but training runs on %s: decoding on the CPU instead", device)
+        return "cpu"
+    return decode
+
+
 def choose_cache(cfg: CacheConfig, cache_dir: str | os.PathLike[str] | None, spec: InputSpec,
                  rows: pd.DataFrame) -> ImageCache | None:
     """The cache variant for these rows (None: decode on the fly)."""
@@ -266,5 +274,5 @@ def _mp_context():
 
 __all__ = [
     "CacheConfig", "EpochBatches", "GpuDecodeImages", "TrainLoader", "choose_cache", "gpu_decode_batch",
-    "open_images", "DEFAULT_MAX_PIXELS",
+    "open_images", "resolve_decode", "DEFAULT_MAX_PIXELS",
 ]

@@ -31,9 +31,10 @@ import torch
 
 from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO
 from deepmetric.io.atomic import atomic_path
+from deepmetric.training.callbacks import CHECKPOINT
 from deepmetric.training.config import DistributedConfig, InputConfig, TrainConfig
 from deepmetric.training.distributed import under_torchrun
-from deepmetric.training.loop import CHECKPOINT, FitResult
+from deepmetric.training.loop import FitResult
 
 log = logging.getLogger(__name__)
 
