@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deepmetric.data.images import ImageDecodeError, ImageLimits
 from deepmetric.training.callbacks import CHECKPOINT, Callback
 from deepmetric.training.config import InputConfig, ParameterError, parse_train
 from deepmetric.training.loop import fit
@@ -121,6 +122,14 @@ def test_fit_calls_its_callbacks_around_epochs_and_steps_after_the_built_in_ones
 def test_bad_parameters_are_named(block, needle):
     with pytest.raises(ParameterError, match=needle.replace("(", r"\(").replace(".", r"\.")):
         parse_train(block)
+
+
+def test_the_image_limits_apply_to_the_training_images(shapes):
+    root, manifest = shapes
+    cfg, params = _cfg(epochs=1, num_workers=0)
+    with pytest.raises(ImageDecodeError, match=r"c\d\d/\d\.png: .*36x36 = 1,296 pixels exceeds the limit of 1,000 "
+                                                r"\(parameter max_pixels\)"):
+        fit(manifest, root, cfg, params, SPEC, limits=ImageLimits(max_pixels=1000))
 
 
 def test_too_few_classes_for_batch(shapes):

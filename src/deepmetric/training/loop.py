@@ -35,7 +35,7 @@ import pandas as pd
 import torch
 
 from deepmetric.data.dataset import ManifestImages
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO
+from deepmetric.data.images import ImageLimits
 from deepmetric.data.transforms import InputSpec, augmentation
 from deepmetric.methods import Method, MethodParams
 from deepmetric.runtime import (batches_seed, epoch_seed, eval_loader_workers, init_seed, resolve_workers,
@@ -93,16 +93,15 @@ def fit(
     spec: InputSpec,
     *,
     checkpoint_dir: str | Path | None = None,
-    max_pixels: int | None = None,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    limits: ImageLimits | None = None,
     cache_dir: str | Path | None = None,
     strategy: SingleProcess | None = None,
     callbacks: Iterable[Callback] = (),
 ) -> FitResult:
     """Train ``cfg.method`` on the manifest's ``train`` split; select the best epoch on ``val``.
 
-    ``checkpoint_dir``: where ``last.pt`` is kept and resumed from (None: no checkpoints). ``max_pixels``,
-    ``max_aspect_ratio``: the per-image bounds. ``cache_dir``: the decoded-image
+    ``checkpoint_dir``: where ``last.pt`` is kept and resumed from (None: no checkpoints). ``limits``: the
+    per-image bounds (None: Pillow's own pixel limit, the default aspect ratio). ``cache_dir``: the decoded-image
     cache (``train.cache``). ``strategy``: this process's place in a torchrun job (`Distributed`, from
     `deepmetric.training.worker`); one process when None. ``callbacks``: called after the built-in ones."""
     train = manifest[manifest["split"] == "train"].reset_index(drop=True)
@@ -111,6 +110,7 @@ def fit(
         raise ValueError("the manifest has no `train` rows")
     classes = np.sort(train["label"].unique())
     strategy = strategy or SingleProcess()
+    limits = limits or ImageLimits(max_pixels=None)
     device = strategy.device_for(cfg.device)
 
     method = _build_method(cfg, params, len(classes), device, strategy)
@@ -123,9 +123,10 @@ def fit(
     cache = choose_cache(cfg.cache, cache_dir, spec, manifest[manifest["split"].isin(["train", "val"])])
     progress = cfg.progress and strategy.is_main
     with strategy.local_main_first():  # one process per machine fills the image cache, the others then read it
-        train_images = open_images(root, train, spec, cache, max_pixels, workers, progress, max_aspect_ratio)
-        val_images = (open_images(root, val, spec, cache, max_pixels, workers, progress, max_aspect_ratio)
-                      if len(val) else None)
+        train_images = open_images(root, train, spec, cache, limits.max_pixels, workers, progress,
+                                   limits.max_aspect_ratio)
+        val_images = (open_images(root, val, spec, cache, limits.max_pixels, workers, progress,
+                                  limits.max_aspect_ratio) if len(val) else None)
     loader = TrainLoader(train_images, augmentation(spec, cfg.augment), device, workers, cfg.prefetch_factor, decode)
 
     ctx = LoopContext(
