@@ -92,25 +92,24 @@ class CallbackList(Callback):
     def __init__(self, callbacks: Iterable[Callback]) -> None:
         self.callbacks = list(callbacks)
 
-    def on_fit_start(self, state: FitState) -> None:
+    def _each(self, hook: str, *args: Any) -> None:
         for c in self.callbacks:
-            c.on_fit_start(state)
+            getattr(c, hook)(*args)
+
+    def on_fit_start(self, state: FitState) -> None:
+        self._each("on_fit_start", state)
 
     def on_epoch_start(self, state: FitState) -> None:
-        for c in self.callbacks:
-            c.on_epoch_start(state)
+        self._each("on_epoch_start", state)
 
     def on_step_end(self, state: FitState, stats: dict[str, float]) -> None:
-        for c in self.callbacks:
-            c.on_step_end(state, stats)
+        self._each("on_step_end", state, stats)
 
     def on_epoch_end(self, state: FitState) -> None:
-        for c in self.callbacks:
-            c.on_epoch_end(state)
+        self._each("on_epoch_end", state)
 
     def on_fit_end(self, state: FitState) -> None:
-        for c in self.callbacks:
-            c.on_fit_end(state)
+        self._each("on_fit_end", state)
 
 
 # --- the epoch's start ------------------------------------------------------------------------------------------
