@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from deepmetric.runtime import (MAX_AUTO_WORKERS, available_cores, batches_seed, epoch_seed, eval_loader_workers,
-                                gather_seed, init_seed, load_seed, mix_seed, resolve_device, resolve_processes,
-                                resolve_workers, sample_seed, seed_everything, seed_torch, step_seed,
-                                threads_per_worker)
+from deepmetric.runtime import (MAX_AUTO_WORKERS, Purpose, available_cores, batches_seed, derive_seed, epoch_seed,
+                                eval_loader_workers, gather_seed, init_seed, load_seed, mix_seed, resolve_device,
+                                resolve_processes, resolve_workers, sample_seed, seed_everything, seed_torch,
+                                step_seed, threads_per_worker)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,6 +62,14 @@ def test_each_derivation_depends_on_each_of_its_inputs():
     assert len({batches_seed(3, 0), batches_seed(3, 1), batches_seed(4, 0)}) == 3
     assert len({load_seed(3, 5, 0), load_seed(3, 5, 1), load_seed(3, 6, 0), load_seed(4, 5, 0)}) == 4
     assert init_seed(3) != init_seed(4)
+
+
+def test_no_two_purposes_share_a_stream():
+    # one scheme: (seed, purpose, epoch, step, slot); the same numbers under another purpose give another seed
+    assert len({epoch_seed(3, 1), batches_seed(3, 1), step_seed(3, 1, 0, 0), gather_seed(3, 1, 0, 0),
+                sample_seed(3, 1, 0, 0), load_seed(3, 0, 0), init_seed(3)}) == 7
+    assert sample_seed(3, 1, 2, 0) == derive_seed(3, Purpose.SAMPLE, 1, 2, 0) == mix_seed(3, 6, 1, 2, 0)
+    assert min(sample_seed(-(2**63), 0, 0, 0), sample_seed(2**63 - 1, 0, 0, 0)) >= 0  # any train.seed
 
 
 def test_a_step_stream_is_per_rank_and_a_gather_stream_is_shared():

@@ -10,8 +10,9 @@ refuses it naming the parameter.
 purpose: the initial weights (`init_seed`), the global generators at the start of an epoch (`epoch_seed`), the
 method's batch sampler (`batches_seed`), a rank's model-side stream for one step (`step_seed`) and its re-seed
 after each gather (`gather_seed`), the augmentation of each sample (`sample_seed`) and of each image a method
-loads mid-step (`load_seed`). They depend on (seed, epoch, step, position) only, never on the number of
-processes, workers or a resume.
+loads mid-step (`load_seed`). One scheme derives them all (`derive_seed`): a blake2b hash of (seed, purpose,
+epoch, step, slot), so they depend on those alone, never on the number of processes, workers or a resume, and
+no two purposes share a stream.
 
 **Workers.** One meaning for a worker count: an integer is that many worker processes (0: none, the work runs
 in this process) and ``auto`` one per available core. `resolve_workers` applies it; `resolve_processes` maps the
@@ -25,6 +26,7 @@ import hashlib
 import math
 import os
 import random
+from enum import IntEnum
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -85,47 +87,60 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _stream(seed: int, n: int) -> int:
-    return seed * 100_003 + n
+class Purpose(IntEnum):
+    """The tag of each derivation: every purpose draws from its own stream."""
+
+    INIT = 1
+    EPOCH = 2
+    BATCHES = 3
+    STEP = 4
+    GATHER = 5
+    SAMPLE = 6
+    LOAD = 7
+
+
+def derive_seed(seed: int, purpose: Purpose, epoch: int = 0, step: int = 0, slot: int = 0) -> int:
+    """The one derivation scheme: `mix_seed` of (seed, purpose, epoch, step, slot)."""
+    return mix_seed(seed, purpose, epoch, step, slot)
 
 
 def init_seed(seed: int) -> int:
     """The global generators before the model is built: its initial weights (and the untrained baseline that
     evaluation rebuilds from the same seed)."""
-    return seed
+    return derive_seed(seed, Purpose.INIT)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """The global generators at the start of ``epoch`` (0-based), so a resumed epoch is the epoch it would
     have been."""
-    return _stream(seed, epoch)
+    return derive_seed(seed, Purpose.EPOCH, epoch)
 
 
 def batches_seed(seed: int, epoch: int) -> int:
     """The method's batch sampler for ``epoch``: the same on every rank."""
-    return _stream(seed, epoch)
+    return derive_seed(seed, Purpose.BATCHES, epoch)
 
 
 def step_seed(seed: int, epoch: int, step: int, rank: int) -> int:
     """A rank's model-side generator (dropout before the gather) for global step ``step``."""
-    return mix_seed(_stream(seed, epoch), step, 1, rank)
+    return derive_seed(seed, Purpose.STEP, epoch, step, rank)
 
 
 def gather_seed(seed: int, epoch: int, step: int, gather: int) -> int:
     """The generator after the ``gather``-th gather (1-based) of a step: the same on every rank and for any
     number of ranks (miners, dropout after the gather)."""
-    return mix_seed(_stream(seed, epoch), step, 2, gather)
+    return derive_seed(seed, Purpose.GATHER, epoch, step, gather)
 
 
 def sample_seed(seed: int, epoch: int, step: int, slot: int) -> int:
     """The augmentation of one sample: (seed, epoch, step within the epoch, position in the global batch)."""
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, step, slot]).generate_state(1, np.uint64)[0] >> 1)
+    return derive_seed(seed, Purpose.SAMPLE, epoch, step, slot)
 
 
 def load_seed(seed: int, step: int, slot: int) -> int:
     """The augmentation of the ``slot``-th image a method loads itself (``TrainContext.load``) at global step
-    ``step`` (epoch 2**32 - 1: none of the run's epochs)."""
-    return sample_seed(_stream(seed, step), 2**32 - 1, 0, slot)
+    ``step``."""
+    return derive_seed(seed, Purpose.LOAD, 0, step, slot)
 
 
 # --- worker counts ----------------------------------------------------------------------------------------------

@@ -117,6 +117,7 @@ def test_fit_calls_its_callbacks_around_epochs_and_steps_after_the_built_in_ones
         ({"methods": {"margin": {"margni": 0.1}}}, "train.methods.margin.margni"),
         ({"backbone": {"name": "resnet50", "pretrained": True}}, "needs weights_path"),
         ({"optimizer": {"group_lr": {"masks": -1}}}, "train.optimizer.group_lr"),
+        ({"seed": 2**63}, "train.seed"),
     ],
 )
 def test_bad_parameters_are_named(block, needle):
