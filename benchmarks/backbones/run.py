@@ -16,8 +16,9 @@ import time
 from deepmetric.evaluation.protocol import EvaluateConfig, evaluate_model
 from deepmetric.models.backbones import BACKBONES
 from deepmetric.registry import UnknownNameError
+from deepmetric.runtime import init_seed, seed_everything
 from deepmetric.training.config import InputConfig, parse_train
-from deepmetric.training.loop import fit, seed_everything
+from deepmetric.training.loop import fit
 from deepmetric.training.model_io import build_method, load_model
 from pipelines.ingest.nodes import ingest
 
@@ -52,7 +53,7 @@ def main() -> None:
         res = fit(manifest, args.root, cfg, params, spec)
         train_s = time.perf_counter() - t0
         method, _ = load_model(res.payload)
-        seed_everything(cfg.seed)
+        seed_everything(init_seed(cfg.seed))
         start = build_method(cfg, params, res.payload["num_classes"]).eval()
         metrics, base, _ = evaluate_model(method, start, "start", manifest, args.root, "glyphs", spec,
                                           EvaluateConfig(progress=False))

@@ -122,7 +122,7 @@ def worker(args: argparse.Namespace) -> None:
         labels = labels.repeat_interleave(args.samples_per_class)
         mine = dist.share(range(batch))
         x, y = images[mine].to(dev), labels[mine].to(dev)
-        dist.begin_step(0, step)
+        dist.begin_step(0, 0, step)
         Ctx.step = step
         synchronize()
         t0 = time.perf_counter()

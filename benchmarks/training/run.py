@@ -40,7 +40,8 @@ from deepmetric.data.transforms import InputSpec, train_transform
 from deepmetric.evaluation.embed import embed_dataset, method_embedder
 from deepmetric.training import loop as loop_module
 from deepmetric.training.config import parse_train
-from deepmetric.training.data import TrainLoader, choose_cache, open_images, resolve_workers
+from deepmetric.runtime import resolve_workers
+from deepmetric.training.data import TrainLoader, choose_cache, open_images
 from deepmetric.training.loop import fit
 from deepmetric.training.model_io import build_method
 
@@ -101,7 +102,7 @@ class LegacyLoader:
         for b in batches:
             yield list(b), torch.stack([self.images[int(i)] for i in b]).to(self.device)
 
-    def load(self, indices, seed):
+    def load(self, indices, seed, step):
         return torch.stack([self.images[int(i)] for i in indices]).to(self.device)
 
     def close(self) -> None:

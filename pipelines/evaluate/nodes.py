@@ -8,7 +8,7 @@ import pandas as pd
 
 from deepmetric.data.config import DataParams, parse_params
 from deepmetric.evaluation.protocol import EvaluateConfig, evaluate_model, retrieval_grid_png
-from deepmetric.training.loop import seed_everything
+from deepmetric.runtime import init_seed, seed_everything
 from deepmetric.training.model_io import build_method, load_model, weights_sha256
 
 
@@ -25,7 +25,7 @@ def evaluate(
 
         tcfg, params = parse_train(trained_model["train"])
         name = "pretrained" if tcfg.backbone.pretrained else "untrained"
-        seed_everything(tcfg.seed)
+        seed_everything(init_seed(tcfg.seed))
         untrained = build_method(tcfg, params, trained_model["num_classes"]).eval()
     metrics, baselines, grid = evaluate_model(
         method, untrained, name, manifest, data_cfg.root, data_cfg.dataset, spec, cfg, data_cfg.limits

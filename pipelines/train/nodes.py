@@ -9,6 +9,7 @@ from typing import Any
 import pandas as pd
 
 from deepmetric.data.config import DataParams, parse_params
+from deepmetric.data.images import ImageLimits
 from deepmetric.training.config import InputConfig, parse_train
 from deepmetric.training.launch import launch, refuse_nested_launch
 from deepmetric.training.loop import fit
@@ -22,12 +23,11 @@ def train_model(
     data_cfg = parse_params(DataParams, data, "data")
     cfg, params = parse_train(train)
     spec = parse_params(InputConfig, model, "model")
+    limits = ImageLimits(data_cfg.max_pixels, data_cfg.max_aspect_ratio)
     if cfg.distributed.world_size > 1:
-        result = launch(manifest, data_cfg.root, cfg, spec, checkpoint_dir=checkpoint_dir,
-                        max_pixels=data_cfg.max_pixels, max_aspect_ratio=data_cfg.max_aspect_ratio,
+        result = launch(manifest, data_cfg.root, cfg, spec, checkpoint_dir=checkpoint_dir, limits=limits,
                         cache_dir=cache_dir)
     else:
-        result = fit(manifest, data_cfg.root, cfg, params, spec, checkpoint_dir=checkpoint_dir,
-                     max_pixels=data_cfg.max_pixels, max_aspect_ratio=data_cfg.max_aspect_ratio,
+        result = fit(manifest, data_cfg.root, cfg, params, spec, checkpoint_dir=checkpoint_dir, limits=limits,
                      cache_dir=cache_dir)
     return result.payload, result.log_csv()

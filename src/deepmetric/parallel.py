@@ -4,14 +4,13 @@ Embedding a gallery of 10^6 images is a parallel job: the index stage (onnxrunti
 split the manifest rows into contiguous shards cut on batch boundaries, so every batch is exactly a batch of
 the serial path, run the shards in ``spawn``-ed worker processes (each with its share of the cores), and
 concatenate the results in manifest order. Training ranks use the same `shard_bounds`
-(`deepmetric.training.distributed.Distributed.embed_shards`).
+(`deepmetric.training.distributed.Distributed.embed_shards`). How many processes: `deepmetric.runtime`.
 """
 
 from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -37,15 +36,6 @@ def batch_shards(n: int, batch_size: int, shards: int) -> list[tuple[int, int]]:
         if b1 > b0:
             out.append((b0 * batch_size, min(b1 * batch_size, n)))
     return out
-
-
-def resolve_workers(workers: int) -> int:
-    """``0`` means one worker per CPU core."""
-    return workers if workers > 0 else max(1, os.cpu_count() or 1)
-
-
-def threads_per_worker(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
 
 
 def run_sharded(

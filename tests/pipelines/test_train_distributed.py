@@ -23,7 +23,7 @@ from deepmetric.io.datasets import ParquetDataset, TorchDataset
 from deepmetric.training.config import InputConfig, parse_train
 from deepmetric.training import launch as launch_module
 from deepmetric.training.launch import DistributedRunError, join_command, launch
-from deepmetric.training.loop import CHECKPOINT
+from deepmetric.training.callbacks import CHECKPOINT
 from deepmetric.training.model_io import build_method
 from tests.fixtures import free_port, make_bars
 from tests.pipelines.kedro_helpers import load_params, run_stage

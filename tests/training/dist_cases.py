@@ -24,7 +24,7 @@ from deepmetric.training.distributed import Distributed
 from deepmetric.training.model_io import build_method
 
 P, K, EMB, CLASSES, LR = 4, 4, 16, 8, 0.05
-EPOCH_SEED, STEP = 12345, 7
+SEED, EPOCH, STEP = 0, 12345, 7  # the step of a run seeded 0, in epoch 12345
 METHODS = {
     "margin": {},
     "ranked_list": {},
@@ -93,7 +93,7 @@ def reference_step(name: str) -> tuple[float, dict[str, torch.Tensor]]:
 def rank_step(name: str, dist: Distributed) -> tuple[float, dict[str, torch.Tensor]]:
     method, images, labels = build_case(name)
     mine = dist.share(range(len(labels)), sections=method.batch_sections)
-    dist.begin_step(EPOCH_SEED, STEP)
+    dist.begin_step(SEED, EPOCH, STEP)
     ctx = RankContext(method, dist, "adam" if name.endswith("/adam") else "sgd")
     stats = method.training_step(images[mine], labels[mine], ctx)
     return stats["loss"], {k: v.detach().clone() for k, v in method.state_dict().items()}

@@ -18,7 +18,7 @@ from deepmetric.methods import METHODS
 from deepmetric.methods.base import BatchConfig
 from deepmetric.models.backbones import BackboneConfig, build_backbone
 from deepmetric.training.config import InputConfig, ParameterError, parse_train
-from deepmetric.training.data import TrainLoader, gpu_decode_batch, resolve_workers
+from deepmetric.training.data import TrainLoader, gpu_decode_batch
 from deepmetric.training.loop import fit
 from tests.fixtures import STRICT_LIMITS, make_bars, plant_image
 
@@ -65,6 +65,21 @@ def test_zero_and_two_workers_give_the_same_batches(bars):
             assert torch.equal(a, b)
     # augmentation differs between epochs and between positions of the same image
     assert not torch.equal(runs[0][0][0][1], runs[0][1][0][1])
+
+
+def test_load_augments_the_images_a_method_asks_for(bars):
+    """`TrainContext.load` (extra images mid-step) goes through `TrainLoader.load`, which raised ValueError on every
+    call (a negative entry in the sample's SeedSequence)."""
+    root, manifest = bars
+    loader, _ = _loader(root, manifest, 0)
+    try:
+        a, again = loader.load([0, 1, 2], seed=5, step=0), loader.load([0, 1, 2], seed=5, step=0)
+        assert a.shape == (3, 3, 24, 24) and a.dtype == torch.uint8
+        assert torch.equal(a, again)  # seeded: a resumed run loads the same pixels
+        assert not torch.equal(a, loader.load([0, 1, 2], seed=6, step=0))
+        assert not torch.equal(a[0], loader.load([1, 0, 2], seed=5, step=0)[1])  # each position has its own seed
+    finally:
+        loader.close()
 
 
 @pytest.mark.parametrize("method", ["margin", "divide_conquer", "sharing", "intra_batch"])
@@ -116,13 +131,6 @@ def test_num_workers_is_the_number_of_decode_processes(bars):
         seen[workers] = pids
     assert seen[0] == {os.getpid() & 0xFFFFFF}
     assert len(seen[2]) == 2 and os.getpid() & 0xFFFFFF not in seen[2]
-
-
-def test_auto_workers_is_one_per_core_capped():
-    n = resolve_workers("auto")
-    assert 1 <= n <= 16 and n == min(16, len(os.sched_getaffinity(0)))
-    assert resolve_workers(3) == 3
-    assert resolve_workers("auto", local_world_size=64) == 1
 
 
 def test_gpu_decode_path_on_the_cpu_matches_the_cpu_path(tmp_path):

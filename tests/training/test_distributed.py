@@ -1,5 +1,6 @@
-"""Data-parallel training on CPU (gloo, 2 processes under torchrun): the gathered loss and the parameter
-update of 2 ranks × half a batch equal those of 1 process × the whole batch."""
+"""The distribution strategies. Data-parallel training on CPU (gloo, 2 processes under torchrun): the gathered loss
+and the parameter update of 2 ranks × half a batch equal those of 1 process × the whole batch. One process
+(`SingleProcess`): every collective is the identity, and the step's random numbers are those of any world size."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from deepmetric.training.distributed import Distributed, GradientSync
+from deepmetric.training.distributed import Distributed, GradientSync, SingleProcess
 from tests.training import dist_cases
 
 REPO = Path(__file__).resolve().parents[2]
@@ -97,3 +99,64 @@ def test_one_process_gather_is_the_identity():
     assert gx is x and gy is y
     assert d.gradient_sync([torch.nn.Parameter(torch.zeros(1))]) is None
     assert isinstance(GradientSync, type)
+
+
+# --- the one-process strategy ------------------------------------------------------------------------------------
+def test_single_process_collectives_are_the_identity():
+    s = SingleProcess()
+    assert (s.rank, s.world_size, s.local_world_size, s.is_main, s.enabled) == (0, 1, 1, True, False)
+    assert s.device_for("cpu") == torch.device("cpu")
+    assert s.share(range(5), sections=2) == [0, 1, 2, 3, 4]
+    s.check_same("anything", object())  # one rank cannot disagree with itself
+    obj = {"a": [1]}
+    assert s.broadcast_object(obj) is obj and s.all_gather_object(obj) == [obj]
+    assert s.all_reduce_mean({"loss": 2.0}) == {"loss": 2.0}
+    assert s.main_only(lambda: "rank 0") == "rank 0"
+    assert s.embed_shards(lambda start, stop: np.arange(start, stop), 5).tolist() == [0, 1, 2, 3, 4]
+    module = torch.nn.BatchNorm1d(3)
+    assert s.sync_batchnorm(module) is module and s.gradient_sync(module.parameters()) is None
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    s.broadcast_module(module)
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())
+    with s.local_main_first():
+        pass
+    s.barrier()
+    s.close()
+    with pytest.raises(ValueError, match="gather needs at least one tensor"):
+        s.gather()
+
+
+def test_single_process_draws_what_one_rank_and_two_ranks_draw():
+    """The step and gather seeds are those of `Distributed` at any world size: a one-process run's random numbers
+    (dropout, miners) are a 2-rank run's after each gather, and rank 0's before it."""
+    draws = []
+    for strategy in (SingleProcess(), Distributed(), Distributed(rank=0, world_size=2)):
+        strategy.begin_step(3, 1, 4)
+        before = torch.rand(2)
+        strategy._shared_rng()  # what every gather ends with (a 2-rank gather needs a process group)
+        draws.append((before, torch.rand(2)))
+    for before, after in draws[1:]:
+        assert torch.equal(before, draws[0][0]) and torch.equal(after, draws[0][1])
+    rank1 = Distributed(rank=1, world_size=2)
+    rank1.begin_step(3, 1, 4)
+    assert not torch.equal(torch.rand(2), draws[0][0])  # each rank its own stream before the gather
+
+
+def test_only_the_main_rank_runs_main_only_work():
+    assert Distributed(rank=1, world_size=2).main_only(lambda: 1 / 0) is None
+    assert Distributed(rank=0, world_size=2).main_only(lambda: "written") == "written"
+
+
+def test_sync_batchnorm_needs_cuda(caplog):
+    module = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    assert Distributed().sync_batchnorm(module) is module  # one rank: nothing to synchronise
+    with caplog.at_level("WARNING", logger="deepmetric.training.distributed"):
+        assert Distributed(rank=0, world_size=2).sync_batchnorm(module) is module
+    assert "sync_batchnorm needs CUDA" in caplog.text
+    on_gpu = Distributed(rank=0, world_size=2, device=torch.device("cuda", 0)).sync_batchnorm(module)
+    assert isinstance(on_gpu[1], torch.nn.SyncBatchNorm)  # conversion itself needs no GPU
+
+
+def test_a_one_rank_job_trains_on_the_configured_device():
+    assert Distributed(device=torch.device("cuda", 0)).device_for("cpu") == torch.device("cpu")
+    assert Distributed(rank=0, world_size=2, device=torch.device("cpu")).device_for("cuda:7") == torch.device("cpu")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from deepmetric.data.images import ImageLimits
 from deepmetric.training.config import ParameterError, parse_train
-from deepmetric.training.launch import (DistributedRunError, failure_message, join_command, refuse_nested_launch,
-                                        root_cause, torchrun_args)
+from deepmetric.training.launch import (DistributedRunError, RunSpec, failure_message, join_command,
+                                        refuse_nested_launch, root_cause, torchrun_args)
 
 TAIL = """
 E1129 03:59:22.875000 10209 api.py:1002] failed (exitcode: -9) local_rank: 1 (pid: 10224) of binary: python
@@ -75,3 +76,13 @@ def test_the_stage_refuses_to_run_under_torchrun(monkeypatch):
     monkeypatch.setenv("LOCAL_RANK", "1")
     with pytest.raises(DistributedRunError, match="started inside a torchrun worker"):
         refuse_nested_launch()
+
+
+def test_the_run_spec_carries_the_image_limits_to_every_rank():
+    spec = RunSpec(train={"method": "margin"}, model={"resize": 32}, root="data", checkpoint_dir=None,
+                   limits=ImageLimits(max_pixels=1000, max_aspect_ratio=3.0))
+    text = spec.to_json()
+    assert '"limits": {' in text and RunSpec.from_json(text) == spec
+    assert RunSpec.from_json(text).limits == ImageLimits(1000, 3.0)
+    default = RunSpec(train={}, model={}, root="data", checkpoint_dir="ckpt")
+    assert RunSpec.from_json(default.to_json()) == default and default.limits is None  # fit's default applies

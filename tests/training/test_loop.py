@@ -5,8 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from deepmetric.data.images import ImageDecodeError, ImageLimits
+from deepmetric.training.callbacks import CHECKPOINT, Callback
 from deepmetric.training.config import InputConfig, ParameterError, parse_train
-from deepmetric.training.loop import CHECKPOINT, fit
+from deepmetric.training.loop import fit
 from deepmetric.training.model_io import load_model
 from tests.fixtures import make_bars
 
@@ -78,6 +80,33 @@ def test_training_improves_validation_map(shapes):
     assert max(maps[1:]) > maps[0] or maps[0] > 0.9
 
 
+def test_fit_calls_its_callbacks_around_epochs_and_steps_after_the_built_in_ones(shapes):
+    root, manifest = shapes
+    seen = []
+
+    class Recorder(Callback):
+        def on_fit_start(self, state):
+            seen.append("fit_start")
+
+        def on_epoch_start(self, state):
+            seen.append(f"epoch_start {state.ctx.epoch}")
+
+        def on_step_end(self, state, stats):
+            seen.append(f"step {state.ctx.step} {'loss' in stats}")
+
+        def on_epoch_end(self, state):  # validation and the best epoch are in the row already
+            seen.append(f"epoch_end {state.row['epoch']} {state.row['best_epoch']} {'val_map@r' in state.row}")
+
+        def on_fit_end(self, state):
+            seen.append(f"fit_end {len(state.log)}")
+
+    cfg, params = _cfg(epochs=2)
+    res = fit(manifest, root, cfg, params, SPEC, callbacks=[Recorder()])
+    assert seen == ["fit_start", "epoch_start 0", "step 1 True", "step 2 True", "epoch_end 1 1 True",
+                    "epoch_start 1", "step 3 True", "step 4 True", f"epoch_end 2 {res.log[1]['best_epoch']} True",
+                    "fit_end 2"]
+
+
 @pytest.mark.parametrize(
     "block, needle",
     [
@@ -88,11 +117,20 @@ def test_training_improves_validation_map(shapes):
         ({"methods": {"margin": {"margni": 0.1}}}, "train.methods.margin.margni"),
         ({"backbone": {"name": "resnet50", "pretrained": True}}, "needs weights_path"),
         ({"optimizer": {"group_lr": {"masks": -1}}}, "train.optimizer.group_lr"),
+        ({"seed": 2**63}, "train.seed"),
     ],
 )
 def test_bad_parameters_are_named(block, needle):
     with pytest.raises(ParameterError, match=needle.replace("(", r"\(").replace(".", r"\.")):
         parse_train(block)
+
+
+def test_the_image_limits_apply_to_the_training_images(shapes):
+    root, manifest = shapes
+    cfg, params = _cfg(epochs=1, num_workers=0)
+    with pytest.raises(ImageDecodeError, match=r"c\d\d/\d\.png: .*36x36 = 1,296 pixels exceeds the limit of 1,000 "
+                                                r"\(parameter max_pixels\)"):
+        fit(manifest, root, cfg, params, SPEC, limits=ImageLimits(max_pixels=1000))
 
 
 def test_too_few_classes_for_batch(shapes):
@@ -115,14 +153,14 @@ def test_method_backbone_options_apply_unless_set():
 
 
 def test_group_lr_sets_absolute_rates_and_names_an_unknown_group():
-    from deepmetric.training.loop import _make_optimizer
+    from deepmetric.training.loop import make_optimizer
     from deepmetric.training.model_io import build_method
 
     cfg, params = parse_train({"method": "divide_conquer", "embedding_dim": 16,
                                "optimizer": {"lr": 1e-3, "group_lr": {"head": 2e-4}}})
-    opt = _make_optimizer(build_method(cfg, params, 6), cfg)
+    opt = make_optimizer(build_method(cfg, params, 6), cfg)
     lrs = {g["name"]: g["lr"] for g in opt.param_groups}
     assert lrs == {"backbone": 1e-3, "head": 2e-4, "masks": 1e-3}  # masks: the method's absolute default
     cfg, params = parse_train({"method": "margin", "embedding_dim": 16, "optimizer": {"group_lr": {"mask": 1e-3}}})
     with pytest.raises(ParameterError, match=r"train\.optimizer\.group_lr.*\['mask'\].*backbone"):
-        _make_optimizer(build_method(cfg, params, 6), cfg)
+        make_optimizer(build_method(cfg, params, 6), cfg)

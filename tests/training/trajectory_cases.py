@@ -3,8 +3,8 @@ one process or as 2 gloo ranks under torchrun, reduced to the sha256 of the trai
 
 ``python -m torch.distributed.run --standalone --nproc-per-node 2 -m tests.training.trajectory_cases DATA OUT``
 trains every case as 2 ranks and writes rank 0's digests to ``OUT/digests.json``; `weights_digest` and `train_case`
-are what the in-process (1-process) side uses. The digests recorded in `tests/training/test_trajectory.py` are the
-values before the training code was reshaped: any change of behaviour changes them.
+are what the in-process (1-process) side uses. Any change of behaviour changes the digests recorded in
+`tests/training/test_trajectory.py`.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def main(data: str, out: str) -> None:
     try:
         for method in METHODS:
             cfg, params = config(method)
-            res = fit(manifest, data, cfg, params, SPEC, dist=dist)
+            res = fit(manifest, data, cfg, params, SPEC, strategy=dist)
             if dist.is_main:
                 digests[method] = weights_digest(res.payload["state_dict"])
     finally:

@@ -16,7 +16,8 @@ import torch
 from tqdm.auto import tqdm
 
 from deepmetric.errors import reraise_worker_errors
-from deepmetric.parallel import resolve_workers, run_sharded, threads_per_worker
+from deepmetric.parallel import run_sharded
+from deepmetric.runtime import resolve_processes, threads_per_worker
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def embed_dataset(
     """``fn`` takes a uint8 NCHW batch on ``device`` and returns ``[N, D]``; the result is float32 numpy.
 
     ``processes`` (0: one per core) > 1 splits the work over worker processes (see the module docstring)."""
-    processes = resolve_workers(processes)
+    processes = resolve_processes(processes)
     if processes > 1 and len(dataset) > batch_size:
         return run_sharded(
             _embed_range, len(dataset), batch_size, processes, initializer=_init_worker,

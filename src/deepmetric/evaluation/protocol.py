@@ -74,7 +74,7 @@ def embed_split(fn: Callable[[torch.Tensor], torch.Tensor], split: TestSplit, ro
                 limits: ImageLimits = ImageLimits(), num_workers: int = 0):
     """``limits``: the per-image bounds of the data parameters (``DataParams.limits``);
     ``num_workers``: DataLoader decode workers (only when ``processes`` is 1: shards already decode in parallel)."""
-    from deepmetric.training.data import eval_loader_workers
+    from deepmetric.runtime import eval_loader_workers
 
     def run(df: pd.DataFrame, what: str) -> np.ndarray:
         ds = ManifestImages(root, df["path"], spec, limits=limits)
@@ -108,10 +108,9 @@ def evaluate_model(
 ) -> tuple[dict[str, float], dict[str, dict[str, float]], dict[str, Any]]:
     """Returns (metrics of the trained model, baselines, what the retrieval grid needs). ``limits``: the
     per-image bounds of the data parameters (``DataParams.limits``)."""
-    from deepmetric.training.data import resolve_workers
-    from deepmetric.training.loop import resolve_device
+    from deepmetric.runtime import resolve_device, resolve_workers
 
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, "evaluate.device")
     workers = resolve_workers(cfg.num_workers)
     split = zero_shot_split(manifest, dataset)
     method = method.to(device)

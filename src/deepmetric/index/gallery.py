@@ -16,7 +16,8 @@ from deepmetric.export.images import iter_batches, spaced_subset, test_rows
 from deepmetric.index.build import build_index, evaluate_index, serialize_index
 from deepmetric.index.config import IndexParams
 from deepmetric.index.embedder import OnnxEmbedder, embed_shard, init_shard_worker
-from deepmetric.parallel import resolve_workers, run_sharded, threads_per_worker
+from deepmetric.parallel import run_sharded
+from deepmetric.runtime import resolve_processes, threads_per_worker
 
 GALLERY_ROLES = ("gallery", "both")
 QUERY_ROLES = ("query", "both")
@@ -35,7 +36,7 @@ def embed_gallery(onnx_bytes: bytes, embedder: OnnxEmbedder, rows: pd.DataFrame,
     """The rows' embeddings in row order (images decoded under ``limits``): serially, or with
     ``params.processes`` worker processes, each embedding contiguous batch-aligned shards (the same batches as
     the serial path), concatenated in order."""
-    processes = resolve_workers(params.processes)
+    processes = resolve_processes(params.processes)
     if processes == 1 or len(rows) <= params.batch_size:
         return embed_rows(embedder, rows, root, params.batch_size, limits)
     threads = params.threads or threads_per_worker(processes)
@@ -105,7 +106,7 @@ def build_gallery_index(
         "embed_seconds": round(embed_s, 3),
         "build_seconds": round(build_s, 3),
         "embedded_with": "onnxruntime CPUExecutionProvider",
-        "embed_processes": resolve_workers(params.processes),
+        "embed_processes": resolve_processes(params.processes),
         "faiss": faiss.__version__,
         "cpu": platform.processor() or platform.machine(),
         "threads": faiss.omp_get_max_threads(),

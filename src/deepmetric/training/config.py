@@ -153,7 +153,8 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str = "margin"
-    seed: int = 0
+    seed: int = Field(0, ge=-(2**63), lt=2**63, description="every random draw of a run derives from it "
+                      "(deepmetric.runtime): a 64-bit integer")
     epochs: int = Field(10, gt=0)
     steps_per_epoch: int | None = Field(None, gt=0, description="default: training images / batch size")
     embedding_dim: int = Field(128, gt=0)

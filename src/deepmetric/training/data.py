@@ -4,11 +4,11 @@
   halves…) decides the indices of every step, in the main process, exactly as it always did; this module only
   feeds them to a :class:`torch.utils.data.DataLoader` (``batch_sampler`` = the epoch's list of batches).
 - **Reproducible augmentation.** Every sample of every step gets its own seed derived from
-  (seed, epoch, step, position in the batch); the transform draws from a generator seeded with it
+  (seed, epoch, step, position in the batch) (`deepmetric.runtime.sample_seed`); the transform draws from a generator seeded with it
   (:class:`~deepmetric.data.dataset.ManifestImages` keys ``(index, seed)``). The pixels of a batch therefore do
   not depend on the number of workers, on which worker ran which sample, or on a resume.
 - **Workers.** ``train.num_workers`` processes (``auto``: one per available core, at most 16, shared between the
-  ranks of one machine), persistent across epochs, ``prefetch_factor`` batches ahead each, pinned memory on CUDA.
+  ranks of one machine: `deepmetric.runtime.resolve_workers`), persistent across epochs, ``prefetch_factor`` batches ahead each, pinned memory on CUDA.
 - **Decoded-image cache.** ``train.cache`` (see :mod:`deepmetric.data.cache`): images decoded once, reduced to
   the model's size, stored on disk and read back with ``pread`` — bounded memory at any dataset size.
 - **GPU decode** (``train.decode: gpu``): workers only read JPEG bytes and draw the crop; the main process
@@ -24,7 +24,6 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,11 +36,9 @@ from deepmetric.data.images import (
 )
 from deepmetric.data.transforms import InputSpec, TrainTransform
 from deepmetric.errors import reraise_worker_errors
+from deepmetric.runtime import load_seed, sample_seed
 
 log = logging.getLogger(__name__)
-
-MAX_AUTO_WORKERS = 16
-
 
 class CacheConfig(BaseModel):
     """`train.cache`: where decoded training images come from."""
@@ -54,25 +51,6 @@ class CacheConfig(BaseModel):
     margin: float = Field(1.0, ge=1.0, le=4.0, description="cached shorter side = model.resize × margin")
     jpeg_quality: int = Field(95, ge=50, le=100)
     raw_max_gb: float = Field(16.0, gt=0, description="auto picks raw only below this many GB")
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def resolve_workers(num_workers: int | Literal["auto"], local_world_size: int = 1) -> int:
-    """``auto`` → one worker per available core (shared between the ranks on this machine), at most 16."""
-    if num_workers == "auto":
-        return max(1, min(MAX_AUTO_WORKERS, available_cores() // max(1, local_world_size)))
-    return int(num_workers)
-
-
-def sample_seed(seed: int, epoch: int, step: int, slot: int) -> int:
-    """The augmentation seed of one sample: a hash of (seed, epoch, step within the epoch, position in batch)."""
-    return int(np.random.SeedSequence([seed & 0xFFFFFFFF, epoch, step, slot]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -176,6 +154,14 @@ def gpu_decode_batch(items: list, transform: TrainTransform, device: torch.devic
     return torch.stack(out)  # type: ignore[arg-type]
 
 
+def resolve_decode(decode: Literal["cpu", "gpu"], device: torch.device) -> Literal["cpu", "gpu"]:
+    """``train.decode`` on this device: GPU decoding falls back to the CPU (with a warning) without CUDA."""
+    if decode == "gpu" and device.type != "cuda":
+        log.warning("train.decode=gpu but training runs on %s: decoding on the CPU instead", device)
+        return "cpu"
+    return decode
+
+
 def choose_cache(cfg: CacheConfig, cache_dir: str | os.PathLike[str] | None, spec: InputSpec,
                  rows: pd.DataFrame) -> ImageCache | None:
     """The cache variant for these rows (None: decode on the fly)."""
@@ -261,9 +247,9 @@ class TrainLoader:
         for b, batch in enumerate(reraise_worker_errors(self.loader)):
             yield self.sampler.indices(b), self._to_device(batch)
 
-    def load(self, indices: Sequence[int], seed: int) -> torch.Tensor:
-        """One batch in this process (for a method that asks for extra images mid-step)."""
-        keys = [(int(i), sample_seed(seed, -1, 0, j)) for j, i in enumerate(indices)]
+    def load(self, indices: Sequence[int], seed: int, step: int) -> torch.Tensor:
+        """One batch in this process (for a method that asks for extra images at global step ``step``)."""
+        keys = [(int(i), load_seed(seed, step, j)) for j, i in enumerate(indices)]
         items = [self.dataset[k] for k in keys]
         return self._to_device(_keep(items) if self.decode == "gpu" else _stack(items))
 
@@ -281,13 +267,7 @@ def _mp_context():
     return mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
 
 
-def eval_loader_workers(num_workers: int, n_images: int, batch_size: int) -> int:
-    """Workers for a one-off evaluation pass: no more than there are batches."""
-    return max(0, min(num_workers, math.ceil(n_images / max(1, batch_size)) - 1))
-
-
 __all__ = [
-    "CacheConfig", "EpochBatches", "GpuDecodeImages", "TrainLoader", "available_cores", "choose_cache",
-    "eval_loader_workers", "gpu_decode_batch", "open_images", "resolve_workers", "sample_seed",
-    "DEFAULT_MAX_PIXELS",
+    "CacheConfig", "EpochBatches", "GpuDecodeImages", "TrainLoader", "choose_cache", "gpu_decode_batch",
+    "open_images", "resolve_decode", "DEFAULT_MAX_PIXELS",
 ]

@@ -1,9 +1,16 @@
-"""Data-parallel training across processes started by torchrun: one process per device, NCCL on GPUs, gloo on CPU.
+"""The distribution strategy of a training run: what the loop calls where ranks would differ. Every collective
+of training lives here, so the loop (`deepmetric.training.loop`), its callbacks and the methods never branch on
+ranks.
 
-Everything rank-aware lives here, so the loop and the methods stay small:
+- `SingleProcess`: a plain run, rank 0 of 1. Every collective is the identity; only the per-step seeding is
+  done, so that a one-process run draws what a run on any number of ranks draws.
+- `Distributed`: data parallel across processes started by torchrun, one process per device, NCCL on GPUs,
+  gloo on CPU. `Distributed.from_env()` joins the process group torchrun describes (``RANK``, ``WORLD_SIZE``,
+  ``LOCAL_RANK``, ``MASTER_ADDR``/``PORT``); in a plain process it is a single rank that behaves as
+  `SingleProcess`.
 
-- `Distributed.from_env()` joins the process group torchrun describes (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
-  ``MASTER_ADDR``/``PORT``); in a plain process it is a single-rank no-op.
+What a strategy does:
+
 - `share(indices, sections)`: the rank's share of a global batch. Every rank builds the same global batch (the
   method's seeded sampler) and takes every ``world_size``-th image of each section, so the set of images of a
   step is that of a one-process run, and each rank sees every class of a P × K batch.
@@ -13,16 +20,15 @@ Everything rank-aware lives here, so the loop and the methods stay small:
   of the one-process loss over the global batch for every parameter: ``(1/W) Σ_r W ∂L/∂x_r ∂x_r/∂θ = ∂L/∂θ`` for
   the network, ``∂L/∂β`` unchanged for parameters of the loss (proxies, learnable margins).
 - random numbers: `begin_step` seeds each step (per rank: dropout before the gather), and every gather re-seeds
-  from (epoch seed, step, gather number) alone, in a one-process run too, so random miners (distance-weighted
-  sampling) and dropout after the gather draw the same for any number of ranks.
-- `GradientSync`: averages gradients between backward and the optimiser step with bucketed all-reduces that
-  start during backward (as DDP does). It is not `DistributedDataParallel` because methods call sub-modules
-  directly and may take two optimiser steps per iteration (Sharing), while DDP synchronises only around a
-  forward through its wrapper.
-- broadcasts (`broadcast_module`, `broadcast_object`), `barrier`, and `embed_shards` (each rank embeds a
-  contiguous shard, results concatenated in order).
-
-Only rank 0 writes artefacts, logs and checkpoints (`is_main`); every rank resumes from the state rank 0 read.
+  from (seed, epoch, step, gather number) alone (`deepmetric.runtime`), in a one-process run too, so random
+  miners (distance-weighted sampling) and dropout after the gather draw the same for any number of ranks.
+- `GradientSync` (`gradient_sync`): averages gradients between backward and the optimiser step with bucketed
+  all-reduces that start during backward (as DDP does). It is not `DistributedDataParallel` because methods call
+  sub-modules directly and may take two optimiser steps per iteration (Sharing), while DDP synchronises only
+  around a forward through its wrapper.
+- broadcasts (`broadcast_module`, `broadcast_object`), `all_reduce_mean`, `check_same`, `barrier`,
+  `local_main_first`, `embed_shards` (each rank embeds a contiguous shard, results concatenated in order),
+  `sync_batchnorm`, and `main_only` (what only rank 0 does: it alone writes artefacts, logs and checkpoints).
 """
 
 from __future__ import annotations
@@ -34,18 +40,21 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from deepmetric.parallel import shard_bounds
+from deepmetric.runtime import gather_seed, resolve_device, seed_torch, step_seed
 
 log = logging.getLogger(__name__)
 
 # torchrun (and any launcher using the env:// convention) sets these for each worker.
 TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
+
+T = TypeVar("T")
 
 
 def under_torchrun() -> bool:
@@ -53,10 +62,107 @@ def under_torchrun() -> bool:
     return "TORCHELASTIC_RUN_ID" in os.environ or all(k in os.environ for k in TORCHRUN_ENV)
 
 
-def mix_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (stable across processes and Python versions)."""
-    digest = hashlib.blake2b(np.asarray(parts, dtype=np.int64).tobytes(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & (2**63 - 1)
+class SingleProcess:
+    """The strategy of a one-process run: rank 0 of 1; every collective is the identity.
+
+    `Distributed` extends it and overrides what differs with several ranks, so both keep the same interface and
+    the same per-step seeding."""
+
+    rank = 0
+    world_size = 1
+    local_rank = 0
+    local_world_size = 1
+    backend: str | None = None
+    gather_embeddings = True
+    # the step being trained (`begin_step`) and how many gathers it made: the seeds of its random numbers
+    _rng_seed = _rng_epoch = _rng_step = _gathers = 0
+
+    @property
+    def enabled(self) -> bool:
+        """More than one rank: collectives communicate."""
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the only process that writes artefacts, logs and checkpoints."""
+        return self.rank == 0
+
+    def device_for(self, name: str) -> torch.device:
+        """The device this process trains on: the configured one (``train.device``)."""
+        return resolve_device(name)
+
+    def close(self) -> None:
+        """Leave the process group (nothing to leave in one process)."""
+
+    # --- batches ----------------------------------------------------------------------------------------------
+    def share(self, indices: Sequence[int], sections: int = 1) -> list[int]:
+        """This process's images of a global batch: all of them."""
+        return list(indices)
+
+    def check_same(self, what: str, value: Any) -> None:
+        """Raise if ``value`` differs between ranks (one rank: it cannot)."""
+
+    # --- random numbers ---------------------------------------------------------------------------------------
+    def begin_step(self, seed: int, epoch: int, step: int) -> None:
+        """Seed this rank's generator for global step ``step`` of ``epoch`` of a run seeded ``seed``: its own
+        stream, so dropout before the gather differs between ranks as it differs between the images of one
+        process. (Augmentations have their own per-image seeds.)"""
+        self._rng_seed, self._rng_epoch, self._rng_step, self._gathers = seed, epoch, step, 0
+        seed_torch(step_seed(seed, epoch, step, self.rank))
+
+    def _shared_rng(self) -> None:
+        self._gathers += 1
+        seed_torch(gather_seed(self._rng_seed, self._rng_epoch, self._rng_step, self._gathers))
+
+    # --- the global batch -------------------------------------------------------------------------------------
+    def gather(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """The global batch of each tensor: in one process the tensors themselves. The generator is then
+        re-seeded from (seed, epoch, step, gather number), as with any number of ranks."""
+        if not tensors:
+            raise ValueError("gather needs at least one tensor")
+        self._shared_rng()
+        return tuple(tensors)
+
+    # --- collectives ------------------------------------------------------------------------------------------
+    def barrier(self) -> None:
+        """Wait for every rank."""
+
+    @contextlib.contextmanager
+    def local_main_first(self) -> Iterator[None]:
+        """The body runs first on each machine's local rank 0 (e.g. filling the image cache), then on the others."""
+        yield
+
+    def main_only(self, fn: Callable[[], T]) -> T | None:
+        """``fn()`` on rank 0, None on the other ranks (no communication)."""
+        return fn()
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """``obj`` of rank ``src`` on every rank."""
+        return obj
+
+    def all_gather_object(self, obj: Any) -> list[Any]:
+        """Every rank's ``obj``, in rank order."""
+        return [obj]
+
+    def all_reduce_mean(self, values: dict[str, float]) -> dict[str, float]:
+        """The mean over ranks of each value (same keys on every rank)."""
+        return dict(values)
+
+    def broadcast_module(self, module: nn.Module, src: int = 0) -> None:
+        """Every parameter and buffer of ``module`` from rank ``src``."""
+
+    def sync_batchnorm(self, module: nn.Module) -> nn.Module:
+        """``module`` with BatchNorm statistics computed over the global batch (one process: it already is)."""
+        return module
+
+    def embed_shards(self, embed: Callable[[int, int], np.ndarray], n: int) -> np.ndarray:
+        """``embed(start, stop)`` over this rank's contiguous shard of ``n`` items, concatenated over ranks in
+        item order: here, all of them."""
+        return embed(0, n)
+
+    def gradient_sync(self, params: Iterable[nn.Parameter], bucket_mb: float = 25.0) -> GradientSync | None:
+        """What averages gradients over ranks in ``optimizer_step`` (None: nothing to average)."""
+        return None
 
 
 class _ScaleGrad(torch.autograd.Function):
@@ -72,18 +178,10 @@ class _ScaleGrad(torch.autograd.Function):
         return grad * ctx.scale, None
 
 
-def seed_torch(seed: int) -> None:
-    """``torch.manual_seed`` for the generators a step uses: the CPU one, and CUDA's once CUDA is in use (dropout
-    on the GPU). ``torch.manual_seed`` itself probes every accelerator backend, which costs ~5 ms a call on a CUDA
-    build without a GPU — twice per step."""
-    torch.random.default_generator.manual_seed(seed)
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.manual_seed_all(seed)
-
-
 @dataclass
-class Distributed:
-    """This process's place in the job. ``world_size == 1`` is a plain process (every method a no-op)."""
+class Distributed(SingleProcess):
+    """Data parallel: this process's place in a torchrun job. ``world_size == 1`` is a plain process, which
+    behaves as `SingleProcess`."""
 
     rank: int = 0
     world_size: int = 1
@@ -92,9 +190,6 @@ class Distributed:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     backend: str | None = None
     gather_embeddings: bool = True
-    _rng_base: int = 0
-    _rng_step: int = 0
-    _gathers: int = 0
 
     # --- set-up -----------------------------------------------------------------------------------------------
     @classmethod
@@ -109,8 +204,6 @@ class Distributed:
 
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1:
-            from deepmetric.training.loop import resolve_device
-
             return cls(device=resolve_device(device), gather_embeddings=gather_embeddings)
         rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
         use_cuda = torch.cuda.is_available() and device != "cpu"
@@ -145,14 +238,9 @@ class Distributed:
         if self.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
-    @property
-    def enabled(self) -> bool:
-        return self.world_size > 1
-
-    @property
-    def is_main(self) -> bool:
-        """Rank 0: the only process that writes artefacts, logs and checkpoints."""
-        return self.rank == 0
+    def device_for(self, name: str) -> torch.device:
+        """The device torchrun's rank was given (``cuda:LOCAL_RANK`` or the CPU); one rank: the configured one."""
+        return self.device if self.enabled else super().device_for(name)
 
     # --- batches ----------------------------------------------------------------------------------------------
     def share(self, indices: Sequence[int], sections: int = 1) -> list[int]:
@@ -160,7 +248,7 @@ class Distributed:
         consecutive sections (Sharing's class batch + surrogate batch are two sections)."""
         indices = list(indices)
         if not self.enabled:
-            return indices
+            return super().share(indices, sections)
         n = len(indices)
         if n % (sections * self.world_size):
             raise ValueError(
@@ -184,29 +272,15 @@ class Distributed:
             raise RuntimeError(f"{what} differs between ranks (ranks {bad} disagree with rank 0): it must be "
                                "computed from seeded, rank-independent inputs")
 
-    # --- random numbers ---------------------------------------------------------------------------------------
-    def begin_step(self, epoch_seed: int, step: int) -> None:
-        """Seed this rank's generator for one step: its own stream, so dropout before the gather differs between
-        ranks as it differs between the images of one process. (Augmentations have their own per-image seeds.)"""
-        self._rng_base, self._rng_step, self._gathers = epoch_seed, step, 0
-        seed_torch(mix_seed(epoch_seed, step, 1, self.rank))
-
-    def _shared_rng(self) -> None:
-        self._gathers += 1
-        seed_torch(mix_seed(self._rng_base, self._rng_step, 2, self._gathers))
-
     # --- the global batch -------------------------------------------------------------------------------------
     def gather(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The global batch of each tensor (dim 0 = this rank's images, in `share` order), in the sampler's
         order. Gradients reach only the local part (×``world_size``, see the module docstring); the tensors
         themselves when there is one rank or ``gather_embeddings`` is off. Either way the generator is then
-        re-seeded from (epoch seed, step, gather number), the same on every rank and for any number of ranks,
+        re-seeded from (seed, epoch, step, gather number), the same on every rank and for any number of ranks,
         so what the loss draws (miners, dropout after the gather) is what a one-process run draws."""
-        if not tensors:
-            raise ValueError("gather needs at least one tensor")
-        if not self.enabled or not self.gather_embeddings:
-            self._shared_rng()
-            return tuple(tensors)
+        if not tensors or not self.enabled or not self.gather_embeddings:
+            return super().gather(*tensors)
         n = tensors[0].shape[0]
         if any(t.shape[0] != n for t in tensors):
             raise ValueError(f"gather: tensors disagree on the batch size {[t.shape[0] for t in tensors]}")
@@ -242,6 +316,9 @@ class Distributed:
 
         if self.enabled:
             dist.barrier()
+
+    def main_only(self, fn: Callable[[], T]) -> T | None:
+        return fn() if self.is_main else None
 
     @contextlib.contextmanager
     def local_main_first(self) -> Iterator[None]:
@@ -302,6 +379,16 @@ class Distributed:
 
     def _object_device(self) -> torch.device:
         return self.device if self.backend == "nccl" else torch.device("cpu")
+
+    def sync_batchnorm(self, module: nn.Module) -> nn.Module:
+        """``module`` with its BatchNorm layers as SyncBatchNorm (statistics over the global batch): CUDA only;
+        on the CPU each rank keeps its own statistics (a warning says so)."""
+        if not self.enabled:
+            return module
+        if self.device.type != "cuda":
+            log.warning("train.distributed.sync_batchnorm needs CUDA: each rank keeps its own BatchNorm statistics")
+            return module
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
     # --- embedding a dataset in shards --------------------------------------------------------------------------
     def embed_shards(self, embed: Callable[[int, int], np.ndarray], n: int) -> np.ndarray:

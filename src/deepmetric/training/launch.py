@@ -22,18 +22,19 @@ import subprocess
 import sys
 import tempfile
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import torch
 
-from deepmetric.data.images import DEFAULT_MAX_ASPECT_RATIO
+from deepmetric.data.images import ImageLimits
 from deepmetric.io.atomic import atomic_path
+from deepmetric.training.callbacks import CHECKPOINT
 from deepmetric.training.config import DistributedConfig, InputConfig, TrainConfig
 from deepmetric.training.distributed import under_torchrun
-from deepmetric.training.loop import CHECKPOINT, FitResult
+from deepmetric.training.loop import FitResult
 
 log = logging.getLogger(__name__)
 
@@ -49,22 +50,24 @@ class DistributedRunError(RuntimeError):
 
 @dataclass
 class RunSpec:
-    """What every rank needs to train: the validated blocks, the data root, where checkpoints go."""
+    """What every rank needs to train: the validated blocks, the data root, the image limits, where checkpoints and
+    the image cache go."""
 
     train: dict[str, Any]
     model: dict[str, Any]
     root: str
-    max_pixels: int | None
     checkpoint_dir: str | None
     cache_dir: str | None = None
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO
+    limits: ImageLimits | None = None  # None: `fit`'s default
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, indent=2, sort_keys=True)
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> RunSpec:
-        return cls(**json.loads(text))
+        data = json.loads(text)
+        limits = data.pop("limits", None)
+        return cls(**data, limits=None if limits is None else ImageLimits(**limits))
 
 
 def refuse_nested_launch() -> None:
@@ -131,21 +134,21 @@ def launch(
     root: str,
     cfg: TrainConfig,
     spec: InputConfig,
+    *,
     checkpoint_dir: str | os.PathLike[str] | None = None,
-    max_pixels: int | None = None,
-    max_aspect_ratio: float | None = DEFAULT_MAX_ASPECT_RATIO,
+    limits: ImageLimits | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     keep_run_dir: bool = False,
 ) -> FitResult:
     """Train under torchrun with ``cfg.distributed``; rank 0's result (its ``extra`` holds ``world_size`` and
-    ``kedro_loaded``, whether a rank had imported Kedro)."""
+    ``kedro_loaded``, whether a rank had imported Kedro). The arguments are `deepmetric.training.loop.fit`'s."""
     refuse_nested_launch()
     d = cfg.distributed
     ckpt = str(Path(checkpoint_dir).resolve()) if checkpoint_dir else None
     run_spec = RunSpec(train=cfg.model_dump(mode="json"), model=spec.model_dump(mode="json"),
-                       root=str(Path(root).resolve()), max_pixels=max_pixels, checkpoint_dir=ckpt,
+                       root=str(Path(root).resolve()), checkpoint_dir=ckpt,
                        cache_dir=str(Path(cache_dir).resolve()) if cache_dir else None,
-                       max_aspect_ratio=max_aspect_ratio)
+                       limits=limits)
     run_dir = Path(tempfile.mkdtemp(prefix="deepmetric-torchrun-"))
     try:
         write_run_dir(run_dir, run_spec, manifest)

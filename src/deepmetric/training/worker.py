@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
             log.info("%d ranks (%s, %s), global batch %d = %d per rank", dist.world_size, dist.backend,
                      dist.device, cfg.batch.size, cfg.batch.size // dist.world_size)
         result = fit(manifest, spec.root, cfg, params, model, checkpoint_dir=spec.checkpoint_dir,
-                     max_pixels=spec.max_pixels, max_aspect_ratio=spec.max_aspect_ratio, cache_dir=spec.cache_dir,
-                     dist=dist)
+                     limits=spec.limits, cache_dir=spec.cache_dir, strategy=dist)
         out = None
         if dist.is_main:
             out = {"payload": result.payload, "log": result.log, "resumed_from": result.resumed_from,
