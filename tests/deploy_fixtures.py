@@ -60,14 +60,15 @@ def make_dataset(root: Path, num_classes: int = 8, per_class: int = 6, train_cla
     return pd.DataFrame(rows)
 
 
-def make_model_payload(embedding_dim: int = EMBED_DIM, crop: int = CROP, seed: int = 0) -> dict[str, Any]:
-    """A model file's payload without training: ResNet-18 from scratch, random head."""
+def make_model_payload(embedding_dim: int | None = EMBED_DIM, crop: int = CROP, seed: int = 0,
+                       backbone: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A model file's payload without training: ResNet-18 (or ``backbone``) from scratch, random head."""
     from deepmetric.training.config import InputConfig, parse_train
     from deepmetric.training.model_io import build_method, make_payload
 
     torch.manual_seed(seed)
     cfg, params = parse_train({"method": "margin", "embedding_dim": embedding_dim,
-                               "backbone": {"name": "resnet18", "pretrained": False}})
+                               "backbone": backbone or {"name": "resnet18", "pretrained": False}})
     method = build_method(cfg, params, num_classes=4).eval()
     return make_payload(method, cfg, InputConfig(resize=crop, crop=crop), num_classes=4)
 

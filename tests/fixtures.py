@@ -88,3 +88,49 @@ def plant_image(path: str | os.PathLike[str], size: tuple[int, int]) -> None:
     from PIL import Image
 
     Image.new("RGB", size, (128, 128, 128)).save(path)
+
+
+def timm_source(name: str, **kwargs):
+    """A timm model with seeded random weights (what a user's checkpoint was saved from), in eval mode."""
+    import timm
+    import torch
+
+    torch.manual_seed(1)
+    return timm.create_model(name, pretrained=False, **kwargs).eval()
+
+
+def save_weights(model, folder: str | os.PathLike[str], layout: str):
+    """Save ``model``'s weights under ``folder`` as a user has them; returns the file. ``layout``: safetensors,
+    torch (a plain state dict), state_dict / model (timm's / DeiT's training wrappers), ddp (``module.`` keys),
+    dino_teacher (DINO's training checkpoint: student + teacher with ``backbone.``/``head.`` keys, its argparse
+    arguments), with_classifier (the same as torch: the model has a head), dinov2 (+ ``mask_token``), open_clip
+    (``visual.trunk.`` + a text tower)."""
+    import argparse
+
+    import torch
+
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    path = Path(folder) / f"{layout}.{'safetensors' if layout == 'safetensors' else 'pth'}"
+    if layout == "safetensors":
+        from safetensors.torch import save_file
+
+        save_file(state, str(path))
+        return path
+    wrapped = {
+        "torch": state,
+        "with_classifier": state,
+        "state_dict": {"state_dict": state, "epoch": 7, "arch": "vit"},
+        "model": {"model": state, "epoch": 7},
+        "ddp": {f"module.{k}": v for k, v in state.items()},
+        "dino_teacher": {
+            "student": {f"module.backbone.{k}": v + 1 for k, v in state.items()},
+            "teacher": {**{f"backbone.{k}": v for k, v in state.items()},
+                        "head.mlp.0.weight": torch.zeros(8, 4), "head.last_layer.weight_g": torch.ones(16, 1)},
+            "epoch": 100, "args": argparse.Namespace(arch="vit_small", patch_size=16),
+        },
+        "dinov2": {**state, "mask_token": torch.zeros(1, state["cls_token"].shape[-1])},
+        "open_clip": {**{f"visual.trunk.{k}": v for k, v in state.items()},
+                      "text.token_embedding.weight": torch.zeros(10, 4), "logit_scale": torch.tensor(4.6)},
+    }[layout]
+    torch.save(wrapped, path)
+    return path

@@ -66,8 +66,27 @@ def validate_params(params: Mapping[str, Any], root: str | Path = ".") -> None:
                 target(params[name])
         except (ParamsError, ValueError) as exc:
             problems.append(str(exc))
+    if not problems:
+        problems.extend(_across_blocks(params))
     if problems:
         raise ParamsError("\n".join(problems))
+
+
+def _across_blocks(params: Mapping[str, Any]) -> list[str]:
+    """What no block can check alone: the input size (`model.crop`) must suit the backbone (`train.backbone`: a
+    ViT's patch size divides it)."""
+    if "train" not in params or "model" not in params:
+        return []
+    from deepmetric.data.transforms import InputSpec
+    from deepmetric.models.backbones import check_input_size
+    from deepmetric.training.config import parse_train
+
+    cfg, _ = parse_train(params["train"])
+    try:
+        check_input_size(cfg.backbone.name, parse_params(InputSpec, params["model"], "model").crop)
+    except ValueError as exc:
+        return [str(exc)]
+    return []
 
 
 def _catalog_entries(name: str, value: Any) -> dict[str, Any]:

@@ -121,3 +121,24 @@ def test_params_are_validated():
 def test_input_spec_mismatch_is_refused():
     with pytest.raises(ValueError, match="model.crop"):
         check_input_spec(InputConfig(resize=32, crop=32), InputConfig(resize=64, crop=64), "the model file")
+
+
+@pytest.mark.parametrize("backbone", ["timm/test_vit", "timm/test_convnext"])
+def test_a_vit_and_a_convnext_export_with_the_same_input_contract(setup, backbone):
+    """Transformers and ConvNeXts go through the same graph: uint8 NHWC of any size in, the in-graph resize to the
+    crop, opset ≥ 17 (18 here), parity with PyTorch on the test images; the backbone is recorded in the metadata."""
+    root, manifest, _, _ = setup
+    method, spec = load_model(make_model_payload(backbone={"name": backbone}, embedding_dim=None))
+    onnx_bytes = export_onnx(method, spec, exporter="dynamo", opset=18)
+    assert onnx.load_from_string(onnx_bytes).opset_import[0].version >= 17
+    s = ort_session(onnx_bytes)
+    assert s.get_inputs()[0].type == "tensor(uint8)" and all(isinstance(d, str) for d in s.get_inputs()[0].shape[:3])
+    x = np.random.default_rng(0).integers(0, 256, size=(2, CROP + 9, CROP + 4, 3), dtype=np.uint8)
+    with torch.no_grad():
+        want = ExportModule(method.export_module(), spec).eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(_run(onnx_bytes, x) - want).max() < 1e-4
+    report = check_parity(method, spec, onnx_bytes, manifest, root, tolerance=1e-4, recall_tolerance=0.0,
+                          max_images=50, batch_size=16, limits=ImageLimits(40_000_000))
+    assert report["passed"] and report["embedding_dim"] == method.backbone.feature_dim
+    assert json.loads(read_metadata(onnx_bytes)["backbone"]) == {"family": "timm", "name": backbone,
+                                                                 "weights_sha256": None}

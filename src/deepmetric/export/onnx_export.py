@@ -42,7 +42,7 @@ class ExportModule(nn.Module):
 
 
 def onnx_metadata(input_cfg: Any, method_name: str, embedding_dim: int, exporter: str,
-                  weights_sha256: str | None = None) -> dict[str, str]:
+                  weights_sha256: str | None = None, backbone: dict[str, Any] | None = None) -> dict[str, str]:
     spec = {
         "layout": "NHWC",
         "dtype": "uint8",
@@ -60,6 +60,9 @@ def onnx_metadata(input_cfg: Any, method_name: str, embedding_dim: int, exporter
         # The weights this graph was exported from (deepmetric.training.model_io.weights_sha256): the bundle
         # stage matches it against the metrics it ships (metrics.json's model_weights_sha256).
         **({META_PREFIX + "weights_sha256": weights_sha256} if weights_sha256 else {}),
+        # The backbone: family, name and the sha256 of the weights file training started from
+        # (`Backbone.provenance`); the bundle manifest copies it.
+        **({META_PREFIX + "backbone": json.dumps(backbone, sort_keys=True)} if backbone else {}),
     }
 
 
@@ -128,8 +131,10 @@ def export_onnx(method: nn.Module, input_cfg: Any, exporter: str = "dynamo", ops
     model = onnx.load_from_string(raw)
     from deepmetric.training.model_io import weights_sha256
 
+    backbone = getattr(method, "backbone", None)
     meta = onnx_metadata(input_cfg, getattr(method, "name", type(method).__name__), dim, exporter,
-                         weights_sha256(method.state_dict()))
+                         weights_sha256(method.state_dict()),
+                         backbone.provenance() if hasattr(backbone, "provenance") else None)
     kept = [p for p in model.metadata_props if not p.key.startswith(META_PREFIX)]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import time
 from typing import Any
@@ -53,6 +54,7 @@ def export_stage(
         "method": meta.get("method"),
         "input": meta.get("input"),
         "weights_sha256": meta.get("weights_sha256"),
+        "backbone": json.loads(meta["backbone"]) if meta.get("backbone") else None,
         "model_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
     })
     return onnx_bytes, report

@@ -116,13 +116,16 @@ class Method(nn.Module):
     # (Sharing: class batch + surrogate batch); with several processes each rank takes its share of each.
     batch_sections: ClassVar[int] = 1
 
-    def __init__(self, params: MethodParams, backbone: Backbone, embedding_dim: int, num_classes: int) -> None:
+    def __init__(self, params: MethodParams, backbone: Backbone, embedding_dim: int | None, num_classes: int) -> None:
         super().__init__()
         self.params = params
         self.backbone = backbone
-        self.embedding_dim = embedding_dim
+        # `train.embedding_dim: null`: no head, the embedding is the backbone's pooled feature (its width, e.g. a
+        # ViT-S's 384-d class token, as Hyp-ViT and open-metric-learning's ViT models); subclasses read
+        # `self.embedding_dim`.
+        self.embedding_dim = backbone.feature_dim if embedding_dim is None else embedding_dim
         self.num_classes = num_classes
-        self.head = nn.Linear(backbone.feature_dim, embedding_dim)
+        self.head = nn.Identity() if embedding_dim is None else nn.Linear(backbone.feature_dim, embedding_dim)
 
     # --- declarations -------------------------------------------------------------------------------
     @classmethod
@@ -135,9 +138,11 @@ class Method(nn.Module):
         return class_balanced_batches(labels, batch, seed, num_batches)
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
-        """Optimiser groups, each with a unique ``name`` (the loop can rescale a group by name)."""
+        """Optimiser groups, each with a unique ``name`` (the loop can rescale a group by name). The backbone's come
+        from `Backbone.param_groups`: one group ``backbone``, or several ``backbone@<part>`` (layer-wise lr decay,
+        weight-decay exclusions) that `lr_group` maps back to ``backbone``."""
         return [
-            {"name": "backbone", "params": list(self.backbone.parameters()), "lr": lr, "weight_decay": weight_decay},
+            *self.backbone.param_groups(lr, weight_decay),
             {"name": "head", "params": list(self.head.parameters()), "lr": lr, "weight_decay": weight_decay},
         ]
 
@@ -171,6 +176,12 @@ class Method(nn.Module):
     @property
     def test_embedding_dim(self) -> int:
         return self.embedding_dim
+
+
+def lr_group(name: str) -> str:
+    """The group an optimiser group belongs to for `train.optimizer.group_lr` and `TrainContext.set_lr_scale`:
+    ``backbone@layer3_decay`` → ``backbone`` (a part of a group split by `Backbone.param_groups`), else itself."""
+    return name.split("@", 1)[0]
 
 
 class _Embedder(nn.Module):

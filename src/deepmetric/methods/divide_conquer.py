@@ -211,10 +211,11 @@ class DivideConquerMethod(Method):
     def __init__(self, params: DivideConquerParams, backbone, embedding_dim: int, num_classes: int) -> None:
         super().__init__(params, backbone, embedding_dim, num_classes)
         k = params.num_clusters
+        embedding_dim = self.embedding_dim
         if params.version == "conference" and embedding_dim % k:
             raise ValueError(f"divide_conquer (conference): embedding_dim {embedding_dim} is not divisible by K={k}")
         self.drop = nn.Dropout(params.dropout)
-        if params.version == "conference":
+        if params.version == "conference" and isinstance(self.head, nn.Linear):
             # each slice initialised on its own (Xavier-normal, gain 1), as the CVPR code
             with torch.no_grad():
                 for w in self.head.weight.split(embedding_dim // k, dim=0):

@@ -135,11 +135,11 @@ class IntraBatchMethod(Method):
 
     def __init__(self, params: IntraBatchParams, backbone, embedding_dim: int, num_classes: int) -> None:
         super().__init__(params, backbone, embedding_dim, num_classes)
-        self.classifier = nn.Linear(embedding_dim, num_classes)  # on the un-normalised f
+        self.classifier = nn.Linear(self.embedding_dim, num_classes)  # on the un-normalised f
         self.mpn = MessagePassingNetwork(
-            embedding_dim, params.mpn_layers, params.mpn_heads, params.mpn_ffn_dim, params.dropout, params.mpn_cat
+            self.embedding_dim, params.mpn_layers, params.mpn_heads, params.mpn_ffn_dim, params.dropout, params.mpn_cat
         )
-        mpn_out = embedding_dim * (params.mpn_layers if params.mpn_cat else 1)
+        mpn_out = self.embedding_dim * (params.mpn_layers if params.mpn_cat else 1)
         self.mpn_neck = nn.BatchNorm1d(mpn_out)
         self.mpn_neck.bias.requires_grad_(False)  # BN neck with frozen bias (BNNeck)
         self.mpn_classifier = nn.Linear(mpn_out, num_classes, bias=False)

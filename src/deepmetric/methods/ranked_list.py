@@ -151,7 +151,7 @@ class RankedListMethod(Method):
                         f"(0..{n_stages - 2} for this backbone; the last stage has the main head)"
                     )
             self.aux = nn.ModuleList(
-                AuxHead(backbone.stage_dims[s], embedding_dim, params.aux_reduce, params.aux_hidden)
+                AuxHead(backbone.stage_dims[s], self.embedding_dim, params.aux_reduce, params.aux_hidden)
                 for s in params.multi_level_stages
             )
 
@@ -163,7 +163,7 @@ class RankedListMethod(Method):
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         heads = list(self.head.parameters()) + list(self.aux.parameters())
         return [
-            {"name": "backbone", "params": list(self.backbone.parameters()), "lr": lr, "weight_decay": weight_decay},
+            *self.backbone.param_groups(lr, weight_decay),
             {"name": "head", "params": heads, "lr": lr * self.params.head_lr_mult, "weight_decay": weight_decay},
         ]
 
@@ -171,9 +171,9 @@ class RankedListMethod(Method):
         """Un-normalised embeddings of every head: the auxiliary (L, M) heads first, the final (H) head last."""
         if not self.params.multi_level:
             return [self.head(self.backbone(x))]
-        stages = self.backbone.forward_stages(x)
+        pooled, stages = self.backbone.forward_with_stages(x)
         outs = [aux(stages[s]) for aux, s in zip(self.aux, self.params.multi_level_stages, strict=True)]
-        outs.append(self.head(self.backbone.pool(stages[-1])))
+        outs.append(self.head(pooled))
         return outs
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

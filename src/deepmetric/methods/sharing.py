@@ -147,7 +147,7 @@ class SharingMethod(Method):
     def __init__(self, params: SharingParams, backbone, embedding_dim: int, num_classes: int) -> None:
         super().__init__(params, backbone, embedding_dim, num_classes)
         self.shared_head = nn.Linear(backbone.feature_dim, params.shared_dim)
-        self.adversary = AdversarialDecorrelation(params.shared_dim, embedding_dim, params.adv_hidden)
+        self.adversary = AdversarialDecorrelation(params.shared_dim, self.embedding_dim, params.adv_hidden)
         self.class_criterion = margin_loss(params, num_classes)
         # surrogate labels are arbitrary group ids: one (learnable) β for the shared loss
         self.shared_criterion = margin_loss(params, None)

@@ -10,6 +10,7 @@ from deepmetric.data.config import ParamsError, parse_params
 
 from deepmetric.data.transforms import InputSpec
 from deepmetric.methods import METHODS, BatchConfig, MethodParams
+from deepmetric.methods.base import lr_group
 from deepmetric.models.backbones import BackboneConfig
 from deepmetric.training.data import CacheConfig
 
@@ -52,13 +53,15 @@ class OptimizerConfig(BaseModel):
 def apply_group_lr(groups: list[dict[str, Any]], group_lr: dict[str, float], method: str) -> list[dict[str, Any]]:
     """Set the absolute lr of the optimiser groups named in `train.optimizer.group_lr`; a name the method does
     not have is a parameter error naming it."""
-    names = [g["name"] for g in groups]
+    names = list(dict.fromkeys(lr_group(g["name"]) for g in groups))
     unknown = sorted(set(group_lr) - set(names))
     if unknown:
         raise ParamsError(
             f"train.optimizer.group_lr: method {method!r} has no optimiser group(s) {unknown}; its groups: {names}"
         )
-    return [{**g, "lr": group_lr[g["name"]]} if g["name"] in group_lr else g for g in groups]
+    # a group split in parts (``backbone@…``, layer-wise lr decay) keeps each part's scale of the group's lr
+    return [{**g, "lr": group_lr[lr_group(g["name"])] * g.get("lr_scale", 1.0)} if lr_group(g["name"]) in group_lr
+            else g for g in groups]
 
 
 class ErasingConfig(BaseModel):
@@ -157,7 +160,7 @@ class TrainConfig(BaseModel):
                       "(deepmetric.runtime): a 64-bit integer")
     epochs: int = Field(10, gt=0)
     steps_per_epoch: int | None = Field(None, gt=0, description="default: training images / batch size")
-    embedding_dim: int = Field(128, gt=0)
+    embedding_dim: int | None = Field(128, gt=0, description="null: no embedding head, the backbone's pooled feature")
     batch: BatchConfig = Field(default_factory=BatchConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     backbone: BackboneConfig = Field(default_factory=BackboneConfig)
@@ -215,15 +218,12 @@ def parse_train(train: dict[str, Any] | None) -> tuple[TrainConfig, MethodParams
     data = dict(train or {})
     cfg = parse(TrainConfig, data, "train")
     params = cfg.method_params()
-    opts = {
-        k: v
-        for k, v in METHODS[cfg.method].backbone_options(params).items()
-        if getattr(cfg.backbone, k) is None
-    }
+    opts = dict(METHODS[cfg.method].backbone_options(params))
     if opts.get("frozen_bn") and not cfg.backbone.pretrained:
         # The papers freeze BatchNorm of an ImageNet-pretrained trunk; freezing the random statistics of a
         # network trained from scratch would only cripple it, so a from-scratch backbone keeps BN trainable.
         opts["frozen_bn"] = False
-    if opts:
-        cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update=opts)})
+    backbone = cfg.backbone.with_method_options(opts)  # where the user left them null; a ViT keeps its pooling
+    if backbone is not cfg.backbone:
+        cfg = cfg.model_copy(update={"backbone": backbone})
     return cfg, params

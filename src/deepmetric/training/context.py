@@ -13,6 +13,7 @@ from deepmetric.data.dataset import ManifestImages
 from deepmetric.data.transforms import InputSpec
 from deepmetric.evaluation.embed import embed_dataset
 from deepmetric.methods import Method
+from deepmetric.methods.base import lr_group
 from deepmetric.models.preprocess import to_model_input
 from deepmetric.training.data import TrainLoader
 from deepmetric.training.distributed import GradientSync, SingleProcess
@@ -80,8 +81,10 @@ class LoopContext:
             self.method.train(was)
 
     def set_lr_scale(self, group: str, scale: float) -> None:
-        if group not in self.base_lrs:
-            raise KeyError(f"no optimiser group named {group!r}; groups: {sorted(self.base_lrs)}")
+        """A group split in parts (``backbone@…``: layer-wise lr decay) is scaled as a whole (`lr_group`)."""
+        groups = {lr_group(name) for name in self.base_lrs}
+        if group not in groups:
+            raise KeyError(f"no optimiser group named {group!r}; groups: {sorted(groups)}")
         self.lr_scales[group] = scale
         self._apply_lrs()
 
@@ -93,7 +96,7 @@ class LoopContext:
 
     def _apply_lrs(self) -> None:
         for g in self.optimizer.param_groups:
-            g["lr"] = self.base_lrs[g["name"]] * self.lr_factor * self.lr_scales.get(g["name"], 1.0)
+            g["lr"] = self.base_lrs[g["name"]] * self.lr_factor * self.lr_scales.get(lr_group(g["name"]), 1.0)
 
     def close(self) -> None:
         """Stop the loader's workers and the gradient hooks."""

