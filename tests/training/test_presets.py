@@ -1,5 +1,6 @@
-"""Paper presets (conf/presets/<method>/<dataset>.yml): each validates, is documented, and trains one step on a tiny
-replica of its dataset's layout with a tiny stand-in backbone (ResNet-18 from scratch at 32 px), so none rots."""
+"""Paper presets (conf/presets/<setting>/<dataset>.yml): each validates, is documented, and trains one step on a tiny
+replica of its dataset's layout with a tiny stand-in backbone of its family (ResNet-18 from scratch at 32 px; timm's
+test ViT for the ViT presets), so none rots."""
 
 from __future__ import annotations
 
@@ -22,22 +23,52 @@ from deepmetric.training.presets import DATASETS, available, load_preset, resolv
 from tests.data import layouts
 
 ROOT = Path(__file__).resolve().parents[2]
-PRESETS = available(ROOT)
+ALL_PRESETS = available(ROOT)
+PRESETS = [p for p in ALL_PRESETS if p.split("/")[0] in METHODS]  # a method's paper setting
+VIT_PRESETS = [p for p in ALL_PRESETS if p.split("/")[0] == "vit_s16_dino"]  # a backbone's setting
 SEED_METHODS = METHODS.names(kind="seed")
 # Stand-ins for what a unit test cannot have: ImageNet weights, 227 px images, a paper's epochs.
 TINY = {"train.epochs": 1, "train.steps_per_epoch": 1, "train.backbone.name": "resnet18",
         "train.backbone.pretrained": False, "train.backbone.weights_path": None, "model.resize": 40,
         "model.crop": 32, "train.progress": False, "train.device": "cpu", "train.eval_batch_size": 64}
+# The ViT presets' stand-in: timm's 6-block, 64-d test ViT from scratch (its position embedding at the 32-px grid).
+TINY_VIT = {**TINY, "train.backbone.name": "timm/test_vit", "train.backbone.img_size": 32,
+            "train.precision": "fp32"}
 
 
 def _params(name: str, overrides: dict | None = None) -> dict:
     dataset = name.split("/")[1]
-    return {"preset": {"name": name, "overrides": overrides if overrides is not None else TINY},
+    tiny = TINY_VIT if name in VIT_PRESETS else TINY
+    return {"preset": {"name": name, "overrides": overrides if overrides is not None else tiny},
             "data": {"dataset": dataset, "root": "unused"}}
 
 
 def test_every_seed_method_has_a_preset_for_every_dataset():
     assert PRESETS == sorted(f"{m}/{d}" for m in SEED_METHODS for d in DATASETS)
+    # every other folder is a backbone's setting with a preset for every dataset
+    assert sorted(set(ALL_PRESETS) - set(PRESETS)) == VIT_PRESETS == sorted(f"vit_s16_dino/{d}" for d in DATASETS)
+
+
+def _documented(name: str, preset) -> None:
+    """Its docs section names the published Recall@1 (or says it is unconfirmed) and what is not reproducible."""
+    docs = (ROOT / "docs" / "methods" / "presets.md").read_text()
+    section = " ".join(docs.split(f"### `{name}`", 1)[1].split("\n### ", 1)[0].split())
+    r1 = preset.expect.recall_at_1
+    assert (f"{r1:.1f}" in section) if r1 is not None else ("unconfirmed" in section), name
+    assert "Not reproducible here" in section
+
+
+@pytest.mark.parametrize("name", VIT_PRESETS)
+def test_vit_preset_is_valid_and_documented(name):
+    preset = load_preset(name, ROOT)
+    with pytest.raises(ParamsError, match=r"(?s)weights/dino_deitsmall16_pretrain\.pth.*is not a file"):
+        resolve(_params(name, {}), ROOT)
+    cfg, _ = parse_train(resolve(_params(name), ROOT)["train"])
+    assert cfg.method == preset.method and preset.setting == "vit_s16_dino" and cfg.backbone.name == "timm/test_vit"
+    shipped = preset.train["backbone"]
+    assert shipped["name"] == "timm/vit_small_patch16_224" and shipped["pool"] == "token" and shipped["pretrained"]
+    assert preset.train["embedding_dim"] is None and preset.model["crop"] % 16 == 0
+    _documented(name, preset)
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -121,7 +152,7 @@ def _replica(dataset: str, root: Path, classes: int, per_class: int) -> Path:
     return layouts.make_inshop(root, train_items=classes, test_items=2)
 
 
-@pytest.mark.parametrize("name", PRESETS)
+@pytest.mark.parametrize("name", PRESETS + VIT_PRESETS)
 def test_preset_trains_one_step_on_a_tiny_replica_of_its_layout(name, tmp_path):
     torch.set_num_threads(1)
     resolved = resolve(_params(name), ROOT)
@@ -135,5 +166,5 @@ def test_preset_trains_one_step_on_a_tiny_replica_of_its_layout(name, tmp_path):
     result = fit(manifest, str(root), cfg, params, spec)
     row = result.log[0]
     assert row["epoch"] == 1 and torch.isfinite(torch.tensor(row["loss"]))
-    assert result.payload["train"]["method"] == name.split("/")[0]
+    assert result.payload["train"]["method"] == load_preset(name, ROOT).method
     assert re.fullmatch(r"\d+", str(result.payload["best_epoch"]))

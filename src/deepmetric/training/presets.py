@@ -1,5 +1,7 @@
-"""Paper presets: one file per (method, dataset) under ``conf/presets/<method>/<dataset>.yml`` holding the paper's
-full training setting (the `train` and `model` blocks), selected with one parameter:
+"""Paper presets: one file per (setting, dataset) under ``conf/presets/<setting>/<dataset>.yml`` holding a paper's
+full training setting (the `train` and `model` blocks), selected with one parameter. A setting is a method (its
+paper's setting: ``intra_batch``) or a backbone's (``vit_s16_dino``: a DINO ViT-S/16 fine-tuned as its published
+recipe; the file says which method in ``method`` and which setting in ``setting``):
 
     kedro run --params preset.name=intra_batch/cub                     # or, tracked by DVC:
     dvc exp run -S conf/base/parameters_preset.yml:preset.name=intra_batch/cub
@@ -51,6 +53,7 @@ class PresetFile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: str
+    setting: str | None = Field(None, description="the folder when it is not the method's name (a backbone setting)")
     dataset: str
     paper: str
     expect: Expectation
@@ -72,20 +75,22 @@ def available(root: str | Path = ".") -> list[str]:
 
 
 def load_preset(name: str, root: str | Path = ".") -> PresetFile:
-    """Read and validate the preset file `name` (``<method>/<dataset>``) under ``<root>/conf/presets``."""
-    method, _, dataset = name.partition("/")
-    path = Path(root) / PRESET_DIR / method / f"{dataset}.yml"
-    if not method or not dataset or "/" in dataset or not path.is_file():
+    """Read and validate the preset file `name` (``<setting>/<dataset>``) under ``<root>/conf/presets``."""
+    setting, _, dataset = name.partition("/")
+    path = Path(root) / PRESET_DIR / setting / f"{dataset}.yml"
+    if not setting or not dataset or "/" in dataset or not path.is_file():
         raise ParamsError(f"preset.name = {name!r}: no file {path}; available presets: {available(root)}")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ParamsError(f"preset {name!r}: {path} is not valid YAML: {exc}") from exc
     preset = parse_params(PresetFile, raw, f"preset {name} ({path})")
-    if (preset.method, preset.dataset) != (method, dataset):
-        raise ParamsError(f"preset {name!r}: {path} declares method {preset.method!r}, dataset {preset.dataset!r}")
-    if preset.train.get("method") != method:
-        raise ParamsError(f"preset {name!r}: train.method must be {method!r}, got {preset.train.get('method')!r}")
+    if (preset.setting or preset.method, preset.dataset) != (setting, dataset):
+        raise ParamsError(f"preset {name!r}: {path} declares {'setting' if preset.setting else 'method'} "
+                          f"{preset.setting or preset.method!r}, dataset {preset.dataset!r}")
+    if preset.train.get("method") != preset.method:
+        raise ParamsError(f"preset {name!r}: train.method must be {preset.method!r}, got "
+                          f"{preset.train.get('method')!r}")
     return preset
 
 
