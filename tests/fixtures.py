@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import socket
@@ -134,3 +135,33 @@ def save_weights(model, folder: str | os.PathLike[str], layout: str):
     }[layout]
     torch.save(wrapped, path)
     return path
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Tiny models: one intra-op thread is as fast and avoids oversubscribing a shared 2-core machine."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def check_trained_model(payload, size: int, n: int = 3):
+    """The method rebuilt from a model file embeds unit vectors of its test width, and its export module computes
+    exactly that embedding; returns the embeddings of ``n`` random images."""
+    import torch
+
+    from deepmetric.training.model_io import load_model
+
+    model, _ = load_model(payload)
+    x = torch.randn(n, 3, size, size)
+    with torch.no_grad():
+        emb = model.embed(x)
+        torch.testing.assert_close(model.export_module()(x), emb)
+    assert emb.shape == (n, model.test_embedding_dim)
+    torch.testing.assert_close(emb.norm(dim=1), torch.ones(n))
+    return emb

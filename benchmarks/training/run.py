@@ -148,6 +148,24 @@ def train_rate(manifest, root, backbone, size, batch, steps, workers, precision=
     return float(res.log[-1]["images_per_s"])  # epoch 2: after worker start-up, compilation, cudnn autotune
 
 
+# ViT-S/16 rows of --mode gpu. Reference, not measured here: timm's own benchmark (results/benchmark-train-amp-nchw-
+# pt112-cu113-rtx3090.csv) trains vit_small_patch16_224 at 1,053 img/s (AMP, batch 384) and resnet50 at 826 img/s
+# (AMP, batch 512) on an RTX 3090: ViT-S/16 1.27× ResNet-50.
+VIT = "timm/vit_small_patch16_224"
+
+
+def vit_rate(fused_attention: bool, *args, **kwargs) -> float:
+    """`train_rate` of a timm ViT built with (True) PyTorch's scaled_dot_product_attention or (False) timm's
+    explicit attention (`timm.layers.set_fused_attn`, read when the model is built)."""
+    from timm.layers import set_fused_attn
+
+    set_fused_attn(fused_attention)
+    try:
+        return train_rate(*args, **kwargs)
+    finally:
+        set_fused_attn(True)
+
+
 def eval_rate(manifest, root, backbone, size, workers, device="cpu", n=512) -> float:
     cfg, params = parse_train({"method": "margin", "backbone": {"name": backbone}, "embedding_dim": 128})
     spec = InputSpec(resize=int(size * 256 / 224), crop=size)
@@ -289,6 +307,23 @@ def main() -> None:
         for w in (0, workers_[-1]):
             record("evaluation embed resnet50 (img/s)", f"{w} workers, fp32",
                    eval_rate(manifest, root, "resnet50", size, w, device=device, n=64 if args.tiny else 2048))
+        # ViT-S/16 (timm): the same margin step; attention through PyTorch's SDPA (flash / memory-efficient kernels
+        # on CUDA, timm's default) or timm's plain matmul-softmax attention, for the comparison.
+        for batch in batches_:
+            g = f"train {VIT} {size}px b{batch} (img/s)"
+            record(g, f"fp32, SDPA attention, {workers_[-1]} workers", vit_rate(
+                True, manifest, root, VIT, size, batch, steps, workers_[-1], device=device, cache_dir=cache_dir))
+            record(g, f"bf16, plain attention, {workers_[-1]} workers", vit_rate(
+                False, manifest, root, VIT, size, batch, steps, workers_[-1], "bf16", device=device,
+                cache_dir=cache_dir))
+            record(g, f"bf16, SDPA (flash) attention, {workers_[-1]} workers", vit_rate(
+                True, manifest, root, VIT, size, batch, steps, workers_[-1], "bf16", device=device,
+                cache_dir=cache_dir))
+            record(g, f"bf16 + compile, SDPA (flash) attention, {workers_[-1]} workers", vit_rate(
+                True, manifest, root, VIT, size, batch, steps, workers_[-1], "bf16", False, True, device=device,
+                cache_dir=cache_dir))
+        record(f"evaluation embed {VIT} (img/s)", f"{workers_[-1]} workers, fp32",
+               eval_rate(manifest, root, VIT, size, workers_[-1], device=device, n=64 if args.tiny else 2048))
     results["rows"] = [{"group": g, "variant": n, "value": round(v, 2)} for g, n, v in rows]
     results["load_avg_end"] = os.getloadavg()
     if args.out:

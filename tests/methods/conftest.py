@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from deepmetric.models.backbones import BackboneConfig, build_backbone
+from tests.fixtures import one_torch_thread
 
 
 class SimpleContext:
@@ -94,8 +95,5 @@ def simple_context():
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    """Tiny models: one intra-op thread is as fast and avoids oversubscribing a shared 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield

@@ -5,13 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from deepmetric.methods import METHODS
 from deepmetric.training.config import InputConfig, parse_train
 from deepmetric.training.loop import fit
-from deepmetric.training.model_io import load_model
-from tests.fixtures import make_bars
+from tests.fixtures import check_trained_model, make_bars
 
 
 @pytest.fixture(scope="module")
@@ -35,10 +33,4 @@ def test_seed_method_trains_in_the_loop(bars, method):
     spec = InputConfig(resize=32, crop=32)
     res = fit(manifest, root, cfg, params, spec)
     assert len(res.log) == 2 and all(np.isfinite(r["loss"]) for r in res.log)
-    model, _ = load_model(res.payload)
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        emb = model.embed(x)
-        torch.testing.assert_close(model.export_module()(x), emb)
-    assert emb.shape == (3, model.test_embedding_dim)
-    torch.testing.assert_close(emb.norm(dim=1), torch.ones(3))
+    check_trained_model(res.payload, 32)

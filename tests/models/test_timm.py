@@ -19,18 +19,16 @@ from deepmetric.models.backbones.timm import WeightsError, read_weights
 from deepmetric.params import validate_params
 from deepmetric.training.config import InputConfig, parse_train
 from deepmetric.training.loop import fit
-from deepmetric.training.model_io import build_method, load_model
-from tests.fixtures import make_bars, save_weights, timm_source
+from deepmetric.training.model_io import build_method
+from tests.fixtures import check_trained_model, make_bars, one_torch_thread, save_weights, timm_source
 
 VIT = "timm/test_vit"
 
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    with one_torch_thread():
+        yield
 
 
 def _vit(**kw) -> torch.nn.Module:
@@ -279,9 +277,4 @@ def test_every_method_trains_a_step_on_a_vit(bars, method):
     })
     res = fit(manifest, root, cfg, params, InputConfig(resize=32, crop=32))
     assert np.isfinite(res.log[0]["loss"])
-    model, _ = load_model(res.payload)
-    x = torch.randn(2, 3, 32, 32)
-    with torch.no_grad():
-        emb = model.embed(x)
-        torch.testing.assert_close(model.export_module()(x), emb)
-    assert emb.shape == (2, model.test_embedding_dim)
+    check_trained_model(res.payload, 32)

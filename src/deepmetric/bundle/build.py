@@ -9,6 +9,7 @@ are laid out by the one writer (:mod:`deepmetric.bundle.writer`); the catalog's 
 from __future__ import annotations
 
 import io
+import json
 import math
 import platform
 from collections.abc import Mapping
@@ -170,6 +171,8 @@ def build_bundle(
         "search_params": report.get("search_params", {}),
         "gallery_size": int(index.ntotal),
         "method": embedder.method,
+        # family, name and the sha256 of the weights file training started from (ONNX metadata, export stage)
+        "backbone": json.loads(meta["deepmetric.backbone"]) if meta.get("deepmetric.backbone") else None,
         "model_precision": meta.get("deepmetric.precision", "fp32"),
         "model_quantization": meta.get("deepmetric.quantization"),
         "dataset": dataset,
