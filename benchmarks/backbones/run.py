@@ -97,6 +97,9 @@ def main() -> None:
     ap.add_argument("--mode", choices=["quality", "throughput"], default="quality")
     ap.add_argument("--out", default=None, help="throughput: write the results (JSON) here")
     ap.add_argument("--rounds", type=int, default=3, help="throughput: interleaved rounds (median reported)")
+    ap.add_argument("--train-batch", type=int, default=16, help="throughput: images per training step")
+    ap.add_argument("--infer-batch", type=int, default=32, help="throughput: images per inference call")
+    ap.add_argument("--calls", type=int, default=2, help="throughput: steps / calls per configuration and round")
     ap.add_argument("--root", default="data/01_raw/glyphs")
     ap.add_argument("--method", default="margin")
     ap.add_argument("--epochs", type=int, default=4)
@@ -112,8 +115,10 @@ def main() -> None:
     if args.mode == "throughput":
         from deepmetric.training.precision import cpu_has_native_bf16
 
-        rows = throughput(THROUGHPUT, ("fp32", "bf16"), 224, 16, 32, args.rounds, 2)
-        result = {"size": 224, "train_batch": 16, "infer_batch": 32, "rounds": args.rounds, "steps_per_round": 2,
+        rows = throughput(THROUGHPUT, ("fp32", "bf16"), 224, args.train_batch, args.infer_batch, args.rounds,
+                          args.calls)
+        result = {"size": 224, "train_batch": args.train_batch, "infer_batch": args.infer_batch,
+                  "rounds": args.rounds, "calls_per_round": args.calls,
                   "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
                   "native_bf16": cpu_has_native_bf16(), "torch": torch.__version__,
                   "load_avg_end": os.getloadavg(), "rows": rows}

@@ -143,6 +143,21 @@ def test_a_truncated_or_corrupt_file_is_refused(cut, tmp_path):
         read_weights(junk)
 
 
+def test_a_bad_weights_file_is_a_user_error_stopping_training_before_anything_is_written(bars, tmp_path):
+    from deepmetric.errors import user_error
+
+    root, manifest = bars
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json")
+    cfg, params = parse_train({"backbone": {"name": VIT, "pretrained": True, "weights_path": str(bad)},
+                               "epochs": 1, "steps_per_epoch": 1, "progress": False, "num_workers": 0})
+    with pytest.raises(WeightsError) as caught:
+        fit(manifest, root, cfg, params, InputConfig(resize=32, crop=32), checkpoint_dir=tmp_path / "ckpt")
+    kind, message = user_error(caught.value)  # `kedro run` prints "error: <message>" and exits 1, no traceback
+    assert kind == "WeightsError" and "not a readable safetensors file" in message and str(bad) in message
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
+
+
 def test_wrappers_are_accepted_only_where_unambiguous(tmp_path):
     state = timm_source("test_vit").state_dict()
     both = tmp_path / "both.pth"
