@@ -208,6 +208,10 @@ def test_freezing_the_stem_and_the_first_blocks():
     assert any(n.startswith("net.blocks.1.") for n in frozen) and not any(n.startswith("net.blocks.2.") for n in frozen)
     stem_only = {n for n, p in _vit(freeze_stem=True).named_parameters() if not p.requires_grad}
     assert stem_only == {"net.cls_token", "net.pos_embed", "net.patch_embed.proj.weight", "net.patch_embed.proj.bias"}
+    # a CNN trunk counts its stem and stages the same way
+    cnn = build_backbone(BackboneConfig(name="resnet18", freeze_blocks=1))
+    frozen = {n.split(".")[0] + "." + n.split(".")[1] for n, p in cnn.named_parameters() if not p.requires_grad}
+    assert frozen == {"stem.0", "stem.1", "stages.0"}
 
 
 def test_layer_wise_lr_decay_groups_and_weight_decay_exclusions():
