@@ -98,6 +98,16 @@ def test_weights_saved_from_a_timm_model_load_back_to_identical_outputs(layout, 
         bb.provenance()["weights_sha256"]
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit:FutureWarning")
+def test_a_torchscript_archive_gives_its_parameters(tmp_path):
+    """OpenAI's CLIP files are TorchScript archives: their state dict is read (timm's filter converts the layout)."""
+    module = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.LayerNorm(2))
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(module), str(path))
+    got = read_weights(path)
+    assert sorted(got) == sorted(module.state_dict()) and all(torch.equal(got[k], v) for k, v in module.state_dict().items())
+
+
 def test_position_embedding_is_resampled_to_the_backbone_grid(tmp_path):
     from timm.layers import resample_abs_pos_embed
 

@@ -25,6 +25,7 @@ import inspect
 import os
 import re
 import sys
+import warnings
 import zipfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -91,7 +92,7 @@ def describe(name: str) -> BackboneInfo:
     elif transformer and not issubclass(cls, _vit_class()):
         pools = (default,)  # other transformers: their own pooling only
     else:
-        allowed = [p for p in _POOLS if (p != "token" or class_token) and (transformer or p != "token")]
+        allowed = [p for p in _POOLS if p != "token" or (transformer and class_token)]
         pools = tuple(dict.fromkeys([default, *allowed]))
     options = {"grad_checkpointing"} | ({"drop_path_rate"} & keywords)
     if transformer and "img_size" in keywords:
@@ -128,9 +129,11 @@ def _load(path: Path) -> Any:
         except (SafetensorError, OSError, ValueError) as exc:
             raise WeightsError(f"train.backbone.weights_path {str(path)!r}: not a readable safetensors file "
                                f"(truncated or corrupt?): {exc}") from None
-    if zipfile.is_zipfile(path) and any(n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()):
-        try:  # a TorchScript archive (OpenAI's CLIP files): its parameters, no Python code run
-            return torch.jit.load(str(path), map_location="cpu").state_dict()
+    if zipfile.is_zipfile(path) and _is_torchscript(path):
+        try:  # a TorchScript archive (OpenAI's CLIP files): its parameters; no pickled Python object is loaded
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # TorchScript is deprecated; the files exist
+                return torch.jit.load(str(path), map_location="cpu").state_dict()
         except Exception as exc:  # noqa: BLE001 - any failure of the archive is the file's
             raise WeightsError(f"train.backbone.weights_path {str(path)!r}: a TorchScript archive that does not "
                                f"load: {exc}") from None
@@ -151,6 +154,11 @@ def _load(path: Path) -> Any:
         reason = detail.group(1).strip() if detail else (text.strip().splitlines() or [type(exc).__name__])[0]
         raise WeightsError(f"train.backbone.weights_path {str(path)!r}: not a readable safetensors or torch "
                            f"checkpoint (truncated or corrupt?): {reason}") from None
+
+
+def _is_torchscript(path: Path) -> bool:
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("/constants.pkl") for n in z.namelist())
 
 
 def _is_state_dict(obj: Any) -> bool:
