@@ -31,6 +31,7 @@ USER_ERRORS = frozenset({
     "deepmetric.data.images.ImageDecodeError",
     "deepmetric.data.images.PathEscapeError",
     "deepmetric.data.cache.StaleManifestError",
+    "deepmetric.models.backbones.base.BackboneError",
     "deepmetric.validation.suite.ValidationFailed",
     "deepmetric.export.parity.ParityError",
     "deepmetric.export.quantize.QuantizationError",

@@ -77,13 +77,11 @@ def _across_blocks(params: Mapping[str, Any]) -> list[str]:
     ViT's patch size divides it)."""
     if "train" not in params or "model" not in params:
         return []
-    from deepmetric.data.transforms import InputSpec
-    from deepmetric.models.backbones import check_input_size
-    from deepmetric.training.config import parse_train
+    from deepmetric.training.config import InputConfig, check_input, parse_train
 
     cfg, _ = parse_train(params["train"])
     try:
-        check_input_size(cfg.backbone.name, parse_params(InputSpec, params["model"], "model").crop)
+        check_input(cfg, parse_params(InputConfig, params["model"], "model"))
     except ValueError as exc:
         return [str(exc)]
     return []

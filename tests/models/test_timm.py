@@ -15,6 +15,7 @@ import torch
 from deepmetric.data.config import ParamsError
 from deepmetric.methods import METHODS
 from deepmetric.models.backbones import BackboneConfig, build_backbone, describe
+from deepmetric.models.backbones.base import BackboneError
 from deepmetric.models.backbones.timm import WeightsError, read_weights
 from deepmetric.params import validate_params
 from deepmetric.training.config import InputConfig, parse_train
@@ -199,7 +200,7 @@ def test_an_input_size_the_patch_does_not_divide_is_refused():
     validate_params({"train": {"backbone": {"name": VIT}}, "model": {"resize": 48, "crop": 48}})
     with pytest.raises(ParamsError, match=r"train.backbone.img_size = 20 is not a multiple of the patch size 16"):
         parse_train({"backbone": {"name": VIT, "img_size": 20}})
-    with pytest.raises(ParamsError, match=r"the input size \(model.crop\) = 40 is not a multiple of the patch size"):
+    with pytest.raises(BackboneError, match=r"the input size \(model.crop\) = 40 is not a multiple of the patch size"):
         _vit()(torch.randn(1, 3, 40, 40))
 
 
@@ -247,13 +248,25 @@ def test_layer_wise_lr_decay_groups_and_weight_decay_exclusions():
 
 
 def test_group_lr_and_lr_scales_address_every_part_of_the_backbone():
-    from deepmetric.training.loop import _make_optimizer
+    from deepmetric.training.loop import make_optimizer
 
     cfg, params = parse_train({"backbone": {"name": VIT, "layer_decay": 0.5},
                                "optimizer": {"group_lr": {"backbone": 0.01}}})
-    opt = _make_optimizer(build_method(cfg, params, 4), cfg)
+    opt = make_optimizer(build_method(cfg, params, 4), cfg)
     lrs = sorted(g["lr"] for g in opt.param_groups if g["name"].startswith("backbone@"))
     assert lrs[-1] == pytest.approx(0.01) and lrs[0] == pytest.approx(0.01 * 0.5 ** 6)
+    # a method's lr scale on "backbone" (D&C's frozen epochs) reaches every part, and only them
+    from deepmetric.training.context import LoopContext
+
+    ctx = LoopContext(method=None, optimizer=opt, device=torch.device("cpu"), labels=np.zeros(1), seed=0, epochs=1,
+                      loader=None, eval_images=None, spec=None, eval_batch_size=1, precision=None,
+                      base_lrs={g["name"]: g["lr"] for g in opt.param_groups})
+    ctx.set_lr_scale("backbone", 0.0)
+    assert {g["name"].split("@")[0]: g["lr"] for g in opt.param_groups if g["lr"] == 0} == {"backbone": 0.0}
+    assert all(g["lr"] == 0 for g in opt.param_groups if g["name"].startswith("backbone@"))
+    assert next(g["lr"] for g in opt.param_groups if g["name"] == "head") == pytest.approx(1e-3)
+    with pytest.raises(KeyError, match=r"no optimiser group named 'backbone@layer0_decay'; groups: \['backbone', "):
+        ctx.set_lr_scale("backbone@layer0_decay", 0.0)
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():

@@ -11,7 +11,7 @@ from deepmetric.data.config import ParamsError, parse_params
 from deepmetric.data.transforms import InputSpec
 from deepmetric.methods import METHODS, BatchConfig, MethodParams
 from deepmetric.methods.base import lr_group
-from deepmetric.models.backbones import BackboneConfig
+from deepmetric.models.backbones import BackboneConfig, check_input_size
 from deepmetric.training.data import CacheConfig
 
 
@@ -210,6 +210,12 @@ class TrainConfig(BaseModel):
 
     def method_params(self) -> MethodParams:
         return parse_params(METHODS[self.method].Params, self.methods.get(self.method), f"train.methods.{self.method}")
+
+
+def check_input(cfg: TrainConfig, spec: InputSpec) -> None:
+    """What neither the `train` nor the `model` block can check alone: the input size suits the backbone (a ViT's
+    patch size divides `model.crop`); ValueError naming both otherwise."""
+    check_input_size(cfg.backbone.name, spec.crop)
 
 
 def parse_train(train: dict[str, Any] | None) -> tuple[TrainConfig, MethodParams]:

@@ -27,6 +27,11 @@ from deepmetric.registry import Registry
 PoolName = Literal["avg", "max", "avgmax", "gem", "token"]
 
 
+class BackboneError(ValueError):
+    """A backbone parameter or weights file that does not fit the model (a user error: `kedro run` prints
+    ``error: <message>`` and exits 1, `deepmetric.errors`)."""
+
+
 @dataclass(frozen=True)
 class BackboneInfo:
     """What a backbone name accepts, known before it is built (parameter validation).

@@ -34,8 +34,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepmetric.data.config import ParamsError
-from deepmetric.models.backbones.base import BACKBONES, Backbone, BackboneConfig, BackboneInfo, check_input_size
+from deepmetric.models.backbones.base import (
+    BACKBONES,
+    Backbone,
+    BackboneConfig,
+    BackboneError,
+    BackboneInfo,
+    check_input_size,
+)
 
 PREFIX = "timm/"
 # The wrappers a training script puts around a state dict (timm's train.py: state_dict; DeiT, MAE, many: model;
@@ -44,9 +50,9 @@ WRAPPERS = ("state_dict", "model", "teacher")
 _POOLS = ("token", "avg", "max", "avgmax")
 
 
-class WeightsError(ParamsError):
+class WeightsError(BackboneError):
     """`train.backbone.weights_path` holds no weights this model can take (unreadable, another layout or
-    architecture). A parameter error: its message names the file and what does not fit."""
+    architecture). Its message names the file and what does not fit."""
 
 
 def _timm():
@@ -245,7 +251,7 @@ class TimmBackbone(Backbone):
                 check_input_size(self.cfg.name, int(x.shape[-1] if x.shape[-1] % self.patch else x.shape[-2]),
                                  "the input size (model.crop)")
             except ValueError as exc:
-                raise ParamsError(str(exc)) from None
+                raise BackboneError(str(exc)) from None
 
     def _pooled(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -257,7 +263,7 @@ class TimmBackbone(Backbone):
     def _pooled_and_stages(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         self._check(x)
         if not hasattr(self.net, "forward_intermediates"):
-            raise ParamsError(f"timm model {self.cfg.name!r} gives no stage maps (no forward_intermediates): a method "
+            raise BackboneError(f"timm model {self.cfg.name!r} gives no stage maps (no forward_intermediates): a method "
                               "that needs them (ranked_list multi_level) cannot use it")
         final, maps = self.net.forward_intermediates(x)
         return self.net.forward_head(final, pre_logits=True), list(maps)
