@@ -142,7 +142,7 @@ def test_swap_under_load_by_admin_call_and_signal(served):
             assert request(base, "GET", "/healthz")[1]["gallery_version"] == 1
 
             # Remove the added item: a good version again, switched to by SIGHUP.
-            gallery_cli("remove", "--bundle", str(good), "--out", str(bundle), "--id", str(added[0]))
+            gallery_cli("remove", "--bundle", str(good), "--out", str(bundle), "--replace", "--id", str(added[0]))
             os.kill(proc.pid, signal.SIGHUP)
             wait_for(base, "gallery_version", 2)
             time.sleep(0.5)
@@ -176,7 +176,8 @@ def test_every_worker_switches_on_sighup(served):
             point("v1")
             os.kill(proc.pid, signal.SIGHUP)  # verified by the supervisor, then a reload in every worker
             wait_for(base, "gallery_version", 1, workers=2)
-            gallery_cli("add", "--bundle", str(current), "--out", str(versions / "v2"), "--label", "6", str(new))
+            gallery_cli("add", "--bundle", str(current), "--out", str(versions / "v2"), "--label", "6", str(new),
+                        "--allow-duplicates")  # the same image as v1's new item
             point("v2")
             assert admin(base, TOKEN)[0] == 200  # one worker answers, and has the supervisor reload the others
             wait_for(base, "gallery_version", 2, workers=2)
