@@ -12,8 +12,8 @@ from PIL import Image
 
 from tests.deploy_fixtures import draw_image
 from tests.fixtures import png_bytes
-from tests.server_fixtures import (MAX_IMAGES, MAX_PIXELS, MAX_UPLOAD, multipart, post_images, raw_http, request,
-                                   start_server, stop)
+from tests.server_fixtures import (MAX_IMAGES, MAX_PIXELS, MAX_UPLOAD, memory_mib, multipart, post_images, raw_http,
+                                   request, start_server, stop)
 
 env_pid: list[int] = []  # the module server's process id (it serves in-process with one worker)
 
@@ -134,15 +134,11 @@ def test_unterminated_multipart_is_bad_multipart(env):
     assert request(base, "POST", "/v1/search?k=2", body, ctype)[0] == 200
 
 
-def _peak_rss_mb(pid: int) -> float:
-    return int([ln for ln in open(f"/proc/{pid}/status") if ln.startswith("VmHWM")][0].split()[1]) / 1024
-
-
 def test_thin_images_refused_with_bounded_server_memory(env):
     # 1×100,000 (a 300-byte PNG) passes the pixel limit; before the fix it cost the server 5 s and 1.5 GB.
     base, *_ = env
     pid = env_pid[0]
-    before = _peak_rss_mb(pid)
+    before = memory_mib(pid, "VmHWM")
     thin = png_bytes(Image.new("L", (1, 100_000), 200))
     wide = png_bytes(Image.new("L", (2_000_000, 1), 200))
     for path in ["/v1/embed", "/v1/search?k=2"]:
@@ -150,7 +146,7 @@ def test_thin_images_refused_with_bounded_server_memory(env):
                 "limit of 100:1 (parameter max_aspect_ratio)")
         _expect(post_images(base, path, [("image", "wide.png", wide)]), 413, "image_too_large", "wide.png",
                 f"limit of {MAX_PIXELS:,} (parameter max_pixels)")
-    assert _peak_rss_mb(pid) - before < 50
+    assert memory_mib(pid, "VmHWM") - before < 50
     assert request(base, "GET", "/healthz")[0] == 200
 
 
