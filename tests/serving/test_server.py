@@ -4,6 +4,8 @@ as a whole (search, embed, every refusal, the process modes)."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -164,3 +166,42 @@ def test_multi_worker_mode(env):
         assert proc.pid not in pids
     finally:
         stop(proc)
+
+
+def test_a_stalled_body_gets_408_and_a_disconnect_is_one_log_line(env):
+    """A client that declares more bytes than it sends was held open indefinitely (70 s observed), and one that
+    disconnected mid-upload wrote a ~60-line traceback (issue 23): now a 408 after --body-timeout-s, and one line."""
+    base, bundle, root, manifest = env
+    proc, base = start_server(bundle, "--body-timeout-s", "1", "--log-level", "info")
+    host, port = base.rsplit("/", 1)[-1].split(":")
+    body, ctype = multipart([("image", "a.png", (root / manifest["path"][0]).read_bytes())])
+    head = (f"POST /v1/search?k=2 HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body) + 5000}\r\n\r\n").encode()
+    try:
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(head + body)  # 5,000 bytes short
+            t0 = time.monotonic()
+            answer = b""
+            while chunk := s.recv(65536):  # the server closes the connection after its answer
+                answer += chunk
+            waited = time.monotonic() - t0
+        status_line, _, rest = answer.partition(b"\r\n")
+        headers, _, payload = rest.partition(b"\r\n\r\n")
+        assert status_line.split()[1] == b"408" and b"connection: close" in headers.lower(), answer[:300]
+        err = json.loads(payload)
+        assert err["error"] == "body_timeout" and "body_timeout_s" in err["message"]
+        assert f"{len(body):,} of {len(body) + 5000:,} bytes received" in err["message"]
+        assert 0.9 < waited < 10
+
+        for _ in range(3):  # three clients give up mid-upload
+            with socket.create_connection((host, int(port)), timeout=30) as s:
+                s.sendall(head + body[:100])
+                time.sleep(0.3)
+        time.sleep(0.5)
+        assert request(base, "POST", "/v1/search?k=2", body, ctype)[0] == 200
+    finally:
+        stop(proc)
+    log = proc.stdout.read().decode()
+    gone = [line for line in log.splitlines() if "disconnected during POST /v1/search" in line]
+    assert len(gone) == 3 and "(after 100 of" in gone[0], log[-3000:]
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-3000:]
