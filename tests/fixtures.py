@@ -88,3 +88,14 @@ def plant_image(path: str | os.PathLike[str], size: tuple[int, int]) -> None:
     from PIL import Image
 
     Image.new("RGB", size, (128, 128, 128)).save(path)
+
+
+def file_tree(*paths: str | os.PathLike[str]) -> dict[str, bytes]:
+    """Every file under ``paths`` (files or folders) as ``{path: bytes}``: compare two of them to see that a run
+    wrote the same bytes, or that a refused one changed nothing."""
+    out = {}
+    for base in map(Path, paths):
+        for p in ([base] if base.is_file() else sorted(base.rglob("*"))):
+            if p.is_file():
+                out[str(p)] = p.read_bytes()
+    return out

@@ -12,7 +12,7 @@ import pytest
 
 from deepmetric.bundle import load_bundle
 from tests.deploy_fixtures import draw_image
-from tests.fixtures import png_bytes
+from tests.fixtures import file_tree, png_bytes
 from tests.server_fixtures import deepmetric, deepmetric_here
 
 
@@ -73,10 +73,6 @@ def test_bad_lists_limits_and_bundles_change_nothing(env, new, tmp_path):
     assert not out.exists()
 
 
-def _tree(folder) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
 def test_out_replaces_nothing_but_an_older_bundle_version_and_only_when_asked(env, tmp_path):
     """`--out DEST` deleted what was at DEST, exit 0 (issue 23): a user's folder, a file. Now only a path that does
     not exist, or a bundle folder with --replace; anything else is refused (exit 3) and left byte for byte."""
@@ -91,18 +87,18 @@ def test_out_replaces_nothing_but_an_older_bundle_version_and_only_when_asked(en
             proc = deepmetric_here("gallery", "remove", "--bundle", str(src), "--id", "5", "--out", str(dest), *extra)
             assert proc.returncode == 3, proc.stderr
             assert f"gallery not changed: the destination {dest} exists and {words}: it is left as it is" in proc.stderr
-    assert _tree(users) == {"thesis.txt": b"keep\n"} and a_file.read_text() == "mine\n"
+    assert file_tree(users) == {str(users / "thesis.txt"): b"keep\n"} and a_file.read_text() == "mine\n"
 
     older = tmp_path / "older"
     shutil.copytree(src, older)
-    before = _tree(older)
+    before = file_tree(older)
     proc = deepmetric_here("gallery", "remove", "--bundle", str(src), "--id", "5", "--out", str(older))
     assert proc.returncode == 3 and "holds another bundle version: pass --replace" in proc.stderr
-    assert _tree(older) == before
+    assert file_tree(older) == before
     (older / "notes.txt").write_text("mine\n")  # a bundle folder someone keeps a file in is not replaced either
     proc = deepmetric_here("gallery", "remove", "--bundle", str(src), "--id", "5", "--out", str(older), "--replace")
     assert proc.returncode == 3 and "holds files that are not the bundle's (notes.txt)" in proc.stderr
-    assert _tree(older) == {**before, "notes.txt": b"mine\n"}
+    assert file_tree(older) == {**before, str(older / "notes.txt"): b"mine\n"}
     (older / "notes.txt").unlink()
     proc = deepmetric_here("gallery", "remove", "--bundle", str(src), "--id", "5", "--out", str(older), "--replace")
     assert proc.returncode == 0, proc.stderr
@@ -118,7 +114,7 @@ def test_an_update_through_a_symlink_repoints_it_at_a_new_folder(env, new, tmp_p
     releases = tmp_path / "releases"
     releases.mkdir()
     shutil.copytree(src, releases / "v3")
-    before = _tree(releases / "v3")
+    before = file_tree(releases / "v3")
     current = releases / "current"
     current.symlink_to("v3")
     proc = deepmetric_here("gallery", "add", "--bundle", str(current), "--label", "7", str(new / "n0.png"))
@@ -127,7 +123,7 @@ def test_an_update_through_a_symlink_repoints_it_at_a_new_folder(env, new, tmp_p
     assert out["bundle"] == str(current) and out["folder"] == str(releases / "v3-g1")
     assert f"new version written to {releases / 'v3-g1'}; {current} now points at it" in proc.stderr
     assert current.is_symlink() and os.readlink(current) == "v3-g1"
-    assert load_bundle(current).manifest["lineage"]["gallery_version"] == 1 and _tree(releases / "v3") == before
+    assert load_bundle(current).manifest["lineage"]["gallery_version"] == 1 and file_tree(releases / "v3") == before
     proc = deepmetric_here("gallery", "remove", "--bundle", str(current), "--id", str(out["added_ids"][0]))
     assert proc.returncode == 0, proc.stderr
     assert os.readlink(current) == "v3-g2" and load_bundle(current).gallery_size == 36
