@@ -165,3 +165,14 @@ def check_trained_model(payload, size: int, n: int = 3):
     assert emb.shape == (n, model.test_embedding_dim)
     torch.testing.assert_close(emb.norm(dim=1), torch.ones(n))
     return emb
+
+
+def file_tree(*paths: str | os.PathLike[str]) -> dict[str, bytes]:
+    """Every file under ``paths`` (files or folders) as ``{path: bytes}``: compare two of them to see that a run
+    wrote the same bytes, or that a refused one changed nothing."""
+    out = {}
+    for base in map(Path, paths):
+        for p in ([base] if base.is_file() else sorted(base.rglob("*"))):
+            if p.is_file():
+                out[str(p)] = p.read_bytes()
+    return out

@@ -115,6 +115,14 @@ def raw_http(base: str, data: bytes) -> tuple[int, dict[str, str], bytes]:
     return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
 
 
+def memory_mib(pid: int, field: str = "VmRSS") -> float:
+    """A memory figure of process ``pid`` from /proc (VmRSS: resident now; VmHWM: its peak), MiB."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {field} for process {pid}")
+
+
 def start_server(bundle: Path, *extra: str) -> tuple[subprocess.Popen, str]:
     """`deepmetric serve` over ``bundle`` (with the small limits above and ``extra`` flags) on a free port;
     (the process, its base URL) once it answers /healthz."""

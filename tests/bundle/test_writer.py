@@ -4,13 +4,14 @@ the bundle stage, gallery updates and release stamping write through)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import pytest
 
 from deepmetric.bundle import BundleError, load_bundle
 from deepmetric.bundle.format import MANIFEST_FILE, manifest_bytes, manifest_sha256, sha256
-from deepmetric.bundle.writer import bundle_files, restamp, seal, write_bundle
+from deepmetric.bundle.writer import bundle_files, point_link, restamp, seal, write_bundle
 
 PAYLOAD = {"model.onnx": b"model", "index.faiss": b"index!", "ids.parquet": b"ids"}
 
@@ -101,3 +102,29 @@ def test_restamped_copy_of_a_real_bundle_loads(deploy_bundle, tmp_path):
     with pytest.raises(BundleError, match="ids.parquet: sha256"):
         write_bundle(tmp_path / "release2", m, {f: copy / f for f in m["files"]}, verify=load_bundle)
     assert not (tmp_path / "release2").exists()
+
+
+def test_write_bundle_refuses_to_replace_a_symlink_by_a_folder(tmp_path):
+    m = seal({"format": "deepmetric-bundle/1"}, PAYLOAD)
+    write_bundle(tmp_path / "v1", m, PAYLOAD)
+    (tmp_path / "current").symlink_to("v1")
+    with pytest.raises(ValueError, match="is a symlink"):
+        write_bundle(tmp_path / "current", m, PAYLOAD)
+    assert os.readlink(tmp_path / "current") == "v1"
+
+
+def test_point_link_swaps_a_link_and_never_replaces_a_folder_or_file(tmp_path):
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    point_link(tmp_path / "current", "v1")  # absent: made
+    assert os.readlink(tmp_path / "current") == "v1"
+    point_link(tmp_path / "current", "v2")  # a link: repointed
+    assert os.readlink(tmp_path / "current") == "v2"
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "keep.txt").write_text("keep")
+    (tmp_path / "file").write_text("keep")
+    for name in ("folder", "file"):
+        with pytest.raises(FileExistsError, match=f"{name} is a {name}, not a symlink"):
+            point_link(tmp_path / name, "v1")
+    assert (tmp_path / "folder" / "keep.txt").read_text() == "keep" and (tmp_path / "file").read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "file", "folder", "v1", "v2"], "no link left"

@@ -4,6 +4,7 @@ as messages with exit 3 (bad input) or 2 (bundle refused). The update itself: te
 from __future__ import annotations
 
 import json
+import os
 import shutil
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 
 from deepmetric.bundle import load_bundle
 from tests.deploy_fixtures import draw_image
-from tests.fixtures import png_bytes
+from tests.fixtures import file_tree, png_bytes
 from tests.server_fixtures import deepmetric, deepmetric_here
 
 
@@ -70,3 +71,94 @@ def test_bad_lists_limits_and_bundles_change_nothing(env, new, tmp_path):
     proc = deepmetric_here("gallery", "remove", "--bundle", str(tmp_path), "--id", "1")
     assert proc.returncode == 2 and "bundle refused: manifest.json: missing" in proc.stderr
     assert not out.exists()
+
+
+def test_out_replaces_nothing_but_an_older_bundle_version_and_only_when_asked(env, tmp_path):
+    """`--out DEST` deleted what was at DEST, exit 0 (issue 23): a user's folder, a file. Now only a path that does
+    not exist, or a bundle folder with --replace; anything else is refused (exit 3) and left byte for byte."""
+    _, _, _, src = env
+    users = tmp_path / "x" / "p"
+    users.mkdir(parents=True)
+    (users / "thesis.txt").write_text("keep\n")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("mine\n")
+    for dest, words in ((users, "is not a bundle folder (no deepmetric manifest.json)"), (a_file, "is a file")):
+        for extra in ((), ("--replace",)):
+            proc = deepmetric_here("gallery", "remove", "--bundle", str(src), "--id", "5", "--out", str(dest), *extra)
+            assert proc.returncode == 3, proc.stderr
+            assert f"gallery not changed: the destination {dest} exists and {words}: it is left as it is" in proc.stderr
+    assert file_tree(users) == {str(users / "thesis.txt"): b"keep\n"} and a_file.read_text() == "mine\n"
+
+    older = tmp_path / "older"
+    shutil.copytree(src, older)
+    before = file_tree(older)
+    proc = deepmetric_here("gallery", "remove", "--bundle", str(src), "--id", "5", "--out", str(older))
+    assert proc.returncode == 3 and "holds another bundle version: pass --replace" in proc.stderr
+    assert file_tree(older) == before
+    (older / "notes.txt").write_text("mine\n")  # a bundle folder someone keeps a file in is not replaced either
+    proc = deepmetric_here("gallery", "remove", "--bundle", str(src), "--id", "5", "--out", str(older), "--replace")
+    assert proc.returncode == 3 and "holds files that are not the bundle's (notes.txt)" in proc.stderr
+    assert file_tree(older) == {**before, str(older / "notes.txt"): b"mine\n"}
+    (older / "notes.txt").unlink()
+    proc = deepmetric_here("gallery", "remove", "--bundle", str(src), "--id", "5", "--out", str(older), "--replace")
+    assert proc.returncode == 0, proc.stderr
+    assert load_bundle(older).gallery_size == 35 and 5 not in set(load_bundle(older).ids["id"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "older", "x"], "no temporary left behind"
+
+
+def test_an_update_through_a_symlink_repoints_it_at_a_new_folder(env, new, tmp_path):
+    """An in-place update of `releases/current` (a symlink, as `deepmetric pull` makes it) replaced the link with a
+    folder (issue 23). Now the new version is a folder beside the link's target and the link is repointed at it;
+    the old version stays as it was, for rollback."""
+    _, _, _, src = env
+    releases = tmp_path / "releases"
+    releases.mkdir()
+    shutil.copytree(src, releases / "v3")
+    before = file_tree(releases / "v3")
+    current = releases / "current"
+    current.symlink_to("v3")
+    proc = deepmetric_here("gallery", "add", "--bundle", str(current), "--label", "7", str(new / "n0.png"))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["bundle"] == str(current) and out["folder"] == str(releases / "v3-g1")
+    assert f"new version written to {releases / 'v3-g1'}; {current} now points at it" in proc.stderr
+    assert current.is_symlink() and os.readlink(current) == "v3-g1"
+    assert load_bundle(current).manifest["lineage"]["gallery_version"] == 1 and file_tree(releases / "v3") == before
+    proc = deepmetric_here("gallery", "remove", "--bundle", str(current), "--id", str(out["added_ids"][0]))
+    assert proc.returncode == 0, proc.stderr
+    assert os.readlink(current) == "v3-g2" and load_bundle(current).gallery_size == 36
+    # --out naming the link, with --replace: the same (a link is never replaced by a folder)
+    proc = deepmetric_here("gallery", "remove", "--bundle", str(releases / "v3"), "--id", "0", "--out", str(current),
+                           "--replace")
+    assert proc.returncode == 0, proc.stderr
+    assert os.readlink(current) == "v3-g1-" + json.loads(proc.stdout)["manifest_sha256"][:12]  # v3-g1 is taken
+    assert sorted(p.name for p in releases.iterdir()) == sorted(
+        ["current", "v3", "v3-g1", "v3-g2", os.readlink(current)]), "no temporary left behind"
+
+
+def test_the_same_image_twice_is_refused_unless_allowed(env, new, tmp_path):
+    """The same image given twice to `gallery add` was added silently under two ids (issue 23)."""
+    _, _, _, src = env
+    dest = tmp_path / "b"
+    n0 = str(new / "n0.png")
+    copy = tmp_path / "copy-of-n0.png"
+    shutil.copy(n0, copy)
+    proc = deepmetric_here("gallery", "add", "--bundle", str(src), "--out", str(dest), "--label", "7", n0, str(copy))
+    assert proc.returncode == 3 and not dest.exists()
+    assert (f"{copy} is the same image as {n0}, given before it: nothing was added; pass --allow-duplicates"
+            in proc.stderr)
+    proc = deepmetric_here("gallery", "add", "--bundle", str(src), "--out", str(dest), "--label", "7", n0)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["duplicates"] == []
+    proc = deepmetric_here("gallery", "add", "--bundle", str(dest), "--label", "7", str(copy), str(new / "n1.png"))
+    assert proc.returncode == 3 and f"{copy} is the same image as gallery item 36" in proc.stderr
+    assert load_bundle(dest).gallery_size == 37
+    # removing the item in the same update makes the image new again
+    proc = deepmetric_here("gallery", "remove", "--bundle", str(dest), "--out", str(tmp_path / "c"), "--id", "36")
+    assert proc.returncode == 0, proc.stderr
+    proc = deepmetric_here("gallery", "add", "--bundle", str(dest), "--label", "7", str(copy), "--allow-duplicates")
+    assert proc.returncode == 0, proc.stderr
+    assert (f"added 1 duplicate image(s) (--allow-duplicates): {copy} is the same image as gallery item 36"
+            in proc.stderr)
+    assert json.loads(proc.stdout)["duplicates"] == [{"image": str(copy), "same_as_id": 36}]
+    assert load_bundle(dest).gallery_size == 38

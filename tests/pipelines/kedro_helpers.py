@@ -1,7 +1,8 @@
 """Run a stage pipeline the way `kedro run` does, against the project's real catalog, rebased into a tmp dir.
 
 Uses the catalog entries of conf/base/catalog.yml (their dataset types: the atomic deepmetric datasets) with
-every `filepath` moved under `workdir`, and the parameter files of conf/base as `params:` inputs.
+every `filepath` (and `timings_filepath`) moved under `workdir`, and the parameter files of conf/base as `params:`
+inputs.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ def make_catalog(workdir: Path, params: dict[str, Any]):
     config = yaml.safe_load((PROJECT / "conf" / "base" / "catalog.yml").read_text())
     config = copy.deepcopy(config)
     for entry in config.values():
-        if "filepath" in entry:
-            entry["filepath"] = str(workdir / entry["filepath"])
+        for key in [k for k in entry if k.endswith("filepath")]:  # filepath, and a report's timings_filepath
+            entry[key] = str(workdir / entry[key])
     catalog = DataCatalog.from_config(config)
     for key, value in params.items():
         catalog[f"params:{key}"] = value

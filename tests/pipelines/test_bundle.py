@@ -10,7 +10,9 @@ import pytest
 from deepmetric.io.datasets import JSONDataset, ParquetDataset, TorchDataset
 from deepmetric.bundle import load_bundle
 from deepmetric.training.model_io import weights_sha256
+from deepmetric.reproducible import source_timestamp
 from tests.deploy_fixtures import data_params, make_dataset, make_model_payload, model_params
+from tests.fixtures import file_tree
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 METRICS = {"recall@1": 0.81, "recall@2": 0.9, "map@r": 0.42, "nmi": 0.6, "best_epoch": 2}
@@ -50,6 +52,12 @@ def test_export_index_bundle_chain(work):
     assert m["lineage"]["index_model_sha256"] == m["files"]["model.onnx"]
     assert m["gallery_size"] == b.gallery_size and m["embedding_dim"] == b.dim == 16
     assert m["index_report"]["recall@1_vs_exact"] == json.loads((tmp / "data/08_reporting/index.json").read_text())["recall@1_vs_exact"]
+    # `created` is the source date (the commit date of HEAD here), so the same inputs give the same bundle, byte
+    # for byte: DVC sees no change, and a release of it has the same hash (issue 23).
+    assert m["created"] == source_timestamp()
+    before = file_tree(folder)
+    run_stage("bundle", tmp, params)
+    assert file_tree(folder) == before
 
 
 def test_default_parameter_file_is_valid():

@@ -8,7 +8,7 @@ import pytest
 
 from deepmetric.io.datasets import ParquetDataset
 from tests.deploy_fixtures import data_params, model_params, write_stage_inputs
-from tests.fixtures import STRICT_LIMITS, plant_image
+from tests.fixtures import STRICT_LIMITS, file_tree, plant_image
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 
@@ -31,6 +31,12 @@ def test_export_stage_writes_model_and_report(work):
     assert report["recall@1_onnx"] == pytest.approx(report["recall@1_pytorch"])
     assert (tmp / "data/06_models/model.onnx").stat().st_size == report["onnx_bytes"]
     assert not list((tmp / "data/06_models").glob("*.data")), "model.onnx must be self-contained"
+    # The same inputs give the same model.onnx and export.json (DVC hashes them); the timings go beside (issue 23).
+    outputs = file_tree(tmp / "data/06_models/model.onnx", tmp / "data/08_reporting/export.json")
+    run_stage("export", tmp, _params(root))
+    assert file_tree(tmp / "data/06_models/model.onnx", tmp / "data/08_reporting/export.json") == outputs
+    timings = json.loads((tmp / "data/08_reporting/timings/export.json").read_text())
+    assert set(timings) == {"export_seconds", "seconds_pytorch", "seconds_onnxruntime"} and not set(timings) & set(report)
 
 
 
@@ -97,7 +103,9 @@ def test_int8_export_then_index_and_bundle_record_it(work):
     q = report["int8"]
     assert report["precision"] == "int8" and q["passed"] and q["mode"] == "static" and q["images"] == 36
     assert q["size_ratio"] < 0.35 and q["cosine_fp32_int8_min"] > 0.95
-    assert set(q["latency_b1_ms"]) == {"fp32", "int8"} and q["bytes_int8"] == (tmp / "data/06_models/model.onnx").stat().st_size
+    assert q["bytes_int8"] == (tmp / "data/06_models/model.onnx").stat().st_size
+    timings = json.loads((tmp / "data/08_reporting/timings/export.json").read_text())  # not in the report (issue 23)
+    assert set(timings["int8"]["latency_b1_ms"]) == {"fp32", "int8"} and "latency_b1_ms" not in q
     meta = read_metadata((tmp / "data/06_models/model.onnx").read_bytes())
     assert meta["precision"] == "int8" and meta["quantization"].startswith("static") and json.loads(meta["input"])["crop"] == 32
     from deepmetric.io.datasets import JSONDataset

@@ -7,7 +7,7 @@ import pytest
 
 from deepmetric.data.contract import MANIFEST_COLUMNS
 from tests.data.layouts import make_cars, make_sop
-from tests.fixtures import STRICT_LIMITS, make_tiny_glyphs, plant_image
+from tests.fixtures import STRICT_LIMITS, file_tree, make_tiny_glyphs, plant_image
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 
@@ -25,6 +25,12 @@ def test_ingest_glyphs(tmp_path):
     assert set(m.split) == {"train", "val", "test"}
     report = json.loads((tmp_path / "data/08_reporting/ingest.json").read_text())
     assert report["images"] == len(m) and report["dropped"] == 0
+    # The outputs are a function of the inputs (DVC hashes them); the timings go beside them (issue 23).
+    outputs = file_tree(tmp_path / "data/02_intermediate", tmp_path / "data/08_reporting/ingest.json")
+    run_stage("ingest", tmp_path, _data(root))
+    assert file_tree(tmp_path / "data/02_intermediate", tmp_path / "data/08_reporting/ingest.json") == outputs
+    timings = json.loads((tmp_path / "data/08_reporting/timings/ingest.json").read_text())
+    assert set(timings) == {"seconds", "images_per_second"} and not set(timings) & set(report)
 
 
 @pytest.mark.parametrize("dataset,make", [("sop", make_sop), ("cars196", make_cars)])

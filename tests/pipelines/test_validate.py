@@ -5,7 +5,7 @@ import json
 import pytest
 
 from deepmetric.validation import ValidationFailed
-from tests.fixtures import STRICT_LIMITS, make_tiny_glyphs, plant_image
+from tests.fixtures import STRICT_LIMITS, file_tree, make_tiny_glyphs, plant_image
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 
@@ -25,6 +25,12 @@ def test_validate_passes_then_a_failure_leaves_validated_manifest_untouched(tmp_
     assert json.loads(report_path.read_text())["success"]
     assert (tmp_path / "data/08_reporting/validation_docs/index.html").is_file()
     before = validated.read_bytes()
+    # The outputs (report, data docs, manifest) are a function of the inputs: GX's run time is the source date, the
+    # seconds go beside the report (issue 23).
+    outputs = file_tree(validated, report_path, tmp_path / "data/08_reporting/validation_docs")
+    run_stage("validate", tmp_path, params)
+    assert file_tree(validated, report_path, tmp_path / "data/08_reporting/validation_docs") == outputs
+    assert set(json.loads((tmp_path / "data/08_reporting/timings/validate.json").read_text())) == {"seconds"}
 
     # Break one image after ingest: validate must stop the run, name the check and the file, write its
     # report and docs, and leave the previous validated manifest byte-identical.

@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.deploy_fixtures import data_params, evaluated, make_dataset, make_model_payload, model_params, onnx_model
+from tests.deploy_fixtures import (data_params, draw_image, evaluated, make_dataset, make_model_payload, model_params,
+                                   onnx_model)
 from tests.fixtures import free_port, png_bytes
 from tests.pipelines.kedro_helpers import load_params, run_stage
 from tests.project_fixtures import build_repo, run
@@ -35,7 +36,6 @@ METRICS = {1: {"recall@1": 0.61, "map@r": 0.31, "nmi": 0.52, "best_epoch": 1},
 def build_outputs(project: Path, version: int) -> None:
     """Every output of the pipeline for model ``version`` (seed version-1), then `dvc commit` records them."""
     from deepmetric.io.datasets import BytesDataset, FileTreeDataset, JSONDataset, ParquetDataset, TextDataset, TorchDataset
-    from tests.deploy_fixtures import draw_image
 
     data = project / "data"
     root = data / "01_raw/glyphs"
@@ -259,7 +259,7 @@ def test_tampered_remote_objects_are_refused(world, tmp_path):
         assert "release v2 refused" in proc.stderr and names in proc.stderr
         assert "does not match" in proc.stderr or "checksum mismatch" in proc.stderr
         assert not (dest / "v2").exists() and not (dest / "current").exists()
-        assert [p.name for p in dest.iterdir()] == [], "no half-installed release"
+        assert not dest.exists(), "no half-installed release, and no DEST the refused pull created (issue 23)"
 
 
 def test_unknown_tag_and_unreachable_remote_or_repository(world, tmp_path):
@@ -277,3 +277,56 @@ def test_unknown_tag_and_unreachable_remote_or_repository(world, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert [line.split()[1] for line in proc.stdout.splitlines()] == ["v1:", "v2:"]
     assert not dest.exists() or not any(dest.iterdir())
+
+
+def test_publish_names_changed_files_exactly_and_refuses_an_unknown_remote(world):
+    """The first changed file lost its first letter ("EADME.md"), and an unknown --remote ended in a traceback
+    (issue 23)."""
+    project = world["project"]
+    try:
+        for name in ("dvc.yaml", "pyproject.toml"):
+            with open(project / name, "a") as f:
+                f.write("# changed\n")
+        proc = cli("publish", "v3", cwd=project)
+        assert proc.returncode == 6 and "uncommitted changes to tracked files (dvc.yaml, pyproject.toml)" in proc.stderr
+    finally:
+        run(["git", "checkout", "--", "dvc.yaml", "pyproject.toml"], project)
+    proc = cli("publish", "v3", "--remote", "nosuch", cwd=project)
+    assert proc.returncode == 5, proc.stderr
+    assert "DVC remote unusable: remote 'nosuch' doesn't exist (configured remotes: store)" in proc.stderr
+    assert run(["git", "tag"], project).stdout.split() == ["v1", "v2"]
+
+
+def test_refused_pulls_leave_dest_as_it_was(world, tmp_path):
+    """An unknown --remote ended in a traceback, a refused pull left the DEST it created behind, and a
+    `releases/current` that a gallery update had turned into a folder made `pull` fail with IsADirectoryError and
+    leave a temporary link (issue 23)."""
+    origin = str(world["origin"])
+    dest = tmp_path / "new" / "releases"
+    proc = cli("pull", "v2", "--repo", origin, "--dest", str(dest), "--remote", "nosuch")
+    assert proc.returncode == 5, proc.stderr
+    assert "DVC remote unusable: remote 'nosuch' doesn't exist (configured remotes: none); pass --remote" in proc.stderr
+    assert not (tmp_path / "new").exists(), "a DEST the refused pull created is removed again"
+    proc = cli("pull", "v9", "--repo", origin, "--dest", str(dest))
+    assert proc.returncode == 4 and not (tmp_path / "new").exists()
+
+    host_dir = tmp_path / "host"
+    (host_dir / "current").mkdir(parents=True)
+    (host_dir / "current" / "keep.txt").write_text("keep")
+    proc = cli("pull", "v2", "--repo", origin, "--dest", str(host_dir))
+    assert proc.returncode == 3 and f"{host_dir / 'current'} is a folder, not the symlink" in proc.stderr
+    assert sorted(p.name for p in host_dir.rglob("*")) == ["current", "keep.txt"]
+
+
+def test_pull_after_a_gallery_update_through_current(world, tmp_path):
+    dest = tmp_path / "releases"
+    assert cli("pull", "v2", "--repo", str(world["origin"]), "--dest", str(dest)).returncode == 0
+    image = tmp_path / "new.png"
+    image.write_bytes(png_bytes(draw_image(1, 99)))
+    proc = cli("gallery", "add", "--bundle", str(dest / "current"), "--label", "1", str(image))
+    assert proc.returncode == 0, proc.stderr
+    assert os.readlink(dest / "current") == "v2-g1"
+    proc = cli("pull", "v1", "--repo", str(world["origin"]), "--dest", str(dest))
+    assert proc.returncode == 0, proc.stderr
+    assert os.readlink(dest / "current") == "v1"
+    assert sorted(p.name for p in dest.iterdir()) == ["current", "v1", "v2", "v2-g1"], "no temporary left behind"

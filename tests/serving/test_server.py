@@ -4,6 +4,8 @@ as a whole (search, embed, every refusal, the process modes)."""
 from __future__ import annotations
 
 import json
+import socket
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,8 +14,8 @@ from PIL import Image
 
 from tests.deploy_fixtures import draw_image
 from tests.fixtures import png_bytes
-from tests.server_fixtures import (MAX_IMAGES, MAX_PIXELS, MAX_UPLOAD, multipart, post_images, raw_http, request,
-                                   start_server, stop)
+from tests.server_fixtures import (MAX_IMAGES, MAX_PIXELS, MAX_UPLOAD, memory_mib, multipart, post_images, raw_http,
+                                   request, start_server, stop)
 
 env_pid: list[int] = []  # the module server's process id (it serves in-process with one worker)
 
@@ -97,8 +99,9 @@ def test_bad_inputs_get_4xx_and_the_service_stays_up(env):
         _expect(post_images(base, path, [("image", "big.bin", noise)]), 413, "upload_too_large", "max_upload_bytes")
         _expect(post_images(base, path, [("picture", "x.png", good)]), 400, "no_image", "'image'", "picture")
         _expect(post_images(base, path, [], fields=[("image", "text")]), 400, "no_image", "not a file")
-        _expect(post_images(base, path, [("image", f"{i}.png", good) for i in range(MAX_IMAGES + 1)]),
-                413, "too_many_images", "max_images")
+        for n in (MAX_IMAGES + 1, MAX_IMAGES + 2, 34):  # 34 and more were a 400 bad_multipart (issue 23)
+            _expect(post_images(base, path, [("image", f"{i}.png", good) for i in range(n)]),
+                    413, "too_many_images", "max_images")
         _expect(request(base, "POST", path, b"{}", "application/json"), 415, "not_multipart", "multipart/form-data")
         # one bad image among good ones refuses the whole request, naming the bad one
         status, body = post_images(base, path, [("image", "ok.png", good), ("image", "bad.png", png[:40])])
@@ -134,15 +137,11 @@ def test_unterminated_multipart_is_bad_multipart(env):
     assert request(base, "POST", "/v1/search?k=2", body, ctype)[0] == 200
 
 
-def _peak_rss_mb(pid: int) -> float:
-    return int([ln for ln in open(f"/proc/{pid}/status") if ln.startswith("VmHWM")][0].split()[1]) / 1024
-
-
 def test_thin_images_refused_with_bounded_server_memory(env):
     # 1×100,000 (a 300-byte PNG) passes the pixel limit; before the fix it cost the server 5 s and 1.5 GB.
     base, *_ = env
     pid = env_pid[0]
-    before = _peak_rss_mb(pid)
+    before = memory_mib(pid, "VmHWM")
     thin = png_bytes(Image.new("L", (1, 100_000), 200))
     wide = png_bytes(Image.new("L", (2_000_000, 1), 200))
     for path in ["/v1/embed", "/v1/search?k=2"]:
@@ -150,7 +149,7 @@ def test_thin_images_refused_with_bounded_server_memory(env):
                 "limit of 100:1 (parameter max_aspect_ratio)")
         _expect(post_images(base, path, [("image", "wide.png", wide)]), 413, "image_too_large", "wide.png",
                 f"limit of {MAX_PIXELS:,} (parameter max_pixels)")
-    assert _peak_rss_mb(pid) - before < 50
+    assert memory_mib(pid, "VmHWM") - before < 50
     assert request(base, "GET", "/healthz")[0] == 200
 
 
@@ -167,3 +166,42 @@ def test_multi_worker_mode(env):
         assert proc.pid not in pids
     finally:
         stop(proc)
+
+
+def test_a_stalled_body_gets_408_and_a_disconnect_is_one_log_line(env):
+    """A client that declares more bytes than it sends was held open indefinitely (70 s observed), and one that
+    disconnected mid-upload wrote a ~60-line traceback (issue 23): now a 408 after --body-timeout-s, and one line."""
+    base, bundle, root, manifest = env
+    proc, base = start_server(bundle, "--body-timeout-s", "1", "--log-level", "info")
+    host, port = base.rsplit("/", 1)[-1].split(":")
+    body, ctype = multipart([("image", "a.png", (root / manifest["path"][0]).read_bytes())])
+    head = (f"POST /v1/search?k=2 HTTP/1.1\r\nHost: x\r\nContent-Type: {ctype}\r\n"
+            f"Content-Length: {len(body) + 5000}\r\n\r\n").encode()
+    try:
+        with socket.create_connection((host, int(port)), timeout=30) as s:
+            s.sendall(head + body)  # 5,000 bytes short
+            t0 = time.monotonic()
+            answer = b""
+            while chunk := s.recv(65536):  # the server closes the connection after its answer
+                answer += chunk
+            waited = time.monotonic() - t0
+        status_line, _, rest = answer.partition(b"\r\n")
+        headers, _, payload = rest.partition(b"\r\n\r\n")
+        assert status_line.split()[1] == b"408" and b"connection: close" in headers.lower(), answer[:300]
+        err = json.loads(payload)
+        assert err["error"] == "body_timeout" and "body_timeout_s" in err["message"]
+        assert f"{len(body):,} of {len(body) + 5000:,} bytes received" in err["message"]
+        assert 0.9 < waited < 10
+
+        for _ in range(3):  # three clients give up mid-upload
+            with socket.create_connection((host, int(port)), timeout=30) as s:
+                s.sendall(head + body[:100])
+                time.sleep(0.3)
+        time.sleep(0.5)
+        assert request(base, "POST", "/v1/search?k=2", body, ctype)[0] == 200
+    finally:
+        stop(proc)
+    log = proc.stdout.read().decode()
+    gone = [line for line in log.splitlines() if "disconnected during POST /v1/search" in line]
+    assert len(gone) == 3 and "(after 100 of" in gone[0], log[-3000:]
+    assert "Traceback" not in log and "ClientDisconnect" not in log, log[-3000:]

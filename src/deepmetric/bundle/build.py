@@ -28,11 +28,11 @@ from deepmetric.bundle.format import (
     BundleError,
     sha256,
     short,
-    timestamp,
 )
 from deepmetric.bundle.thumbnails import build_thumbnail_shards
 from deepmetric.data.images import ImageLimits
 from deepmetric.bundle.writer import bundle_files, seal
+from deepmetric.reproducible import source_timestamp
 
 __all__ = ["build_bundle"]
 
@@ -131,7 +131,8 @@ def build_bundle(
 ) -> dict[str, bytes]:
     """``{relpath: bytes}`` for the `deploy_bundle` FileTreeDataset, checked as `load_bundle` will check it.
     ``image_root``: the dataset folder the ids' paths are relative to (for the thumbnails), read under
-    ``limits`` (the data parameters' limits, as every other stage)."""
+    ``limits`` (the data parameters' limits, as every other stage). ``created``: default the source date
+    (:func:`deepmetric.reproducible.source_date`), so the same inputs give the same bundle, byte for byte."""
     from deepmetric.index.build import deserialize_index
     from deepmetric.index.embedder import OnnxEmbedder
 
@@ -159,7 +160,7 @@ def build_bundle(
     meta = embedder.session.get_modelmeta().custom_metadata_map
     manifest: dict[str, Any] = {
         "format": FORMAT,
-        "created": created or timestamp(),
+        "created": created or source_timestamp(),  # from the inputs, not the clock: a rebuild is the same bundle
         "release": params.release,
         "model_version": sha256(onnx_bytes)[:12],
         "index_version": sha256(index_bytes)[:12],

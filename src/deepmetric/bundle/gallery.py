@@ -8,6 +8,16 @@ The new version is written by the one bundle writer (:func:`~deepmetric.bundle.w
 like any bundle (:func:`~deepmetric.bundle.reader.load_bundle`) *before* it is renamed into place, so a failed
 update leaves the destination as it was.
 
+Where the new version goes: in place (``dest`` omitted, or the bundle itself), or to ``dest`` when nothing is there.
+An existing ``dest`` is replaced only when it is a bundle folder (its manifest.json and the files it lists, nothing
+else) and ``replace`` is given; anything else there (a user's folder, a file) is refused and left untouched. A
+symlink (``releases/current``, as ``deepmetric pull`` makes it) is never replaced by a folder: the new version goes
+to a new folder beside the link's target (``v3`` → ``v3-g1``, named after the new ``gallery_version``) and the link
+is repointed at it atomically, so the old version stays for rollback.
+
+An added image whose embedding equals a gallery item's (the same picture) or another added image's is refused
+unless ``allow_duplicates``; then it is added and listed in the summary's ``duplicates``.
+
 Ids are stable: the id table's ``id`` column names an item for as long as it is in the gallery (faiss row numbers
 may shift); new items get ids from ``lineage.next_id`` on, and a removed id is never given out again. Removal
 rebuilds the index without the removed rows: the remaining vectors are read back from the index
@@ -20,6 +30,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +39,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepmetric.bundle.format import ID_COLUMNS, IDS_FILE, INDEX_FILE, MODEL_FILE, BundleError, sha256, timestamp
+from deepmetric.bundle.format import (FORMAT, ID_COLUMNS, IDS_FILE, INDEX_FILE, MANIFEST_FILE, MODEL_FILE, BundleError,
+                                     sha256, timestamp)
 from deepmetric.bundle.reader import Bundle, load_bundle
-from deepmetric.bundle.writer import seal, write_bundle
+from deepmetric.bundle.writer import point_link, seal, write_bundle
 from deepmetric.data.images import ImageLimits
 
-__all__ = ["GalleryError", "NewItem", "update_gallery"]
+__all__ = ["GalleryError", "NewItem", "describe", "update_gallery"]
 
 
 class GalleryError(ValueError):
@@ -116,6 +128,103 @@ def _thumbnail_files(bundle: Bundle, keep_rows: np.ndarray, items: Sequence[NewI
     return info, shards
 
 
+def _not_a_bundle(path: Path) -> str | None:
+    """Why the existing ``path`` is not a bundle folder that a new version may replace (None when it is one:
+    a deepmetric manifest.json and the files it lists, nothing else)."""
+    if not path.exists():
+        return "is a symlink to nothing"
+    if not path.is_dir():
+        return "is a file"
+    try:
+        manifest = json.loads((path / MANIFEST_FILE).read_bytes())
+    except (OSError, ValueError):
+        manifest = None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        return f"is not a bundle folder (no deepmetric {MANIFEST_FILE})"
+    listed = {MANIFEST_FILE, *(manifest.get("files") or {})}
+    others = sorted(p.name for p in path.iterdir() if p.name not in listed)
+    if others:
+        return f"holds files that are not the bundle's ({', '.join(others[:5])}{', …' if len(others) > 5 else ''})"
+    return None
+
+
+def _check_destination(src: Path, dest: Path, replace: bool) -> Path | None:
+    """Refuse a ``dest`` that must not be replaced (see the module docstring); the symlink to repoint at the new
+    version, or None when the new version is written as ``dest`` itself."""
+    if not os.path.lexists(dest):
+        return None
+    in_place = src.exists() and dest.exists() and os.path.samefile(src, dest)
+    if not in_place:
+        why = _not_a_bundle(dest.resolve())
+        if why:
+            raise GalleryError(f"the destination {dest} exists and {why}: it is left as it is; give a path that does "
+                               "not exist")
+        if not replace:
+            raise GalleryError(f"the destination {dest} holds another bundle version: pass --replace to replace it "
+                               "(replace=True), or give a path that does not exist")
+    return dest if dest.is_symlink() else None
+
+
+def _beside(link: Path, gallery_version: int, digest: str) -> tuple[Path, str]:
+    """A new folder beside the target of ``link`` for gallery version ``gallery_version`` (``v3`` → ``v3-g1``;
+    ``v3-g1`` → ``v3-g2``; with the manifest's sha256 when that name is taken) and the link text naming it (relative
+    when the link's is)."""
+    target = link.resolve()
+    base = re.sub(r"-g\d+(-[0-9a-f]{12})?$", "", target.name)
+    for name in (f"{base}-g{gallery_version}", f"{base}-g{gallery_version}-{digest[:12]}"):
+        folder = target.parent / name
+        if not os.path.lexists(folder):
+            text = str(folder) if os.path.isabs(os.readlink(link)) else os.path.relpath(folder, link.parent.resolve())
+            return folder, text
+    raise GalleryError(f"{link} points at {target}, and both names for the new version beside it exist "
+                       f"({base}-g{gallery_version}, …): give --out")
+
+
+#: Cosine similarity at or above which two embeddings are the same picture (identical input gives identical
+#: embeddings up to float rounding, ~1e-7; distinct images of a trained model are far below).
+SAME_IMAGE = 1 - 1e-6
+
+
+def _duplicates(bundle: Bundle, items: Sequence[NewItem], vectors: np.ndarray,
+                removed: set[int]) -> list[dict[str, Any]]:
+    """Added images that are the same picture as a gallery item (kept, not removed now) or as an earlier added
+    image: their embeddings' cosine similarity is at least :data:`SAME_IMAGE`. Exact for Flat, HNSW*,Flat and
+    IVF*,Flat indexes; PQ-coded ones store approximate vectors, so a duplicate of a gallery item may go unseen."""
+    import faiss
+
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    found: dict[int, dict[str, Any]] = {}
+    index = bundle.index
+    k = min(int(index.ntotal), len(removed) + 1)
+    if k:
+        scores, rows = index.search(vectors, k)
+        inner = index.metric_type == faiss.METRIC_INNER_PRODUCT
+        same = (lambda s: s >= SAME_IMAGE) if inner else (lambda s: s <= 2 * (1 - SAME_IMAGE))
+        item_ids = bundle.ids["id"].to_numpy()
+        for i, (srow, rrow) in enumerate(zip(scores, rows)):
+            hits = [(float(sc), int(item_ids[r])) for sc, r in zip(srow, rrow)
+                    if r >= 0 and int(item_ids[r]) not in removed]
+            if hits and same(hits[0][0]):
+                found[i] = {"image": items[i].path or str(items[i].file), "same_as_id": hits[0][1]}
+    among = faiss.IndexFlatIP(vectors.shape[1])
+    among.add(vectors)
+    lims, _, pairs = among.range_search(vectors, SAME_IMAGE - 1e-9)  # every pair with a similarity above it
+    for i in range(len(items)):
+        earlier = [int(j) for j in pairs[lims[i]:lims[i + 1]] if j < i]
+        if earlier and i not in found:
+            j = min(earlier)
+            found[i] = {"image": items[i].path or str(items[i].file),
+                        "same_as_image": items[j].path or str(items[j].file)}
+    return [found[i] for i in sorted(found)]
+
+
+def describe(dups: Sequence[dict[str, Any]]) -> str:
+    """The duplicates of :func:`update_gallery`'s summary in words (the first ten)."""
+    return "; ".join(f"{d['image']} is the same image as " + (f"gallery item {d['same_as_id']}" if "same_as_id" in d
+                                                               else f"{d['same_as_image']}, given before it")
+                     for d in dups[:10]) + ("; …" if len(dups) > 10 else "")
+
+
 def update_gallery(
     src: str | os.PathLike[str],
     dest: str | os.PathLike[str] | None = None,
@@ -125,17 +234,22 @@ def update_gallery(
     limits: ImageLimits = ImageLimits(),
     batch_size: int = 32,
     created: str | None = None,
+    replace: bool = False,
+    allow_duplicates: bool = False,
 ) -> dict[str, Any]:
     """Write the bundle at ``src`` with ``add`` embedded into its gallery and the ids ``remove`` taken out, as a
-    new version at ``dest`` (default: ``src`` itself, replaced atomically). Returns a summary (the new
-    versions, the ids given to the added items). ``limits``: the per-image limits applied to the added images.
-    Raises :class:`GalleryError` / :class:`BundleError`."""
+    new version at ``dest`` (default: ``src`` itself, replaced atomically; a symlink is repointed at a new folder).
+    ``replace``: an existing bundle folder at ``dest`` may be replaced. ``allow_duplicates``: add images that are
+    already in the gallery (or given twice). Returns a summary (the new versions, the folder written, the ids given
+    to the added items, the duplicates added). ``limits``: the per-image limits applied to the added images.
+    Raises :class:`GalleryError` / :class:`BundleError`; either way nothing was written."""
     from deepmetric.index.build import serialize_index
 
     if not add and not remove:
         raise GalleryError("nothing to do: give images to add or ids to remove")
     src = Path(src)
     dest = Path(dest) if dest is not None else src
+    link = _check_destination(src, dest, replace)
     bundle = load_bundle(src)
     manifest = bundle.manifest
     ids = bundle.ids[list(ID_COLUMNS)].reset_index(drop=True)
@@ -151,6 +265,10 @@ def update_gallery(
         raise GalleryError("removing these ids would leave an empty gallery")
 
     new_vectors = _embed(bundle, add, limits, batch_size) if add else None
+    duplicates = _duplicates(bundle, add, new_vectors, set(gone)) if add else []
+    if duplicates and not allow_duplicates:
+        raise GalleryError(f"{describe(duplicates)}: nothing was added; pass --allow-duplicates "
+                           "(allow_duplicates=True) to add them anyway")
     if gone:
         index = _emptied(bundle.index)
         kept = _vectors(bundle.index)[keep]
@@ -202,9 +320,13 @@ def update_gallery(
                                "gallery_version": int(lineage.get("gallery_version", 0)) + 1,
                                "parent_manifest_sha256": manifest.get("manifest_sha256"), "next_id": next_id}
     new_manifest = seal(new_manifest, files)
+    version = new_manifest["lineage"]["gallery_version"]
+    folder, text = _beside(link, version, new_manifest["manifest_sha256"]) if link is not None else (dest, None)
     # The new version must load like any bundle before it takes the name.
-    write_bundle(dest, new_manifest, files, verify=load_bundle)
-    return {"bundle": str(dest), "model_version": new_manifest["model_version"],
-            "index_version": new_manifest["index_version"], "gallery_version": new_manifest["lineage"]["gallery_version"],
+    write_bundle(folder, new_manifest, files, verify=load_bundle)
+    if link is not None:
+        point_link(link, text)
+    return {"bundle": str(dest), "folder": str(folder), "model_version": new_manifest["model_version"],
+            "index_version": new_manifest["index_version"], "gallery_version": version,
             "gallery_size": new_manifest["gallery_size"], "added_ids": added_ids, "removed_ids": gone,
-            "manifest_sha256": new_manifest["manifest_sha256"]}
+            "duplicates": duplicates, "manifest_sha256": new_manifest["manifest_sha256"]}

@@ -17,7 +17,7 @@ from typing import Any
 
 from deepmetric.bundle.format import MANIFEST_FILE, manifest_bytes, manifest_sha256, sha256
 
-__all__ = ["bundle_files", "restamp", "seal", "write_bundle"]
+__all__ = ["bundle_files", "point_link", "restamp", "seal", "write_bundle"]
 
 #: A file's content, or the path of an existing file to copy (a release copies the built bundle's payload).
 Content = bytes | os.PathLike[str]
@@ -58,11 +58,15 @@ def write_bundle(dest: str | os.PathLike[str], manifest: Mapping[str, Any], payl
                  verify: Callable[[Path], Any] | None = None) -> Path:
     """Write the bundle (``payload`` + manifest.json) as the folder ``dest``, replacing what is there atomically.
     ``verify(folder)`` runs on the complete new folder before it takes the name: if it raises, ``dest`` is left
-    exactly as it was and nothing else remains."""
+    exactly as it was and nothing else remains. ``dest`` must not be a symlink (the rename would replace the link
+    by a folder): write the folder it points at, or a new one and :func:`point_link` (a caller's bug:
+    ``ValueError``)."""
     from deepmetric.io.atomic import atomic_path
 
     files = bundle_files(manifest, payload)
     dest = Path(dest)
+    if dest.is_symlink():
+        raise ValueError(f"{dest} is a symlink: write the new version to a folder, then point_link() the link at it")
     with atomic_path(dest) as tmp:
         tmp.mkdir()
         for name, content in files.items():
@@ -73,3 +77,21 @@ def write_bundle(dest: str | os.PathLike[str], manifest: Mapping[str, Any], payl
         if verify is not None:
             verify(tmp)
     return dest
+
+
+def point_link(link: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Make ``link`` a symlink to ``target`` (the link's text, as ``ln -s`` takes it) atomically: a new link made
+    beside it is renamed over it, so a reader of ``link`` sees the old target or the new one, never none. ``link``
+    must be a symlink or absent: a real file or folder there is left untouched (``FileExistsError``). No temporary
+    link remains either way."""
+    link = Path(link)
+    tmp = link.parent / f".{link.name}.{os.getpid()}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(target)
+    try:
+        if os.path.lexists(link) and not link.is_symlink():
+            raise FileExistsError(f"{link} is a {'folder' if link.is_dir() else 'file'}, not a symlink")
+        os.replace(tmp, link)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return link

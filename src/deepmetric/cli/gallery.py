@@ -1,8 +1,13 @@
 """`deepmetric gallery add|remove`: a new bundle version with images added to its gallery or items removed
 (:func:`deepmetric.bundle.gallery.update_gallery`), without retraining.
 
-    deepmetric gallery add    --bundle DIR [--out DIR] --label N [--class-name NAME] IMAGE...   (or --list FILE.csv)
-    deepmetric gallery remove --bundle DIR [--out DIR] --id N [--id N ...]
+    deepmetric gallery add    --bundle DIR [--out DIR [--replace]] [--allow-duplicates]
+                              --label N [--class-name NAME] IMAGE...   (or --list FILE.csv)
+    deepmetric gallery remove --bundle DIR [--out DIR [--replace]] --id N [--id N ...]
+
+Without --out the bundle is updated in place (a symlink such as releases/current is repointed at a new folder
+beside its target). ``--out`` must not exist, or be a bundle folder and --replace given: anything else there is
+refused and left as it is (exit 3).
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ def register(sub) -> None:
     gallery.set_defaults(handler=run, hard_exit=True)
     gsub = gallery.add_subparsers(dest="gallery_command", required=True)
     add = gsub.add_parser("add", help="embed images with the bundle's model and add them to its gallery")
-    add.add_argument("--bundle", required=True)
-    add.add_argument("--out", default=None, help="where the new version goes (default: replace --bundle atomically)")
+    _destination_flags(add)
+    add.add_argument("--allow-duplicates", action="store_true",
+                     help="add images that are the same picture as a gallery item or as another IMAGE (refused "
+                          "otherwise)")
     add.add_argument("images", nargs="*", metavar="IMAGE")
     add.add_argument("--label", type=int, default=None, help="label of the IMAGEs")
     add.add_argument("--class-name", default=None, help="class name of the IMAGEs (default: the label's, if known)")
@@ -27,9 +34,16 @@ def register(sub) -> None:
                      help="a CSV with columns path,label[,class_name] (paths relative to the CSV's folder)")
     add_limit_flags(add)
     rm = gsub.add_parser("remove", help="take items out of a bundle's gallery (by id)")
-    rm.add_argument("--bundle", required=True)
-    rm.add_argument("--out", default=None, help="where the new version goes (default: replace --bundle atomically)")
+    _destination_flags(rm)
     rm.add_argument("--id", type=int, action="append", required=True, dest="ids", help="an id to remove (repeat)")
+
+
+def _destination_flags(p) -> None:
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--out", default=None,
+                   help="where the new version goes: a path that does not exist (default: update --bundle in place; "
+                        "a symlink is repointed at a new folder beside its target)")
+    p.add_argument("--replace", action="store_true", help="--out may be an existing bundle folder, which is replaced")
 
 
 def _items(args: argparse.Namespace) -> list | None:
@@ -65,7 +79,7 @@ def _items(args: argparse.Namespace) -> list | None:
 
 def run(args: argparse.Namespace) -> int:
     from deepmetric.bundle import BundleError
-    from deepmetric.bundle.gallery import GalleryError, update_gallery
+    from deepmetric.bundle.gallery import GalleryError, describe, update_gallery
 
     if args.gallery_command == "add":
         items = _items(args)
@@ -74,16 +88,21 @@ def run(args: argparse.Namespace) -> int:
         limits = image_limits(args)
         if limits is None:
             return EXIT_BAD_INPUT
-        change: dict = {"add": items, "limits": limits}
+        change: dict = {"add": items, "limits": limits, "allow_duplicates": args.allow_duplicates}
     else:
         change = {"remove": args.ids}
     try:
-        summary = update_gallery(args.bundle, args.out, **change)
+        summary = update_gallery(args.bundle, args.out, replace=args.replace, **change)
     except BundleError as e:
         say(str(e))
         return EXIT_BAD_BUNDLE
     except GalleryError as e:
         say(f"gallery not changed: {e}")
         return EXIT_BAD_INPUT
+    if summary["duplicates"]:
+        dups = summary["duplicates"]
+        say(f"added {len(dups)} duplicate image(s) (--allow-duplicates): {describe(dups)}")
+    if summary["folder"] != summary["bundle"]:
+        say(f"new version written to {summary['folder']}; {summary['bundle']} now points at it")
     print(json.dumps(summary, indent=2))
     return 0

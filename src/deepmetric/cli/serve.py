@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--max-upload-bytes", type=int, default=d.max_upload_bytes, help="request body limit")
     add_limit_flags(p)
     p.add_argument("--max-images", type=int, default=d.max_images, help="images per request")
+    p.add_argument("--body-timeout-s", type=float, default=d.body_timeout_s,
+                   help="longest wait for a request body's next bytes; a client that sends nothing for that long "
+                        "gets 408 body_timeout and is disconnected")
     p.add_argument("--threads", type=int, default=d.threads,
                    help="onnxruntime intra-op threads per worker (0: onnxruntime's default, every core)")
     p.add_argument("--batching", action=argparse.BooleanOptionalAction, default=d.batching,
@@ -86,6 +89,7 @@ def serve(args: argparse.Namespace) -> int:
     try:
         settings = ServerSettings(max_upload_bytes=args.max_upload_bytes, max_pixels=limits.max_pixels,
                                   max_aspect_ratio=limits.max_aspect_ratio, max_images=args.max_images,
+                                  body_timeout_s=args.body_timeout_s,
                                   threads=args.threads,
                                   batching=args.batching, batch_window_ms=args.batch_window_ms,
                                   max_batch=args.max_batch, prep_threads=args.prep_threads or share)

@@ -62,6 +62,50 @@ class JSONDataset(_FileDataset):
         write_bytes(self._filepath, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
+class ReportDataset(JSONDataset):
+    """A stage's JSON report whose timings go to a file of their own.
+
+    ``filepath`` is the report, a DVC output (dvc.lock records its hash); a timing (seconds, images/s, latencies)
+    differs on every run, so it would make the report — and every stage downstream of it — change although
+    nothing did. The keys named in ``timings`` (top-level, or dotted for nested ones: ``int8.latency_b1_ms``) are
+    taken out of the report on save and written to ``timings_filepath`` with the same nesting: a file DVC does
+    not hash (dvc.yaml lists it as a top-level metric, so `dvc metrics show` shows it). ``load`` returns the
+    report (without the timings)."""
+
+    def __init__(self, filepath: str, timings_filepath: str, timings: list[str],
+                 metadata: dict[str, Any] | None = None) -> None:
+        super().__init__(filepath, metadata)
+        self._timings_filepath = Path(timings_filepath)
+        self._timings = [tuple(key.split(".")) for key in timings]
+
+    def _describe(self) -> dict[str, Any]:
+        return {**super()._describe(), "timings_filepath": str(self._timings_filepath)}
+
+    def save(self, data) -> None:
+        report, timings = json.loads(json.dumps(data)), {}
+        for path in self._timings:
+            parent, into = report, timings
+            for key in path[:-1]:
+                parent = parent.get(key) if isinstance(parent, dict) else None
+                into = into.setdefault(key, {})
+            if isinstance(parent, dict) and path[-1] in parent:
+                into[path[-1]] = parent.pop(path[-1])
+        super().save(report)
+        write_bytes(self._timings_filepath, (json.dumps(_pruned(timings), indent=2, sort_keys=True) + "\n").encode())
+
+
+def _pruned(tree: dict[str, Any]) -> dict[str, Any]:
+    """``tree`` without empty sub-dicts (a nested timing the report did not have)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            v = _pruned(v)
+            if not v:
+                continue
+        out[k] = v
+    return out
+
+
 class TextDataset(_FileDataset):
     def load(self) -> str:
         self._check_exists()

@@ -6,7 +6,9 @@ any bundle (`deepmetric.bundle.load_bundle`: every file's sha256, the manifest's
 plus one only a release has: the manifest's sha256 must equal the one in ``release/release.json`` at the tag,
 which git, not the remote, holds — so an object altered in the remote is refused even when whoever altered it
 also rewrote the manifest's checksums. Nothing lands in ``DEST/NAME`` unless every check passed; ``DEST/current``
-then points at it (a symlink swapped atomically). Rolling back is pulling the previous name.
+then points at it (a symlink swapped atomically). Rolling back is pulling the previous name. A refused pull
+leaves ``DEST`` as it was (a ``DEST`` it had to create is removed again); a ``DEST/current`` that is not a
+symlink is refused before anything is fetched.
 
 Imports DVC, onnxruntime and faiss; not torch, not Kedro.
 """
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from deepmetric.release.record import RELEASE_BUNDLE, RELEASE_RECORD, ReleaseError, check_name
+from deepmetric.release.record import RELEASE_BUNDLE, RELEASE_RECORD, ReleaseError, check_name, unusable_remote
 
 CURRENT = "current"
 _OVERRIDE = "deepmetric-release"
@@ -112,12 +114,16 @@ def _remote_config(fs, record: dict[str, Any], remote: str | None, remote_url: s
 
 
 def _check_remote(fs) -> str:
-    from dvc.config import NoRemoteError
+    from dvc.config import NoRemoteError, RemoteConfigError
 
     try:
         remote = fs.repo.cloud.get_remote()
     except NoRemoteError as e:
         raise ReleaseError("unreachable", f"no DVC remote to fetch from ({e}); pass --remote-url") from None
+    except RemoteConfigError as e:  # --remote names none of the repository's remotes
+        raise unusable_remote(e, fs.repo.config["remote"], "pass --remote with one of them, or --remote-url "
+                              "(without --remote: the repository's default remote, else the URL the release was "
+                              "pushed to)") from None
     url = remote.fs.unstrip_protocol(remote.path)
     try:
         ok = remote.fs.exists(remote.path)
@@ -143,16 +149,47 @@ def verify(folder: Path, name: str, record: dict[str, Any]):
     return load_bundle(folder)
 
 
+def _check_dest(dest: Path) -> None:
+    """``DEST/current`` must be the symlink `pull` maintains (or absent): a real folder there (left by an older
+    in-place `gallery add` through the link, or made by hand) is refused before anything is fetched."""
+    current = dest / CURRENT
+    if os.path.lexists(current) and not current.is_symlink():
+        raise ReleaseError("bad_input", f"{current} is a {'folder' if current.is_dir() else 'file'}, not the symlink "
+                           f"that pull points at the installed release; nothing was fetched or changed: move it aside "
+                           f"(e.g. `mv {current} {dest / 'local'}`) and pull again")
+
+
 def _install(staged: Path, dest: Path, name: str) -> Path:
+    from deepmetric.bundle.writer import point_link
     from deepmetric.io.atomic import atomic_path
 
     with atomic_path(dest / name) as tmp:
         os.replace(staged, tmp)
-    link = dest / f".{CURRENT}.{os.getpid()}.tmp"
-    link.unlink(missing_ok=True)
-    link.symlink_to(name)
-    os.replace(link, dest / CURRENT)
+    point_link(dest / CURRENT, name)
     return dest / name
+
+
+def _created(dest: Path) -> Path | None:
+    """The outermost folder of ``dest`` that does not exist yet (None: it exists), removed again by a refused pull."""
+    first = None
+    for folder in (dest, *dest.parents):
+        if folder.exists():
+            break
+        first = folder
+    return first
+
+
+def _remove_created(dest: Path, first: Path | None) -> None:
+    """Remove the empty folders a refused pull created, from ``dest`` up to ``first``."""
+    if first is None:
+        return
+    for folder in (dest, *dest.parents):
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (something else was put there meanwhile) or already gone
+            return
+        if folder == first:
+            return
 
 
 def pull(name: str, repo: str, dest: str | Path, remote: str | None = None, remote_url: str | None = None) -> Pulled:
@@ -165,6 +202,8 @@ def pull(name: str, repo: str, dest: str | Path, remote: str | None = None, remo
 
     check_name(name)
     dest = Path(dest)
+    _check_dest(dest)
+    created = _created(dest.absolute())
     try:
         try:
             record = read_record(repo, name)
@@ -208,5 +247,8 @@ def pull(name: str, repo: str, dest: str | Path, remote: str | None = None, remo
         finally:
             fs.close()
         return Pulled(name=name, path=path, record=record, manifest=manifest, remote=url)
+    except BaseException:
+        _remove_created(dest.absolute(), created)  # a refused pull leaves no DEST behind that it made
+        raise
     finally:
         clean_repos()

@@ -35,6 +35,7 @@ from deepmetric.release.record import (
     ReleaseError,
     check_name,
     summary,
+    unusable_remote,
 )
 
 
@@ -52,6 +53,23 @@ def _git(root: Path, *args: str, check: bool = True) -> str:
     return proc.stdout.strip()
 
 
+def _changed_files(root: Path) -> list[str]:
+    """The tracked files with uncommitted changes, as git names them (``git status --porcelain -z``: entries
+    ``XY PATH``, a rename's old path as the entry after it; read unstripped, so the first entry keeps its
+    status columns)."""
+    proc = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=no"], cwd=root,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise ReleaseError("not_ready", f"git status failed: {proc.stderr.strip()}")
+    entries, files = iter(proc.stdout.split("\0")), []
+    for entry in entries:
+        if len(entry) > 3:
+            files.append(entry[3:])
+            if entry[0] in "RC":
+                next(entries, None)  # the old path of a rename or copy
+    return files
+
+
 def _check_git(root: Path, name: str, git_remote: str | None) -> str:
     if _git(root, "rev-parse", "--is-inside-work-tree", check=False) != "true":
         raise ReleaseError("not_ready", f"{root} is not a git work tree")
@@ -64,9 +82,8 @@ def _check_git(root: Path, name: str, git_remote: str | None) -> str:
                            "immutable: publish under a new name")
     if git_remote and _git(root, "ls-remote", "--tags", git_remote, f"refs/tags/{name}"):
         raise ReleaseError("not_ready", f"tag {name} already exists on git remote {git_remote!r}")
-    dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
-    if dirty:
-        files = [line[3:] for line in dirty.splitlines()]
+    files = _changed_files(root)
+    if files:
         raise ReleaseError("not_ready", f"uncommitted changes to tracked files ({', '.join(files[:8])}"
                            f"{', …' if len(files) > 8 else ''}): commit them (and dvc.lock) first, so the release "
                            "names the revision that built it")
@@ -82,13 +99,15 @@ def _check_pipeline(repo: Any, stage: str) -> None:
 
 
 def _remote_url(repo: Any, remote: str | None) -> dict[str, str]:
-    from dvc.config import NoRemoteError
+    from dvc.config import NoRemoteError, RemoteConfigError
 
     try:
         r = repo.cloud.get_remote(remote, "push")
     except NoRemoteError as e:
         raise ReleaseError("unreachable", f"no DVC remote to publish to ({e}); add one, e.g. `dvc remote add -d "
                            "store /srv/deepmetric-store` (a local folder; s3://, ssh://, gs:// likewise)") from None
+    except RemoteConfigError as e:  # --remote names none of the configured remotes
+        raise unusable_remote(e, repo.config["remote"], "nothing was published") from None
     return {"name": r.name, "url": r.fs.unstrip_protocol(r.path)}
 
 

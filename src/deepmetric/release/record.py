@@ -58,3 +58,10 @@ def summary(record: dict[str, Any]) -> str:
     return (f"{record.get('name')}: {record.get('method')} on {record.get('dataset')}"
             f"{' (' + shown + ')' if shown else ''}, model {record.get('model_version')}, "
             f"index {record.get('index_version')}, built from {str(record.get('git_revision'))[:12]}")
+
+
+def unusable_remote(err: Exception, known, hint: str) -> ReleaseError:
+    """The refusal of a DVC remote that is not configured (``--remote nosuch``): DVC's words, the remotes there are."""
+    names = ", ".join(sorted(known)) or "none"
+    return ReleaseError("unreachable", f"DVC remote unusable: {str(err).removeprefix('config file error: ')} "
+                        f"(configured remotes: {names}); {hint}")

@@ -43,7 +43,7 @@ async def _lifespan(app: FastAPI):
 
     def on_signal() -> None:
         async def go() -> None:
-            with contextlib.suppress(BundleError):  # refused: logged in state.last_reload, old one serves
+            with contextlib.suppress(BundleError):  # refused: logged, in /healthz's last_reload; the old one serves
                 await state.reload_async()
         loop.create_task(go())
 

@@ -27,6 +27,8 @@ class ServerSettings(BaseModel):
     max_aspect_ratio: float = Field(DEFAULT_MAX_ASPECT_RATIO, ge=1,
                                     description="longer side / shorter side; above it refused (thin images)")
     max_images: int = Field(32, gt=0, description="images per request")
+    body_timeout_s: float = Field(30.0, gt=0, le=3600,
+                                  description="longest wait for a request body's next bytes; then 408 body_timeout")
     default_k: int = Field(10, gt=0)
     # One intra-op thread per worker measured fastest on the project machine at 1, 8 and 32 clients, with batching
     # on and off (benchmarks/serving/README.md): a parallel op stalls whenever one of its threads is descheduled.

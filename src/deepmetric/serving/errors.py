@@ -1,18 +1,24 @@
 """How the service refuses: :class:`ApiError` (status, code, message) raised anywhere in a request, the
 exception handlers that turn it and FastAPI's own errors into the JSON error shape, and the classification of
-an image that cannot be used (413 too large, 400 truncated or corrupt, 415 not an image)."""
+an image that cannot be used (413 too large, 400 truncated or corrupt, 415 not an image). A client that
+disconnects mid-request is one log line (INFO), not a traceback."""
 
 from __future__ import annotations
+
+import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from deepmetric.data.images import ImageDecodeError, ImageTooLargeError
 from deepmetric.serving.responses import error_response
 
 __all__ = ["ApiError", "add_exception_handlers", "image_error"]
+
+log = logging.getLogger("uvicorn.error")  # the log `deepmetric serve --log-level` configures
 
 
 class ApiError(Exception):
@@ -50,6 +56,16 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
                           "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()))
 
 
+async def _client_gone(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    """A client that disconnected before its request was read: one log line, not a traceback (nobody reads the
+    answer)."""
+    client = request.client
+    who = f"{client.host}:{client.port}" if client else "a client"
+    log.info("%s disconnected during %s %s%s", who, request.method, request.url.path,
+             f" ({exc})" if str(exc) else "")
+    return error_response(400, "client_disconnected", "the client disconnected before the request was read")
+
+
 async def _internal(request: Request, exc: Exception) -> JSONResponse:  # the service stays up
     return error_response(500, "internal_error", f"{type(exc).__name__}: {exc}")
 
@@ -57,6 +73,7 @@ async def _internal(request: Request, exc: Exception) -> JSONResponse:  # the se
 def add_exception_handlers(app: FastAPI) -> None:
     """Every refusal as the JSON error shape: ours, FastAPI's 404/405/422, and a 500 for anything unexpected."""
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(ClientDisconnect, _client_gone)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(Exception, _internal)

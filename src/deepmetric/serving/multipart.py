@@ -54,11 +54,15 @@ async def _form(body: bytes, content_type: str, max_images: int, max_part_size: 
             yield body
         yield b""
 
+    # One file more than allowed is parsed, so that parse_images can name the count; the parser stops at the next.
     parser = MultiPartParser(Headers({"content-type": content_type}), stream(), max_files=max_images + 1,
                              max_fields=MAX_FIELDS, max_part_size=max_part_size)
     try:
         return await parser.parse()
     except MultiPartException as e:
+        if e.message.startswith("Too many files"):  # Starlette's words for passing max_files
+            raise ApiError(413, "too_many_images", f"more than {max_images + 1} files in one request; the limit is "
+                                                   f"{max_images} images (setting max_images)") from None
         raise ApiError(400, "bad_multipart", f"malformed multipart body: {e.message}") from None
 
 

@@ -10,8 +10,10 @@ GX is imported lazily (about 3 s) and runs in an ephemeral context with progress
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Mapping
@@ -23,6 +25,7 @@ import pandas as pd
 
 from deepmetric.data.contract import DATASETS, MANIFEST_COLUMNS, ROLES, SPLITS
 from deepmetric.data.images import ImageLimits
+from deepmetric.reproducible import source_date
 from deepmetric.validation.params import ValidateParams
 
 __all__ = ["ValidationFailed", "failure_summary", "read_tree", "validate_manifest", "validate_with_docs"]
@@ -200,11 +203,13 @@ def validate_manifest(
     docs_dir: str | os.PathLike[str] | None = None,
     limits: ImageLimits = ImageLimits(),
     progress: bool | None = None,
+    run_time: dt.datetime | None = None,
 ) -> dict[str, Any]:
     """Run the suite; returns the JSON-able report (``success``, per-check results with unexpected counts and
     example rows). When ``docs_dir`` is given, GX's HTML data docs are built there. ``limits``: the per-image
-    bounds the file check decodes under. Never raises for bad data (see :class:`ValidationFailed` /
-    :func:`failure_summary` for the gate)."""
+    bounds the file check decodes under. ``run_time``: the validation run's time (default: the source date,
+    :func:`deepmetric.reproducible.source_date`, not the clock). Never raises for bad data (see
+    :class:`ValidationFailed` / :func:`failure_summary` for the gate)."""
     if not isinstance(params, ValidateParams):
         params = ValidateParams.model_validate(dict(params or {}))
     t0 = time.perf_counter()
@@ -227,7 +232,11 @@ def validate_manifest(
     if "path" in df:
         result_format["unexpected_index_column_names"] = ["path"]
     gx_df = df.reset_index(drop=True)
-    res = vd.run(batch_parameters={"dataframe": gx_df}, result_format=result_format)
+    # The run's time is the source date, not the clock: the data docs (a DVC output) are a function of the inputs.
+    from great_expectations.core.run_identifier import RunIdentifier
+
+    run_id = RunIdentifier(run_name="deepmetric", run_time=run_time or source_date())
+    res = vd.run(batch_parameters={"dataframe": gx_df}, result_format=result_format, run_id=run_id)
 
     checks = []
     for r in res.results:
@@ -312,11 +321,33 @@ def read_tree(folder: str | os.PathLike[str]) -> dict[str, bytes]:
     return {p.relative_to(base).as_posix(): p.read_bytes() for p in sorted(base.rglob("*")) if p.is_file()}
 
 
+# What makes GX's pages differ from run to run although the inputs do not: the time of rendering appended to asset
+# URLs ("?d=…", great_expectations.render.view), the validation's wall-clock time, and a random uuid per collapsible
+# block.
+_RENDER_TIME = re.compile(rb"\?d=\d{8}T\d{6}\.\d{6}Z")
+_GX_TIME = re.compile(rb"\d{8}T\d{6}\.\d{6}Z")
+_UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _reproducible_page(html: bytes, run_time: dt.datetime) -> bytes:
+    """A data-docs page with its times set to the run's (the source date) and its uuids numbered in order of
+    appearance (each id still matches its links)."""
+    html = _GX_TIME.sub(run_time.strftime("%Y%m%dT%H%M%S.%fZ").encode(), _RENDER_TIME.sub(b"", html))
+    numbers: dict[bytes, bytes] = {}
+    return _UUID.sub(lambda m: numbers.setdefault(m[0], b"00000000-0000-4000-8000-%012d" % len(numbers)), html)
+
+
 def validate_with_docs(manifest: pd.DataFrame, root, dataset: str, params=None,
                        limits: ImageLimits = ImageLimits(),
                        progress: bool | None = None) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """:func:`validate_manifest` plus GX's data docs site, returned as files (written atomically by the caller)."""
+    """:func:`validate_manifest` plus GX's data docs site, returned as files (written atomically by the caller).
+    The pages carry the source date and no random ids (:func:`_reproducible_page`): the same inputs give the same
+    files."""
+    run_time = source_date()
     with tempfile.TemporaryDirectory(prefix="deepmetric-gxdocs-") as tmp:
         report = validate_manifest(manifest, root, dataset, params, docs_dir=tmp, limits=limits,
-                                   progress=progress)
-        return report, read_tree(tmp)
+                                   progress=progress, run_time=run_time)
+        files = read_tree(tmp)
+    return report, {name: _reproducible_page(data, run_time) if name.endswith(".html") else data
+                    for name, data in files.items()}
+

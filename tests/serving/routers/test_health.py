@@ -15,7 +15,8 @@ def test_healthz_reports_the_served_version_and_batching(client, deploy_bundle, 
     h = c.get("/healthz").json()
     assert h == {"status": "ok", "model_version": m["model_version"], "index_version": m["index_version"],
                  "gallery_version": 0, "gallery_size": 36, "manifest_sha256": m["manifest_sha256"], "pid": os.getpid(),
-                 "reloads": 0, "batching": True, "batches": {"count": 0, "images": 0, "mean_images": None}}
+                 "reloads": 0, "refused_reloads": 0, "last_reload": None, "batching": True,
+                 "batches": {"count": 0, "images": 0, "mean_images": None}}
     image = (root / manifest["path"][0]).read_bytes()
     for n in (1, 2):
         assert c.post("/v1/search?k=1", files=[("image", (f"{i}.png", image)) for i in range(n)]).status_code == 200

@@ -1,5 +1,6 @@
-"""``GET /healthz`` (this process: the bundle version it serves, reloads, batching figures) and ``GET /v1/info``
-(the bundle's manifest and the server's limits)."""
+"""``GET /healthz`` (this process: the bundle version it serves, its reloads — how many, how many refused, the last
+one with its outcome and time, a refusal with its reason —, batching figures) and ``GET /v1/info`` (the bundle's
+manifest and the server's limits)."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ router = APIRouter()
 async def healthz(state: State) -> dict[str, Any]:
     served = state.current
     out = {"status": "ok", **bundle_summary(served.bundle), "pid": os.getpid(), "reloads": state.reloads,
+           "refused_reloads": state.refused_reloads, "last_reload": state.last_reload,
            "batching": served.batcher is not None}
     if served.batcher is not None:  # of this worker, since this bundle version was loaded
         b = served.batcher

@@ -16,6 +16,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
 
 from deepmetric.bundle import Bundle
 from deepmetric.data.images import ImageDecodeError, ImageLimits
@@ -44,9 +45,12 @@ _K_PARAM = {"name": "k", "in": "query", "required": False, "description": "neigh
             "schema": {"type": "integer", "minimum": 1, "default": 10}}
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
     """The request body, refusing (413) more than ``limit`` bytes. A declared oversize body far above the limit
-    is refused unread; a modest excess is drained first so the client reads a clean 413."""
+    is refused unread; a modest excess is drained first so the client reads a clean 413. ``timeout_s``: the
+    longest wait for the body's next bytes; a client that sends nothing for that long (e.g. one that declared more
+    bytes than it sends) gets a 408 and the connection is closed. A client that disconnects mid-body ends the
+    request with :class:`~starlette.requests.ClientDisconnect` saying how much had arrived (logged as one line)."""
     declared = request.headers.get("content-length")
     too_big = ApiError(413, "upload_too_large",
                        f"request body exceeds the upload limit of {limit:,} bytes (setting max_upload_bytes)")
@@ -57,8 +61,20 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(400, "bad_request", f"invalid Content-Length {declared!r}") from None
         if n > 4 * limit:
             raise too_big
+    of = f" of {int(declared):,}" if declared is not None else ""
     chunks, size = [], 0
-    async for chunk in request.stream():
+    stream = request.stream()
+    while True:
+        try:
+            async with asyncio.timeout(timeout_s):
+                chunk = await anext(stream)
+        except StopAsyncIteration:
+            break
+        except TimeoutError:
+            raise ApiError(408, "body_timeout", f"no request body bytes arrived for {timeout_s:g} s ({size:,}{of} "
+                           "bytes received; setting body_timeout_s)", headers={"Connection": "close"}) from None
+        except ClientDisconnect:
+            raise ClientDisconnect(f"after {size:,}{of} body bytes") from None
         size += len(chunk)
         if size <= limit:
             chunks.append(chunk)
@@ -73,7 +89,7 @@ async def request_images(request: Request, settings: ServerSettings) -> list[tup
     """The uploaded images of ``request`` as ``(file name, bytes)`` (refusals: :mod:`deepmetric.serving.multipart`)."""
     ctype = request.headers.get("content-type", "")
     require_multipart(ctype)
-    body = await read_body(request, settings.max_upload_bytes)
+    body = await read_body(request, settings.max_upload_bytes, settings.body_timeout_s)
     return await parse_images(body, ctype, max_images=settings.max_images, max_part_size=settings.max_upload_bytes)
 
 

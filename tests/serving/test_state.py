@@ -1,0 +1,115 @@
+"""The served version and reloads (:class:`ServingState`) in this process, on real bundles: an old version is freed
+as soon as its last request is done — without the garbage collector —, every reload is logged and recorded, a
+refused one with its reason. (Over HTTP and in a real server process: tests/serving/test_reload.py.)"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import shutil
+import time
+import weakref
+
+import numpy as np
+import pytest
+
+from deepmetric.bundle import BundleError, load_bundle
+from deepmetric.bundle.gallery import update_gallery
+from deepmetric.serving.config import ServerSettings
+from deepmetric.serving.state import ServingState
+
+
+@pytest.fixture()
+def versions(deploy_bundle, tmp_path):
+    """``current`` → ``a``, and a second version ``b`` (one item removed): (current, a, b)."""
+    a = tmp_path / "a"
+    shutil.copytree(deploy_bundle[0], a)
+    update_gallery(a, tmp_path / "b", remove=[1])
+    current = tmp_path / "current"
+    current.symlink_to("a")
+    return current, a, tmp_path / "b"
+
+
+def _point(link, name: str) -> None:
+    tmp = link.with_name(".current.new")
+    tmp.symlink_to(name)
+    os.replace(tmp, link)
+
+
+def _gone(ref: weakref.ref, seconds: float = 10.0) -> bool:
+    """Whether ``ref``'s object is freed within ``seconds`` (an old batcher thread may still be finishing)."""
+    deadline = time.monotonic() + seconds
+    while ref() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return ref() is None
+
+
+@pytest.mark.parametrize("batching", [True, False])
+def test_an_old_version_is_freed_without_the_garbage_collector(versions, batching):
+    """The reference cycle Served → DynamicBatcher(served.run) → Served kept every old model and index alive until
+    a collection happened to run (issue 23: +45–50 MiB of server memory per reload)."""
+    current, _, _ = versions
+    state = ServingState(current, ServerSettings(batching=batching), load_bundle(current))
+    gc.collect()
+    gc.disable()
+    try:
+        old = []
+        for name in ("b", "a", "b"):
+            served = state.current
+            old.append((weakref.ref(served), weakref.ref(served.bundle), weakref.ref(served.bundle.index)))
+            del served
+            _point(current, name)
+            assert state.reload()["status"] == "reloaded"
+        for served, bundle, index in old:
+            assert _gone(served) and _gone(bundle) and _gone(index), "an old version outlived its last request"
+        # A version in use by a request stays until that request is done, then goes.
+        with state.use() as in_use:
+            ref = weakref.ref(in_use.bundle)
+            _point(current, "a")
+            state.reload()
+            assert ref() is not None and in_use.retired
+            assert in_use.run(_query(in_use.bundle), 1)[2].shape == (1, 1)
+        del in_use
+        assert _gone(ref)
+    finally:
+        gc.enable()
+        state.close()
+
+
+def _query(bundle) -> np.ndarray:
+    return np.zeros((1, bundle.spec.crop, bundle.spec.crop, 3), dtype=np.uint8)
+
+
+def test_every_reload_is_logged_and_the_last_one_kept(versions, caplog):
+    current, a, _ = versions
+    state = ServingState(current, ServerSettings(batching=False), load_bundle(current))
+    try:
+        assert state.last_reload is None and state.refused_reloads == 0
+        caplog.set_level(logging.INFO, logger="uvicorn.error")
+        assert state.reload()["status"] == "unchanged"
+        assert state.last_reload["status"] == "unchanged" and "unchanged" in caplog.text
+        _point(current, "b")
+        assert state.reload()["status"] == "reloaded"
+        assert state.last_reload["status"] == "reloaded" and state.last_reload["gallery_version"] == 1
+        assert f"reloaded {current}: model" in caplog.text and "gallery version 1 (35 items)" in caplog.text
+
+        caplog.clear()
+        (current.resolve() / "ids.parquet").write_bytes(b"not parquet")
+        with pytest.raises(BundleError, match="ids.parquet"):
+            state.reload()
+        assert state.refused_reloads == 1 and state.reloads == 1
+        last = state.last_reload
+        assert last["status"] == "refused" and "ids.parquet" in last["error"] and last["at"].endswith("+00:00")
+        [record] = [r for r in caplog.records if r.levelno == logging.ERROR]
+        assert f"reload of {current} refused: bundle refused: ids.parquet" in record.getMessage()
+        assert "still serving model" in record.getMessage() and "gallery version 1" in record.getMessage()
+        assert state.current.bundle.gallery_size == 35  # the old version keeps serving
+
+        shutil.rmtree(a)  # an unreadable folder is a refusal too, not an error of another kind
+        _point(current, "a")
+        with pytest.raises(BundleError):
+            state.reload()
+        assert state.refused_reloads == 2 and state.current.bundle.gallery_size == 35
+    finally:
+        state.close()
