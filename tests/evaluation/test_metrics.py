@@ -1,8 +1,16 @@
 import numpy as np
 import pytest
 
-from deepmetric.evaluation.knn import knn
-from deepmetric.evaluation.metrics import evaluate_embeddings, map_at_r, nmi, recall_at_k
+from deepmetric.evaluation.knn import rank_gallery
+from deepmetric.evaluation.metrics import (
+    ap_at_r,
+    evaluate_embeddings,
+    map_at_r,
+    nmi,
+    per_query_metrics,
+    recall_at_k,
+    recall_from_first_hit,
+)
 
 
 def test_map_at_r_hand_computed():
@@ -17,22 +25,6 @@ def test_recall_at_k_is_hit_at_k():
     nl = np.array([[1, 0, 2], [2, 2, 2]])
     r = recall_at_k(nl, np.array([0, 0]), [1, 2, 3])
     assert r == {1: 0.0, 2: 0.5, 3: 0.5}
-
-
-def test_knn_masks_self_not_first_column():
-    # Row 0 and row 1 are identical: the neighbour of 0 must be 1 even if faiss ranks 1 before 0.
-    x = np.array([[1, 0], [1, 0], [0, 1], [0.6, 0.8]], dtype=np.float32)
-    x /= np.linalg.norm(x, axis=1, keepdims=True)
-    _, idx = knn(x, x, 2, exclude_self=True)
-    for i in range(len(x)):
-        assert i not in idx[i]
-    assert idx[0, 0] == 1 and idx[1, 0] == 0
-
-
-def test_knn_rejects_bad_k():
-    x = np.eye(3, dtype=np.float32)
-    with pytest.raises(ValueError, match="outside"):
-        knn(x, x, 3, exclude_self=True)
 
 
 def test_matches_pytorch_metric_learning_accuracy_calculator():
@@ -67,3 +59,38 @@ def test_nmi_random_is_low_and_seeded():
     y = rng.integers(0, 10, size=200)
     a, b = nmi(x, y, seed=3), nmi(x, y, seed=3)
     assert a == b and a < 0.3
+
+
+def test_recall_from_first_hit_is_hit_at_k():
+    # ranks of the nearest correct item: 0 (hit at 1), 1, 5, none in the gallery
+    r = recall_from_first_hit(np.array([0, 1, 5, -1]), [1, 2, 6, 100])
+    assert r == {1: 0.25, 2: 0.5, 6: 0.75, 100: 0.75}
+
+
+def test_ap_at_r_per_query():
+    hits = np.array([[True, False, True, True], [False, False, False, False], [True, True, False, False]])
+    ap = ap_at_r(hits, np.array([3, 0, 2]))
+    assert ap[0] == pytest.approx((1 + 2 / 3) / 3) and np.isnan(ap[1]) and ap[2] == 1.0
+
+
+def test_evaluate_embeddings_equals_the_definitions_on_a_full_sort():
+    """Recall@K for K far beyond a block and the top-R metrics, against every similarity sorted (no ties here)."""
+    rng = np.random.default_rng(4)
+    labels = rng.integers(0, 40, size=400)
+    x = rng.normal(size=(400, 8)).astype(np.float32) + 0.8 * rng.normal(size=(40, 8)).astype(np.float32)[labels]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    s = x.astype(np.float64) @ x.T.astype(np.float64)
+    np.fill_diagonal(s, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")[:, :399]
+    nl = labels[order]
+    r = np.array([(labels == c).sum() - 1 for c in labels])
+    ks = (1, 10, 100, 399)
+    out = evaluate_embeddings(x, labels, ks=ks, with_nmi=False, chunk=64)
+    for k, v in recall_at_k(nl, labels, ks).items():
+        assert out[f"recall@{k}"] == pytest.approx(v, abs=1e-12)
+    assert out["map@r"] == pytest.approx(map_at_r(nl, labels, r), abs=1e-12)
+    valid = r > 0
+    rel = (nl == labels[:, None]) & (np.arange(399)[None, :] < r[:, None])
+    assert out["r_precision"] == pytest.approx((rel.sum(axis=1)[valid] / r[valid]).mean(), abs=1e-12)
+    per_query = per_query_metrics(rank_gallery(x, labels, chunk=64))
+    np.testing.assert_allclose(per_query["recall@1"], (nl[:, 0] == labels).astype(float))
