@@ -144,3 +144,14 @@ def test_grid_draws_each_query_its_neighbours_and_nearest_correct():
     assert asked["query"] == [w["query"] for w in worst]
     assert asked["gallery"] == [j for w in worst for j in
                                 [nb["gallery"] for nb in w["neighbours"]] + [w["nearest_correct"]["gallery"]]]
+
+
+def test_memory_is_bounded(traced_peak):
+    """The report over 8,000 queries reads the ranking in chunks: no [N, N] and no per-pair table of all classes."""
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 1500, size=8_000)
+    x = rng.normal(size=(8_000, 8)).astype(np.float32)
+    ranking = rank_gallery(x, y, width=10, chunk=1024)
+    report, peak = traced_peak(failure_report, ranking, y, y, query_categories=y % 12, k=10)
+    assert len(report["per_category"]) == 12
+    assert peak < 32 * 2**20, f"peak {peak / 2**20:.0f} MB"

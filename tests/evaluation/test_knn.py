@@ -105,3 +105,13 @@ def test_knn_rejects_bad_k():
     x = np.eye(3, dtype=np.float32)
     with pytest.raises(ValueError, match="outside"):
         knn(x, x, 3, exclude_self=True)
+
+
+def test_rank_gallery_memory_is_bounded(traced_peak):
+    """8,000 queries: the similarity matrix would be 256 MB (float32); blocks of 1,024 rows keep the peak small."""
+    rng = np.random.default_rng(6)
+    y = rng.integers(0, 1500, size=8_000)
+    x = rng.normal(size=(8_000, 8)).astype(np.float32)
+    ranking, peak = traced_peak(rank_gallery, x, y, chunk=1024)
+    assert ranking.ids.shape[0] == 8_000
+    assert peak < 32 * 2**20, f"peak {peak / 2**20:.0f} MB"

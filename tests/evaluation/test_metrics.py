@@ -94,3 +94,13 @@ def test_evaluate_embeddings_equals_the_definitions_on_a_full_sort():
     assert out["r_precision"] == pytest.approx((rel.sum(axis=1)[valid] / r[valid]).mean(), abs=1e-12)
     per_query = per_query_metrics(rank_gallery(x, labels, chunk=64))
     np.testing.assert_allclose(per_query["recall@1"], (nl[:, 0] == labels).astype(float))
+
+
+def test_recall_at_a_large_k_in_bounded_memory(traced_peak):
+    """Recall@5,000 over 8,000 queries without an [8,000, 5,000] neighbour list (320 MB of int64 ids)."""
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 2000, size=8_000)
+    x = rng.normal(size=(8_000, 8)).astype(np.float32)
+    out, peak = traced_peak(evaluate_embeddings, x, labels, ks=(1, 5_000), with_nmi=False, chunk=1024)
+    assert 0 < out["recall@1"] < out["recall@5000"] < 1
+    assert peak < 32 * 2**20, f"peak {peak / 2**20:.0f} MB"

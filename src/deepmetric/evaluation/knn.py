@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _SAMPLE = 1024  # gallery rows whose similarities seed each query's admission bound (see _seed_bounds)
+_DENSE = 32  # a block with more than 1/_DENSE of its entries to read out counts over the block instead
 
 
 def knn(
@@ -247,21 +248,35 @@ class _Ranker:
     def block(self, s: np.ndarray, row0: int, col0: int, transposed: bool) -> None:
         """Queries ``row0..`` against gallery columns ``col0..``: the rows of ``s``, or its columns when
         ``transposed`` (read in place: a transposed view would be scanned against its memory order)."""
-        if transposed:
-            n = s.shape[1]
-            cols, rows = _sparse_nonzero(s >= self.threshold[None, row0:row0 + n])
-            vals = s[cols, rows]
-        else:
-            n = s.shape[0]
-            rows, cols = _sparse_nonzero(s >= self.threshold[row0:row0 + n, None])
-            vals = s[rows, cols]
-        if len(rows) == 0:
+        axis = 0 if transposed else 1  # the gallery axis of s
+        n, m = s.shape[1 - axis], s.shape[axis]
+        queries = slice(row0, row0 + n)
+
+        def per_query(v: np.ndarray) -> np.ndarray:
+            return v[None, :] if transposed else v[:, None]
+
+        mask = s >= per_query(self.threshold[queries])
+        count_sparse = np.count_nonzero(mask) <= s.size // _DENSE
+        if not count_sparse:
+            # Many wrong items above the nearest correct one (a weak embedding): count them over the block, and
+            # read out only the entries that can enter the lists.
+            ahead = s >= per_query(self.best_sim[queries])
+            if self.qls[row0] <= self.gls[col0 + m - 1] and self.gls[col0] <= self.qls[row0 + n - 1]:
+                g = self.gls[col0:col0 + m]
+                ahead &= per_query(self.qls[queries]) != (g[:, None] if transposed else g[None, :])
+            self.ahead[queries] += np.count_nonzero(ahead, axis=axis)
+            mask = s >= per_query(self.bound[queries])
+        i, j = _sparse_nonzero(mask)
+        if len(i) == 0:
             return
+        vals = s[i, j]
+        rows, cols = (j, i) if transposed else (i, j)
         rows += row0
         cols += col0
         correct = self.gls[cols] == self.qls[rows]
-        ahead = ~correct & (vals >= self.best_sim[rows])
-        self.ahead[row0:row0 + n] += np.bincount(rows[ahead] - row0, minlength=n)
+        if count_sparse:
+            ahead = ~correct & (vals >= self.best_sim[rows])
+            self.ahead[queries] += np.bincount(rows[ahead] - row0, minlength=n)
         admit = vals >= self.bound[rows]
         if admit.any():
             self._merge(rows[admit], cols[admit], vals[admit], correct[admit])
