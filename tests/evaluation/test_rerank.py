@@ -156,3 +156,14 @@ def test_neighbourhoods_and_parameters_are_checked():
         query_expansion(x, x, k=5, alpha=-1)
     with pytest.raises(ValueError, match=r"n=40 needs a gallery of more than 40"):
         database_augmentation(x, n=40)
+
+
+def test_memory_is_bounded(traced_peak):
+    """8,000 vectors: the N×N distance matrix of the paper's code would be 512 MB (float64)."""
+    x = _unit(np.random.default_rng(6), 8_000, d=8, classes=1500)
+    (_, ids), peak = traced_peak(k_reciprocal, x, None, k=30, k1=10, k2=3)
+    assert ids.shape == (8_000, 30)
+    assert peak < 64 * 2**20, f"peak {peak / 2**20:.0f} MB"
+    for fn in (lambda: query_expansion(x, x, k=30, exclude_self=True), lambda: database_augmentation(x)):
+        _, peak = traced_peak(fn)
+        assert peak < 16 * 2**20, f"peak {peak / 2**20:.0f} MB"

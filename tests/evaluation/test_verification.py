@@ -139,3 +139,14 @@ def test_report_calibrates_on_validation_and_judges_test():
         assert v["fmr"] <= float(f)  # in-sample: by construction
         assert t["fmr_ci"][0] <= t["fmr"] <= t["fmr_ci"][1] and 0 < t["fnmr"] < 1
     assert report["test"]["classes"] == 30 and report["test"]["positive_pairs"] == 30 * 15
+
+
+def test_memory_is_bounded(traced_peak):
+    """8,000 images (32 million pairs: 128 MB of float32 scores): sampled negatives and streamed positives."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(8_000, 8)).astype(np.float32)
+    y = rng.integers(0, 1500, size=8_000)
+    report, peak = traced_peak(verification_report, (x[:4000], y[:4000]), (x[4000:], y[4000:]),
+                               fmr=[0.01, 0.001], max_negatives=200_000)
+    assert report["test"]["negative_pairs"]["used"] == 200_000
+    assert peak < 32 * 2**20, f"peak {peak / 2**20:.0f} MB"

@@ -29,6 +29,7 @@ import numpy as np
 from deepmetric.evaluation.knn import knn
 
 Search = Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]]
+_PAIRS = 16384
 
 
 def _check_neighbourhood(k: int, n: int, what: str, name: str) -> None:
@@ -138,8 +139,9 @@ def k_reciprocal(query: np.ndarray, gallery: np.ndarray | None, k: int, k1: int 
     v = _neighbourhood_vectors(pool, k1, k2, chunk)
     g_pool = ids if same else ids + len(q)
     score = np.empty_like(sims)
-    for a in range(0, len(q), chunk):
-        b = min(a + chunk, len(q))
+    step = max(1, _PAIRS // k)  # queries per chunk: about _PAIRS (query, candidate) rows of V at a time
+    for a in range(0, len(q), step):
+        b = min(a + step, len(q))
         rows = np.repeat(np.arange(a, b), k)
         overlap = np.asarray(v[rows].minimum(v[g_pool[a:b].ravel()]).sum(axis=1)).reshape(b - a, k)
         jaccard = 1 - overlap / (2 - overlap)  # Σ max = Σ a + Σ b - Σ min, each vector summing to 1

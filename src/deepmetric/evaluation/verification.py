@@ -120,14 +120,14 @@ def threshold_at_fmr(negative_scores: np.ndarray, fmr: float) -> float:
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact binomial interval for k successes in n trials."""
-    from scipy.stats import beta
+    """Exact binomial interval for k successes in n trials (quantiles of the beta distribution)."""
+    from scipy.special import betaincinv  # scipy.stats would take seconds to import
 
     if n == 0:
         return float("nan"), float("nan")
     a = 1 - confidence
-    lo = 0.0 if k == 0 else float(beta.ppf(a / 2, k, n - k + 1))
-    hi = 1.0 if k == n else float(beta.ppf(1 - a / 2, k + 1, n - k))
+    lo = 0.0 if k == 0 else float(betaincinv(k, n - k + 1, a / 2))
+    hi = 1.0 if k == n else float(betaincinv(k + 1, n - k, 1 - a / 2))
     return lo, hi
 
 
