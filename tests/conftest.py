@@ -24,3 +24,26 @@ def deploy_bundle(deploy_data):
 
     tmp, root, manifest = deploy_data
     return make_bundle(tmp / "bundle", root, manifest, onnx_model()), root, manifest
+
+
+@pytest.fixture(scope="session")
+def thresholds_bundle(deploy_data):
+    """(bundle folder, dataset root, manifest): the default bundle's gallery (no thumbnails) with match thresholds
+    (:data:`tests.deploy_fixtures.FIXTURE_THRESHOLDS`). Only read."""
+    from tests.deploy_fixtures import FIXTURE_THRESHOLDS, make_bundle, onnx_model
+
+    tmp, root, manifest = deploy_data
+    folder = make_bundle(tmp / "bundle_thresholds", root, manifest, onnx_model(),
+                         bundle={"thumbnails": {"enabled": False}}, thresholds=FIXTURE_THRESHOLDS)
+    return folder, root, manifest
+
+
+@pytest.fixture(scope="session")
+def thresholds_server(thresholds_bundle):
+    """(base URL, bundle folder, dataset root, manifest) of `deepmetric serve` over :func:`thresholds_bundle`."""
+    from tests.server_fixtures import start_server, stop
+
+    folder, root, manifest = thresholds_bundle
+    proc, base = start_server(folder)
+    yield base, folder, root, manifest
+    stop(proc)

@@ -22,6 +22,33 @@ from tests.fixtures import png_bytes
 CROP = 32
 EMBED_DIM = 16
 
+#: The thresholds file of the evaluate stage as the contract between the evaluate and bundle sides shows it (issue 21).
+THRESHOLDS = {
+    "format": "deepmetric.thresholds/1",
+    "score": "cosine",
+    "calibrated_on": "val",
+    "default_fmr": 0.01,
+    "operating_points": [
+        {"fmr": 0.01, "threshold": 0.6132, "negative_pairs": 20000, "fmr_ci95": [0.0087, 0.0114],
+         "fnmr_test": 0.121, "fnmr_ci95": [0.11, 0.13], "positive_pairs_test": 5120},
+        {"fmr": 0.001, "threshold": 0.7421, "negative_pairs": 20000, "fmr_ci95": [0.0006, 0.0015],
+         "fnmr_test": 0.301, "fnmr_ci95": [0.28, 0.32], "positive_pairs_test": 5120},
+    ],
+}
+
+
+def thresholds_at(*thresholds: float, default: int = 0) -> dict[str, Any]:
+    """A thresholds file like :data:`THRESHOLDS` with these thresholds at fmr 0.01, 0.001, … in order."""
+    points = [{"fmr": 10.0 ** -(i + 2), "threshold": t, "negative_pairs": 20000} for i, t in enumerate(thresholds)]
+    return {**THRESHOLDS, "operating_points": points, "default_fmr": points[default]["fmr"]}
+
+
+#: Thresholds for the fixture model (untrained: neighbours score 0.95–1.0): a train-class image (not in the gallery)
+#: has some neighbours at or above 0.97 and some below (fmr 0.01, the default), none at 0.99 (fmr 0.001); a gallery
+#: image finds itself (score 1.0) at both.
+FIXTURE_THRESHOLDS = thresholds_at(0.97, 0.99)
+
+
 PALETTE = [(220, 30, 30), (30, 160, 40), (30, 60, 220), (230, 200, 20), (150, 40, 180), (20, 190, 200),
            (240, 120, 20), (90, 90, 90)]
 
@@ -122,8 +149,9 @@ def write_stage_inputs(workdir: Path, *, model: bool = False, onnx: bool = False
 
 def make_bundle(dest: Path, root: Path, manifest: pd.DataFrame, onnx_bytes: bytes,
                 index: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
-                bundle: dict[str, Any] | None = None) -> Path:
-    """Build a bundle folder at ``dest`` through the real index + bundle code and the catalog's dataset."""
+                bundle: dict[str, Any] | None = None, thresholds: dict[str, Any] | None = None) -> Path:
+    """Build a bundle folder at ``dest`` through the real index + bundle code and the catalog's dataset
+    (``thresholds``: the evaluate stage's thresholds.json to carry, e.g. :data:`THRESHOLDS`)."""
     from deepmetric.bundle.build import build_bundle
     from deepmetric.bundle.config import BundleParams
     from deepmetric.index.config import IndexParams
@@ -132,6 +160,7 @@ def make_bundle(dest: Path, root: Path, manifest: pd.DataFrame, onnx_bytes: byte
 
     data, ids, report = build_gallery_index(onnx_bytes, manifest, root, IndexParams(**(index or {})))
     files = build_bundle(onnx_bytes, data, ids, evaluated(onnx_bytes, metrics),
-                         BundleParams(**(bundle or {})), index_report=report, dataset="glyphs", image_root=str(root))
+                         BundleParams(**(bundle or {})), index_report=report, dataset="glyphs", image_root=str(root),
+                         thresholds=thresholds)
     FileTreeDataset(str(dest)).save(files)
     return Path(dest)

@@ -1,1 +1,1 @@
-"""`bundle`: model.onnx + index.faiss + ids.parquet + manifest.json → data/09_deploy/bundle/."""
+"""`bundle`: model.onnx + index.faiss + ids.parquet (+ thresholds.json) + manifest.json → data/09_deploy/bundle/."""

@@ -17,10 +17,12 @@ def make_bundle(
     index_ids: pd.DataFrame,
     metrics: dict[str, Any],
     index_report: dict[str, Any],
+    thresholds: dict[str, Any] | None,
     data: dict[str, Any],
     bundle: dict[str, Any],
 ) -> dict[str, bytes]:
     data_cfg = parse_params(DataParams, data, "data")
     params = parse_params(BundleParams, bundle, "bundle")
     return build_bundle(onnx_model, faiss_index, index_ids, metrics, params, index_report=index_report,
-                        dataset=data_cfg.dataset, image_root=str(data_cfg.root), limits=data_cfg.limits)
+                        dataset=data_cfg.dataset, image_root=str(data_cfg.root), limits=data_cfg.limits,
+                        thresholds=thresholds)

@@ -8,7 +8,8 @@ def create_pipeline(**kwargs) -> Pipeline:
         [
             Node(
                 make_bundle,
-                inputs=["onnx_model", "faiss_index", "index_ids", "metrics", "index_report", "params:data",
+                inputs=["onnx_model", "faiss_index", "index_ids", "metrics", "index_report", "thresholds",
+                        "params:data",
                         "params:bundle"],
                 outputs="deploy_bundle",
                 name="bundle",

@@ -95,3 +95,32 @@ def test_built_files_are_the_declared_ones_and_load(built, tmp_path):
     assert m["manifest_sha256"] == manifest_sha256(m) and m["created"] == "2026-01-02T03:04:05+00:00"
     FileTreeDataset(str(tmp_path / "b")).save(files)
     assert load_bundle(tmp_path / "b").manifest == m
+
+
+def test_thresholds_are_checked_copied_in_and_recorded(built, tmp_path):
+    """The evaluate stage's thresholds.json goes into the bundle as a checksummed file the manifest declares; the
+    loaded bundle picks operating points from it. A bad file is refused at build, naming it; none: no entry."""
+    from deepmetric.bundle.format import THRESHOLDS_FILE, declared_files
+    from deepmetric.bundle.thresholds import parse_thresholds
+    from tests.deploy_fixtures import THRESHOLDS
+
+    tmp, root, manifest, onnx_bytes, _ = built
+    index_bytes, ids, report = build_gallery_index(onnx_bytes, manifest, root, IndexParams())
+    params = BundleParams(thumbnails={"enabled": False})
+    args = (onnx_bytes, index_bytes, ids, evaluated(onnx_bytes), params)
+    files = build_bundle(*args, index_report=report, thresholds=THRESHOLDS)
+    m = json.loads(files["manifest.json"])
+    assert m["thresholds"] == {"file": THRESHOLDS_FILE} and THRESHOLDS_FILE in declared_files(m)
+    assert json.loads(files[THRESHOLDS_FILE]) == THRESHOLDS
+    assert m["files"][THRESHOLDS_FILE] == sha256(files[THRESHOLDS_FILE])
+    FileTreeDataset(str(tmp_path / "b")).save(files)
+    b = load_bundle(tmp_path / "b")
+    assert b.thresholds == parse_thresholds(THRESHOLDS)
+    assert b.operating_point(None) == {"fmr": 0.01, "threshold": 0.6132}
+    assert b.operating_point(0.001) == {"fmr": 0.001, "threshold": 0.7421}
+
+    without = json.loads(build_bundle(*args, index_report=report)["manifest.json"])
+    assert without["thresholds"] is None and THRESHOLDS_FILE not in without["files"]
+    bad = {**THRESHOLDS, "default_fmr": 0.2}
+    with pytest.raises(BundleError, match=r"thresholds.json: default_fmr 0.2 is not one of the operating points"):
+        build_bundle(*args, index_report=report, thresholds=bad)

@@ -62,3 +62,13 @@ def test_short_and_timestamp():
     stamp = dt.datetime.fromisoformat(timestamp())
     assert stamp.tzinfo is not None and stamp.microsecond == 0
     assert abs((dt.datetime.now(dt.UTC) - stamp).total_seconds()) < 5
+
+
+def test_declared_files_include_thresholds_when_the_manifest_declares_them():
+    assert declared_files({"thresholds": {"file": "thresholds.json"}}) == [*PAYLOAD_FILES, "thresholds.json"]
+    shards = ["thumbnails-00000.parquet"]
+    assert declared_files({"thresholds": {"file": "thresholds.json"}, "thumbnails": {"files": shards}}) == [
+        *PAYLOAD_FILES, "thresholds.json", *shards]
+    for bad in ({"file": "../thresholds.json"}, "thresholds.json", {}):
+        with pytest.raises(BundleError, match="manifest.json: 'thresholds' must be"):
+            declared_files({"thresholds": bad})

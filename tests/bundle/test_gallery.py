@@ -122,3 +122,17 @@ def test_limits_reach_the_decode_of_added_images(env, tmp_path):
         update_gallery(src, tmp_path / "b", add=[image], limits=ImageLimits(max_pixels=1_000))
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
     assert update_gallery(src, tmp_path / "c", add=[image])["added_ids"] == [36]
+
+
+def test_add_and_remove_keep_the_match_thresholds(env, thresholds_bundle, tmp_path):
+    """The thresholds belong to the model: a new gallery version carries the same thresholds.json, byte for byte."""
+    _, _, _, new = env
+    src = thresholds_bundle[0]
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    update_gallery(src, v1, add=[NewItem(str(new / "n0.png"), 7)])
+    update_gallery(v1, v2, remove=[0])
+    for folder in (v1, v2):
+        b = load_bundle(folder)
+        assert (folder / "thresholds.json").read_bytes() == (src / "thresholds.json").read_bytes()
+        assert b.manifest["thresholds"] == {"file": "thresholds.json"}
+        assert b.thresholds == load_bundle(src).thresholds

@@ -137,3 +137,46 @@ def test_read_manifest_rejects_edits(built, tmp_path):
     (copy / MANIFEST_FILE).write_text(json.dumps(m))
     with pytest.raises(BundleError, match="manifest_sha256"):
         read_manifest(copy)
+
+
+def test_a_bundle_without_thresholds_loads_and_has_no_operating_point(built):
+    b = load_bundle(built[-1])
+    assert b.thresholds is None and "thresholds" not in b.manifest["files"]
+    assert b.operating_point(None) is None
+    with pytest.raises(ValueError, match="fmr 0.01 asked, but no thresholds in this bundle: match omitted"):
+        b.operating_point(0.01)
+
+
+def test_thresholds_are_verified_like_every_file(thresholds_bundle, tmp_path):
+    """thresholds.json: its sha256 is checked, a declared one must be there, and one that is sealed into the
+    manifest but breaks the contract is refused naming it."""
+    from deepmetric.bundle.writer import seal
+    from tests.deploy_fixtures import FIXTURE_THRESHOLDS as THRESHOLDS
+
+    src = thresholds_bundle[0]
+    b = load_bundle(src)
+    assert b.thresholds is not None and b.thresholds.content == THRESHOLDS
+    assert b.operating_point(0.001) == {"fmr": 0.001, "threshold": 0.99}
+
+    changed = tmp_path / "changed"
+    shutil.copytree(src, changed)
+    (changed / "thresholds.json").write_text((changed / "thresholds.json").read_text().replace("0.99", "0.98"))
+    with pytest.raises(BundleError, match="thresholds.json: sha256 .* does not match the manifest"):
+        load_bundle(changed)
+    (changed / "thresholds.json").unlink()
+    with pytest.raises(BundleError, match="thresholds.json: missing in"):
+        load_bundle(changed)
+
+    resealed = tmp_path / "resealed"
+    shutil.copytree(src, resealed)
+    bad = json.dumps({**THRESHOLDS, "operating_points": THRESHOLDS["operating_points"][::-1]}).encode()
+    (resealed / "thresholds.json").write_bytes(bad)
+    m = json.loads((resealed / MANIFEST_FILE).read_text())
+    m["files"]["thresholds.json"], m["sizes"]["thresholds.json"] = sha256(bad), len(bad)
+    (resealed / MANIFEST_FILE).write_text(json.dumps(seal(m)))
+    with pytest.raises(BundleError, match=r"thresholds.json: operating points must be sorted by decreasing fmr"):
+        load_bundle(resealed)
+    m["thresholds"] = {"file": "other.json"}
+    (resealed / MANIFEST_FILE).write_text(json.dumps(seal(m)))
+    with pytest.raises(BundleError, match=r"manifest.json: 'thresholds' must be \{\"file\": \"thresholds.json\"\}"):
+        read_manifest(resealed)

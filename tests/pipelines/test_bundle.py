@@ -104,3 +104,26 @@ def test_new_model_with_the_old_index_or_old_metrics_is_refused(work, tmp_path):
     m = load_bundle(tmp / "data/09_deploy/bundle").manifest
     assert m["accepted_on"]["map@r"] == 0.5
     assert m["lineage"]["weights_sha256"] == weights_sha256(payload["state_dict"])
+
+
+def test_the_stage_carries_the_evaluate_stages_thresholds(work):
+    """thresholds.json at its catalog path goes into the bundle (absent, as in the tests above: a bundle without
+    it); a bad one stops the stage naming it and keeps the previous bundle."""
+    from tests.deploy_fixtures import THRESHOLDS
+
+    tmp, params = work
+    path = tmp / "data/08_reporting/thresholds.json"
+    JSONDataset(str(path)).save(THRESHOLDS)
+    try:
+        run_stage("bundle", tmp, params)
+        folder = tmp / "data/09_deploy/bundle"
+        b = load_bundle(folder)
+        assert (folder / "thresholds.json").read_bytes() == path.read_bytes()
+        assert b.manifest["thresholds"] == {"file": "thresholds.json"} and b.thresholds.default_fmr == 0.01
+        before = (folder / "manifest.json").read_bytes()
+        JSONDataset(str(path)).save({**THRESHOLDS, "score": "l2"})
+        with pytest.raises(Exception, match="thresholds.json: score is 'l2'"):
+            run_stage("bundle", tmp, params)
+        assert (folder / "manifest.json").read_bytes() == before
+    finally:
+        path.unlink()

@@ -25,10 +25,12 @@ from deepmetric.bundle.format import (
     IDS_FILE,
     INDEX_FILE,
     MODEL_FILE,
+    THRESHOLDS_FILE,
     BundleError,
     sha256,
     short,
 )
+from deepmetric.bundle.thresholds import parse_thresholds, thresholds_bytes
 from deepmetric.bundle.thumbnails import build_thumbnail_shards
 from deepmetric.data.images import ImageLimits
 from deepmetric.bundle.writer import bundle_files, seal
@@ -128,8 +130,11 @@ def build_bundle(
     created: str | None = None,
     image_root: str | None = None,
     limits: ImageLimits = ImageLimits(),
+    thresholds: Mapping[str, Any] | None = None,
 ) -> dict[str, bytes]:
     """``{relpath: bytes}`` for the `deploy_bundle` FileTreeDataset, checked as `load_bundle` will check it.
+    ``thresholds``: the evaluate stage's thresholds.json (None: the bundle has none and serves without ``match``),
+    checked and copied in.
     ``image_root``: the dataset folder the ids' paths are relative to (for the thumbnails), read under
     ``limits`` (the data parameters' limits, as every other stage). ``created``: default the source date
     (:func:`deepmetric.reproducible.source_date`), so the same inputs give the same bundle, byte for byte."""
@@ -154,6 +159,9 @@ def build_bundle(
     ids.to_parquet(buf, index=False)
     accepted = _accepted(metrics, params)  # the gate first: no thumbnail work for a model that will not ship
     files = {MODEL_FILE: onnx_bytes, INDEX_FILE: index_bytes, IDS_FILE: buf.getvalue()}
+    if thresholds is not None:
+        parse_thresholds(thresholds)  # a bad file is refused here, naming it, not when the bundle is served
+        files[THRESHOLDS_FILE] = thresholds_bytes(thresholds)
     thumbs = _thumbnails(ids, image_root, params, limits)
     if thumbs is not None:
         files.update(thumbs[1])
@@ -181,6 +189,7 @@ def build_bundle(
         "index_report": {k: report[k] for k in report if k.startswith("recall@")},
         "versions": _versions(meta.get("deepmetric.torch")),
         "thumbnails": thumbs[0] if thumbs is not None else None,
+        "thresholds": {"file": THRESHOLDS_FILE} if thresholds is not None else None,
         "lineage": lineage,
     }
     return bundle_files(seal(manifest, files), files)

@@ -1,8 +1,9 @@
 """The bundle format: which files a bundle holds, the manifest's canonical JSON and its own hash.
 
-A bundle is one flat folder: ``model.onnx``, ``index.faiss``, ``ids.parquet``, ``manifest.json`` and, when the
-bundle carries gallery thumbnails, ``thumbnails-NNNNN.parquet`` shards. The manifest lists the sha256 (``files``)
-and size (``sizes``) of every other file and carries ``manifest_sha256``: the sha256 of its own canonical JSON
+A bundle is one flat folder: ``model.onnx``, ``index.faiss``, ``ids.parquet``, ``manifest.json``; when the
+evaluate stage calibrated match thresholds, ``thresholds.json`` (:mod:`deepmetric.bundle.thresholds`, declared by the
+manifest's ``thresholds`` entry); when the bundle carries gallery thumbnails, ``thumbnails-NNNNN.parquet`` shards.
+The manifest lists the sha256 (``files``) and size (``sizes``) of every other file and carries ``manifest_sha256``: the sha256 of its own canonical JSON
 (sorted keys, no whitespace, ASCII) without that key, so a changed byte in any file, the manifest included, is
 caught. :mod:`deepmetric.bundle.writer` is the one place that writes a bundle, :mod:`deepmetric.bundle.reader`
 the one that reads and verifies it; both take names and hashes from here.
@@ -19,12 +20,13 @@ from typing import Any
 
 FORMAT = "deepmetric-bundle/1"
 MODEL_FILE, INDEX_FILE, IDS_FILE, MANIFEST_FILE = "model.onnx", "index.faiss", "ids.parquet", "manifest.json"
+THRESHOLDS_FILE = "thresholds.json"
 PAYLOAD_FILES = (MODEL_FILE, INDEX_FILE, IDS_FILE)
 ID_COLUMNS = ("id", "label", "class_name", "path")
 SHARD_PATTERN = re.compile(r"^thumbnails-\d{5}\.parquet$")
 
 __all__ = ["FORMAT", "ID_COLUMNS", "IDS_FILE", "INDEX_FILE", "MANIFEST_FILE", "MODEL_FILE", "PAYLOAD_FILES",
-           "SHARD_PATTERN", "BundleError", "declared_files", "manifest_bytes", "manifest_sha256", "sha256",
+           "SHARD_PATTERN", "THRESHOLDS_FILE", "BundleError", "declared_files", "manifest_bytes", "manifest_sha256", "sha256",
            "shard_name", "short", "timestamp"]
 
 
@@ -62,15 +64,22 @@ def manifest_bytes(manifest: Mapping[str, Any]) -> bytes:
 
 
 def declared_files(manifest: Mapping[str, Any]) -> list[str]:
-    """Every file besides manifest.json that ``manifest`` says the bundle holds: the payload, then the thumbnail
-    shards it declares (plain names of the expected pattern, nothing else)."""
+    """Every file besides manifest.json that ``manifest`` says the bundle holds: the payload, thresholds.json when
+    its ``thresholds`` entry declares it, then the thumbnail shards it declares (plain names of the expected
+    pattern, nothing else)."""
+    files = list(PAYLOAD_FILES)
+    thresholds = manifest.get("thresholds")
+    if thresholds is not None:
+        if not isinstance(thresholds, dict) or thresholds.get("file") != THRESHOLDS_FILE:
+            raise BundleError(MANIFEST_FILE, f"'thresholds' must be {{\"file\": \"{THRESHOLDS_FILE}\"}}")
+        files.append(THRESHOLDS_FILE)
     info = manifest.get("thumbnails")
     if info is None:
-        return list(PAYLOAD_FILES)
+        return files
     names = info.get("files") if isinstance(info, dict) else None
     if not isinstance(names, list) or not all(isinstance(n, str) and SHARD_PATTERN.match(n) for n in names):
         raise BundleError(MANIFEST_FILE, "'thumbnails.files' must be a list of thumbnails-NNNNN.parquet names")
-    return [*PAYLOAD_FILES, *names]
+    return [*files, *names]
 
 
 def timestamp() -> str:

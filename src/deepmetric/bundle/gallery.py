@@ -2,8 +2,8 @@
 
 ``deepmetric gallery add|remove`` (:func:`update_gallery`) reads a verified bundle, embeds the new images with the
 bundle's own ONNX model through the evaluation transform (the code the index stage and the server use, with the
-same per-image bounds), and writes a new bundle version: same model, new ``index.faiss`` / ``ids.parquet`` /
-thumbnails, a manifest with fresh checksums, ``lineage.gallery_version`` + 1 and the parent manifest's sha256.
+same per-image bounds), and writes a new bundle version: same model and match thresholds (they belong to the
+model), new ``index.faiss`` / ``ids.parquet`` / thumbnails, a manifest with fresh checksums, ``lineage.gallery_version`` + 1 and the parent manifest's sha256.
 The new version is written by the one bundle writer (:func:`~deepmetric.bundle.writer.write_bundle`) and verified
 like any bundle (:func:`~deepmetric.bundle.reader.load_bundle`) *before* it is renamed into place, so a failed
 update leaves the destination as it was.
@@ -39,8 +39,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepmetric.bundle.format import (FORMAT, ID_COLUMNS, IDS_FILE, INDEX_FILE, MANIFEST_FILE, MODEL_FILE, BundleError,
-                                     sha256, timestamp)
+from deepmetric.bundle.format import (FORMAT, ID_COLUMNS, IDS_FILE, INDEX_FILE, MANIFEST_FILE, MODEL_FILE,
+                                     THRESHOLDS_FILE, BundleError, sha256, timestamp)
 from deepmetric.bundle.reader import Bundle, load_bundle
 from deepmetric.bundle.writer import point_link, seal, write_bundle
 from deepmetric.data.images import ImageLimits
@@ -302,6 +302,10 @@ def update_gallery(
     files = {MODEL_FILE: (src / MODEL_FILE).read_bytes(), INDEX_FILE: index_bytes, IDS_FILE: buf.getvalue()}
     if files[MODEL_FILE] and sha256(files[MODEL_FILE]) != manifest["files"][MODEL_FILE]:
         raise BundleError(MODEL_FILE, "changed while the gallery was being updated")
+    if THRESHOLDS_FILE in manifest["files"]:  # the match thresholds belong to the model: the new version keeps them
+        files[THRESHOLDS_FILE] = (src / THRESHOLDS_FILE).read_bytes()
+        if sha256(files[THRESHOLDS_FILE]) != manifest["files"][THRESHOLDS_FILE]:
+            raise BundleError(THRESHOLDS_FILE, "changed while the gallery was being updated")
     new_manifest = json.loads(json.dumps(manifest))
     thumbs = _thumbnail_files(bundle, np.flatnonzero(keep), add, limits)
     if thumbs is not None:

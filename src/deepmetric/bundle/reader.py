@@ -25,12 +25,14 @@ from deepmetric.bundle.format import (
     INDEX_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
+    THRESHOLDS_FILE,
     BundleError,
     declared_files,
     manifest_sha256,
     sha256,
     short,
 )
+from deepmetric.bundle.thresholds import NO_THRESHOLDS, Thresholds, mark_matches, parse_thresholds
 from deepmetric.bundle.thumbnails import ThumbnailError, Thumbnails
 
 __all__ = ["Bundle", "load_bundle", "read_manifest", "verify_lineage"]
@@ -46,6 +48,8 @@ class Bundle:
     index: Any
     ids: pd.DataFrame
     thumbnails: Thumbnails | None = None
+    #: The match thresholds (None: a bundle built without them — it serves, without ``match``).
+    thresholds: Thresholds | None = None
     _labels: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -99,6 +103,30 @@ class Bundle:
             raise ValueError(f"k must be in [1, {self.gallery_size}] (the gallery size), got {k}")
         scores, rows = self.index.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
         return self.neighbours(scores, rows)
+
+    def operating_point(self, fmr: float | None) -> dict[str, float] | None:
+        """The operating point at ``fmr`` (None: the bundle's default) as ``{"fmr", "threshold"}``; None for a
+        bundle without thresholds when no fmr is asked. ``ValueError`` (a message for the user) when ``fmr`` is
+        outside (0, 1), not one of the bundle's points, or asked of a bundle without thresholds."""
+        if self.thresholds is None:
+            if fmr is None:
+                return None
+            raise ValueError(f"fmr {fmr:g} asked, but {NO_THRESHOLDS}")
+        return self.thresholds.point(fmr).as_dict()
+
+    def search_payload(self, images: list[str], neighbours: list[list[dict[str, Any]]], k: int,
+                       point: dict[str, float] | None) -> dict[str, Any]:
+        """The answer of a search, as `/v1/search` and `deepmetric search` give it: the versions, ``k``, per image
+        its neighbours — each marked ``match`` (``score >= threshold``) at ``point`` (from
+        :meth:`operating_point`), which the answer names as ``operating_point``; without thresholds (``point``
+        None) neither."""
+        out: dict[str, Any] = {"model_version": self.manifest.get("model_version"),
+                               "index_version": self.manifest.get("index_version"), "k": k}
+        if point is not None:
+            mark_matches(neighbours, point["threshold"])
+            out["operating_point"] = point
+        out["results"] = [{"image": name, "neighbors": hits} for name, hits in zip(images, neighbours)]
+        return out
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:
@@ -199,10 +227,12 @@ def load_bundle(root: str | Path, threads: int = 0) -> Bundle:
             apply_search_params(index, manifest["search_params"])
         except IndexBuildError as e:
             raise BundleError(MANIFEST_FILE, f"search_params do not fit the index: {e}") from None
+    thresholds = parse_thresholds(blobs[THRESHOLDS_FILE]) if THRESHOLDS_FILE in blobs else None
     thumbnails = None
     if manifest.get("thumbnails") is not None:
         try:
             thumbnails = Thumbnails(manifest["thumbnails"], blobs, int(index.ntotal))
         except ThumbnailError as e:
             raise BundleError("thumbnails", str(e)) from None
-    return Bundle(root=root, manifest=manifest, embedder=embedder, index=index, ids=ids, thumbnails=thumbnails)
+    return Bundle(root=root, manifest=manifest, embedder=embedder, index=index, ids=ids, thumbnails=thumbnails,
+                  thresholds=thresholds)

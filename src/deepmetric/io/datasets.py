@@ -52,9 +52,16 @@ class ParquetDataset(_FileDataset):
 
 
 class JSONDataset(_FileDataset):
-    """JSON-serialisable object <-> pretty-printed JSON file (stable key order, for DVC metrics)."""
+    """JSON-serialisable object <-> pretty-printed JSON file (stable key order, for DVC metrics). ``missing_ok``:
+    an absent file loads as None (an optional input, e.g. the thresholds of an evaluation that wrote none)."""
+
+    def __init__(self, filepath: str, metadata: dict[str, Any] | None = None, missing_ok: bool = False) -> None:
+        super().__init__(filepath, metadata)
+        self._missing_ok = missing_ok
 
     def load(self):
+        if self._missing_ok and not self._filepath.exists():
+            return None
         self._check_exists()
         return json.loads(self._filepath.read_text())
 
