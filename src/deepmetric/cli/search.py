@@ -1,4 +1,5 @@
-"""`deepmetric search --bundle DIR IMAGE... [-k 10]` (nearest gallery items of local images, as JSON) and
+"""`deepmetric search --bundle DIR IMAGE... [-k 10] [--fmr 0.01]` (nearest gallery items of local images, as JSON,
+each marked ``match`` at the operating point when the bundle has thresholds: as `/v1/search` answers) and
 `deepmetric info --bundle DIR` (the bundle's manifest, after verifying it)."""
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ def register(sub) -> None:
     p.add_argument("--bundle", required=True)
     p.add_argument("images", nargs="+", metavar="IMAGE")
     p.add_argument("-k", type=int, default=10)
+    p.add_argument("--fmr", type=float, default=None,
+                   help="operating point (false-match rate) deciding each neighbour's `match`; one of the bundle's "
+                        "(default: its default_fmr; `deepmetric info` lists them under thresholds.json)")
     add_limit_flags(p)
     p.set_defaults(handler=search, hard_exit=True)
 
@@ -35,6 +39,11 @@ def search(args: argparse.Namespace) -> int:
     if not 1 <= args.k <= bundle.gallery_size:
         say(f"-k must be in [1, {bundle.gallery_size}] (the gallery size), got {args.k}")
         return EXIT_BAD_INPUT
+    try:
+        point = bundle.operating_point(args.fmr)
+    except ValueError as e:
+        say(f"--fmr: {e}")
+        return EXIT_BAD_INPUT
     arrays = []
     for path in args.images:
         try:
@@ -43,13 +52,7 @@ def search(args: argparse.Namespace) -> int:
             say(str(e))
             return EXIT_BAD_INPUT
     hits = bundle.search(bundle.embed(np.stack(arrays)), args.k)
-    out = {
-        "model_version": bundle.manifest["model_version"],
-        "index_version": bundle.manifest["index_version"],
-        "k": args.k,
-        "results": [{"image": p, "neighbors": h} for p, h in zip(args.images, hits)],
-    }
-    print(json.dumps(out, indent=2))
+    print(json.dumps(bundle.search_payload(list(args.images), hits, args.k, point), indent=2))
     return 0
 
 

@@ -30,5 +30,8 @@ def test_info_is_the_manifest_and_the_limits(client, deploy_bundle):
     settings = ServerSettings(max_images=5, max_pixels=123_456, max_aspect_ratio=7.5)
     info = client(settings).get("/v1/info").json()
     limits = info.pop("limits")
+    # the session's default bundle has no match thresholds: /v1/info says so
+    assert info.pop("match") == {"note": "no thresholds in this bundle: match omitted (rebuild the bundle with the "
+                                         "evaluate stage's thresholds.json)"}
     assert info == json.loads((folder / "manifest.json").read_text())
     assert limits == settings.model_dump() and limits["max_pixels"] == 123_456 and limits["max_aspect_ratio"] == 7.5

@@ -63,3 +63,74 @@ def test_prepare_images_names_the_first_bad_file(loaded, deploy_bundle):
     with pytest.raises(ApiError) as e:
         prepare_images([("a.png", good), ("bad.txt", b"text"), ("c.png", b"")], loaded.spec, ImageLimits())
     assert (e.value.status, e.value.code) == (415, "not_an_image") and e.value.message.startswith("bad.txt: ")
+
+
+def _train_image(manifest) -> str:
+    """A train-class image: not in the gallery, so its neighbours are other items (tests/deploy_fixtures.py:
+    some at or above the default threshold, none at the strict one)."""
+    return manifest[manifest["split"] == "train"]["path"].iloc[1]
+
+
+def test_search_marks_matches_at_the_chosen_operating_point(thresholds_server):
+    """Over a real socket: each neighbour's `match` is `score >= threshold` of the operating point ?fmr= picks
+    (default: the bundle's), which the answer names; /v1/info lists the points."""
+    from tests.deploy_fixtures import FIXTURE_THRESHOLDS
+    from tests.server_fixtures import post_images, request
+
+    base, folder, root, manifest = thresholds_server
+    query = (root / _train_image(manifest)).read_bytes()
+    gallery_item = (root / manifest[manifest["split"] == "test"]["path"].iloc[4]).read_bytes()
+    files = [("image", "q.png", query), ("image", "g.png", gallery_item)]
+    status, body = post_images(base, "/v1/search?k=10", files)
+    assert status == 200, body
+    assert body["operating_point"] == {"fmr": 0.01, "threshold": 0.97}
+    for result in body["results"]:
+        assert [h["match"] for h in result["neighbors"]] == [h["score"] >= 0.97 for h in result["neighbors"]]
+    flags = [h["match"] for h in body["results"][0]["neighbors"]]
+    assert any(flags) and not all(flags), flags  # the fixture's scores straddle the default threshold
+    assert body["results"][1]["neighbors"][0]["match"] is True  # a gallery image finds itself
+    status, strict = post_images(base, "/v1/search?k=10&fmr=0.001", files)
+    assert status == 200 and strict["operating_point"] == {"fmr": 0.001, "threshold": 0.99}
+    assert not any(h["match"] for h in strict["results"][0]["neighbors"])  # no match in the gallery
+    assert strict["results"][1]["neighbors"][0]["match"] is True
+    assert [h["id"] for h in strict["results"][0]["neighbors"]] == [h["id"] for h in body["results"][0]["neighbors"]]
+    status, info = request(base, "GET", "/v1/info")
+    assert status == 200 and info["match"] == {
+        "score": "cosine", "calibrated_on": "val", "default_fmr": 0.01,
+        "operating_points": FIXTURE_THRESHOLDS["operating_points"]}
+    assert info["thresholds"] == {"file": "thresholds.json"}
+
+
+@pytest.mark.parametrize("fmr, message", [
+    ("0.05", "fmr 0.05 is not an operating point of this bundle; available: 0.01, 0.001"),
+    ("0", "fmr must be in (0, 1), got 0.0"),
+    ("1", "fmr must be in (0, 1), got 1.0"),
+    ("-0.01", "fmr must be in (0, 1), got -0.01"),
+    ("nan", "fmr must be in (0, 1), got nan"),
+    ("inf", "fmr must be in (0, 1), got inf"),
+    ("1%", "fmr must be a number in (0, 1), got '1%'"),
+])
+def test_a_bad_fmr_is_refused_before_the_body_is_read(thresholds_server, fmr, message):
+    from tests.server_fixtures import request
+
+    base, *_ = thresholds_server
+    # a JSON body: were it read, the answer would be 415 not_multipart
+    status, body = request(base, "POST", f"/v1/search?k=2&fmr={fmr}", b"{}", "application/json")
+    assert status == 422 and body == {"error": "invalid_fmr", "message": message}
+
+
+def test_a_bundle_without_thresholds_serves_without_match(page_server):
+    from tests.server_fixtures import post_images, request
+
+    base, folder, root, manifest = page_server
+    files = [("image", "q.png", (root / _train_image(manifest)).read_bytes())]
+    status, body = post_images(base, "/v1/search?k=3", files)
+    assert status == 200 and "operating_point" not in body
+    assert all("match" not in h for h in body["results"][0]["neighbors"]) and len(body["results"][0]["neighbors"]) == 3
+    status, body = post_images(base, "/v1/search?k=3&fmr=0.01", files)
+    assert status == 422 and body["error"] == "invalid_fmr"
+    assert body["message"] == ("fmr 0.01 asked, but no thresholds in this bundle: match omitted (rebuild the bundle "
+                               "with the evaluate stage's thresholds.json)")
+    status, info = request(base, "GET", "/v1/info")
+    assert info["match"] == {"note": "no thresholds in this bundle: match omitted (rebuild the bundle with the "
+                                     "evaluate stage's thresholds.json)"}

@@ -1,6 +1,6 @@
 """``GET /healthz`` (this process: the bundle version it serves, its reloads — how many, how many refused, the last
 one with its outcome and time, a refusal with its reason —, batching figures) and ``GET /v1/info`` (the bundle's
-manifest and the server's limits)."""
+manifest, its match operating points — or why there are none — and the server's limits)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from deepmetric.bundle.thresholds import NO_THRESHOLDS
 from deepmetric.serving.dependencies import Settings, State
 from deepmetric.serving.state import bundle_summary
 
@@ -30,4 +31,6 @@ async def healthz(state: State) -> dict[str, Any]:
 
 @router.get("/v1/info")
 async def info(state: State, settings: Settings) -> dict[str, Any]:
-    return {**state.current.bundle.manifest, "limits": settings.model_dump()}
+    bundle = state.current.bundle
+    match = bundle.thresholds.describe() if bundle.thresholds is not None else {"note": NO_THRESHOLDS}
+    return {**bundle.manifest, "match": match, "limits": settings.model_dump()}

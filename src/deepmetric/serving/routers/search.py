@@ -1,6 +1,7 @@
-"""``POST /v1/search?k=10`` and ``POST /v1/embed``: images come as one or more multipart files in the field
+"""``POST /v1/search?k=10&fmr=0.01`` and ``POST /v1/embed``: images come as one or more multipart files in the field
 ``image`` and go through the evaluation transform (`open_image` + `eval_image`), the same code as evaluation and
-index building, then the bundle's model (and index).
+index building, then the bundle's model (and index). A search of a bundle with match thresholds marks each neighbour ``match`` at
+the operating point ``fmr`` (default: the bundle's) and names that point in the answer.
 
 A request keeps the bundle version it started with (:meth:`ServingState.use`). With batching on (the default),
 concurrent requests' images run through onnxruntime and faiss as one batch (:mod:`deepmetric.serving.batching`);
@@ -43,6 +44,10 @@ _IMAGES_BODY = {
 }
 _K_PARAM = {"name": "k", "in": "query", "required": False, "description": "neighbours per image (1 … gallery size)",
             "schema": {"type": "integer", "minimum": 1, "default": 10}}
+_FMR_PARAM = {"name": "fmr", "in": "query", "required": False,
+              "description": "the operating point (target false-match rate) that decides each neighbour's `match`: "
+                             "one of the bundle's (`/v1/info` lists them; default: the bundle's default_fmr)",
+              "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}}
 
 
 async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
@@ -134,6 +139,21 @@ def _k(request: Request, bundle: Bundle, settings: ServerSettings) -> int:
     return k
 
 
+def _operating_point(request: Request, bundle: Bundle) -> dict[str, float] | None:
+    """The operating point of ``?fmr=`` (absent: the bundle's default; None for a bundle without thresholds)."""
+    raw = request.query_params.get("fmr")
+    fmr = None
+    if raw is not None:
+        try:
+            fmr = float(raw)
+        except ValueError:
+            raise ApiError(422, "invalid_fmr", f"fmr must be a number in (0, 1), got {raw!r}") from None
+    try:
+        return bundle.operating_point(fmr)
+    except ValueError as e:
+        raise ApiError(422, "invalid_fmr", str(e)) from None
+
+
 @router.post("/v1/embed", openapi_extra=_IMAGES_BODY)
 async def embed(request: Request, state: State, settings: Settings) -> Response:
     files = await request_images(request, settings)
@@ -147,16 +167,12 @@ async def embed(request: Request, state: State, settings: Settings) -> Response:
     })
 
 
-@router.post("/v1/search", openapi_extra={**_IMAGES_BODY, "parameters": [_K_PARAM]})
+@router.post("/v1/search", openapi_extra={**_IMAGES_BODY, "parameters": [_K_PARAM, _FMR_PARAM]})
 async def search(request: Request, state: State, settings: Settings) -> Response:
     with state.use() as served:
         bundle = served.bundle
         k = _k(request, bundle, settings)
+        point = _operating_point(request, bundle)
         files = await request_images(request, settings)
         _, scores, rows = await _run(state, served, files, k, settings.limits)
-    return json_response({
-        "model_version": bundle.manifest.get("model_version"),
-        "index_version": bundle.manifest.get("index_version"),
-        "k": k,
-        "results": [{"image": name, "neighbors": h} for (name, _), h in zip(files, bundle.neighbours(scores, rows))],
-    })
+    return json_response(bundle.search_payload([name for name, _ in files], bundle.neighbours(scores, rows), k, point))
