@@ -179,3 +179,36 @@ def test_api_docs_render_offline(ctx, page_server):
         assert "/v1/search" in page.inner_text("body"), path
         assert not outside, f"{path} requested other hosts: {outside}"
         page.close()
+
+
+def test_matches_are_marked_and_no_match_is_said(ctx, thresholds_server, page_server):
+    """A bundle with thresholds: the page offers its operating points, marks the neighbours that match and says
+    how many; at a point no neighbour reaches, "No match in the gallery". An old bundle: neither."""
+    base, bundle, root, manifest = thresholds_server
+    query = root / manifest[manifest["split"] == "train"]["path"].iloc[1]  # not in the gallery
+    page, outside = open_page(ctx, base)
+    expect(page.locator("#fmr-row")).to_be_visible()
+    assert page.eval_on_selector_all("#fmr option", "els => els.map(e => [e.value, e.selected])") == [
+        ["0.01", True], ["0.001", False]]
+    page.set_input_files("#file", str(query))
+    results(page, 10)
+    flags = page.eval_on_selector_all("#grid li", "els => els.map(e => e.dataset.match)")
+    matched = flags.count("true")
+    assert 0 < matched < 10 and set(flags) == {"true", "false"}, flags
+    expect(page.locator("#verdict")).to_have_text(
+        f"{matched} of 10 neighbours match (similarity ≥ 0.970 at a false-match rate of 1%).")
+    assert page.eval_on_selector_all("#grid li.match .badge", "els => els.length") == matched
+    page.select_option("#fmr", "0.001")  # a change re-runs the same query at the stricter point
+    expect(page.locator("#verdict")).to_have_text(
+        "No match in the gallery (no neighbour has similarity ≥ 0.990 at a false-match rate of 0.1%).")
+    assert page.eval_on_selector_all("#grid li", "els => els.map(e => e.dataset.match)") == ["false"] * 10
+    assert not outside, f"the page requested other hosts: {outside}"
+    page.close()
+
+    base, _, root, manifest = page_server
+    page, _ = open_page(ctx, base)
+    page.set_input_files("#file", str(query))
+    results(page, 10)
+    assert page.is_hidden("#fmr-row") and page.is_hidden("#verdict")
+    assert page.eval_on_selector_all("#grid li.match", "els => els.length") == 0
+    page.close()

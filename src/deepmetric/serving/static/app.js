@@ -20,6 +20,7 @@
     upload_too_large: "That file is too large to upload to this server.",
     too_many_images: "Too many images in one request.",
     invalid_k: "The number of neighbours is out of range.",
+    invalid_fmr: "That operating point (false-match rate) is not one this model was calibrated for.",
     no_image: "No image was sent.",
     not_multipart: "The image was not sent as a file upload.",
     bad_multipart: "The upload was malformed.",
@@ -57,10 +58,27 @@
       k.max = String(info.gallery_size);
       const def = info.limits && info.limits.default_k;
       k.value = String(Math.min(def || 10, info.gallery_size));
+      showOperatingPoints(info.match);
       if (state.thumbnails) loadExamples();
     } catch (e) {
       $("model-info").textContent = "Could not read the bundle information (/v1/info).";
     }
+  }
+
+  function pct(fmr) { return `${+(100 * fmr).toPrecision(3)}%`; }
+
+  // The bundle's match operating points (/v1/info `match`); none (an old bundle): no selector, no verdict.
+  function showOperatingPoints(match) {
+    const points = (match && match.operating_points) || [];
+    const select = $("fmr");
+    select.replaceChildren();
+    for (const p of points) {
+      const o = el("option", "", `${pct(p.fmr)} (similarity ≥ ${Number(p.threshold).toFixed(3)})`);
+      o.value = String(p.fmr);
+      o.selected = p.fmr === match.default_fmr;
+      select.append(o);
+    }
+    $("fmr-row").hidden = points.length === 0;
   }
 
   async function loadExamples() {
@@ -123,18 +141,20 @@
     const k = kValue();
     const t0 = performance.now();
     try {
-      const r = await fetch(`/v1/search?k=${encodeURIComponent(k)}`, { method: "POST", body: form });
+      const fmr = $("fmr-row").hidden ? "" : `&fmr=${encodeURIComponent($("fmr").value)}`;
+      const r = await fetch(`/v1/search?k=${encodeURIComponent(k)}${fmr}`, { method: "POST", body: form });
       let body = null;
       try { body = await r.json(); } catch (e) { body = null; }
       if (!r.ok) {
         const code = body && body.error;
         showError(PLAIN[code] || `The server refused the request (HTTP ${r.status}).`, body && body.message);
         $("grid").replaceChildren();
+        $("verdict").hidden = true;
         $("status").textContent = "No results.";
         return;
       }
       const ms = Math.round(performance.now() - t0);
-      render(body.results[0].neighbors, ms);
+      render(body.results[0].neighbors, ms, body.operating_point);
     } catch (e) {
       showError("Could not reach the server.", String(e));
       $("status").textContent = "No results.";
@@ -144,13 +164,26 @@
     }
   }
 
-  function render(neighbors, ms) {
+  // "Is it the same item?": how many neighbours pass the operating point's threshold, or none.
+  function showVerdict(neighbors, point) {
+    const v = $("verdict");
+    if (!point) { v.hidden = true; return; }
+    const n = neighbors.filter((x) => x.match).length;
+    const at = `similarity ≥ ${Number(point.threshold).toFixed(3)} at a false-match rate of ${pct(point.fmr)}`;
+    v.className = n ? "verdict found" : "verdict none";
+    v.textContent = n ? `${n} of ${neighbors.length} neighbours match (${at}).` : `No match in the gallery (no neighbour has ${at}).`;
+    v.hidden = false;
+  }
+
+  function render(neighbors, ms, point) {
     const grid = $("grid");
     grid.replaceChildren();
+    showVerdict(neighbors, point);
     neighbors.forEach((n, i) => {
-      const li = el("li", "hit");
+      const li = el("li", n.match ? "hit match" : "hit");
       li.dataset.id = String(n.id);
       li.dataset.label = String(n.label);
+      if (typeof n.match === "boolean") li.dataset.match = String(n.match);
       const fig = el("figure");
       const thumb = el("div", "thumb");
       if (state.thumbnails) {
@@ -175,6 +208,7 @@
       fill.style.width = `${Math.max(0, Math.min(1, n.score)) * 100}%`;
       bar.append(fill);
       cap.append(cls, meta, bar);
+      if (n.match) cap.append(el("span", "badge", "match"));
       fig.append(thumb, cap);
       li.append(fig);
       grid.append(li);
@@ -219,6 +253,7 @@
     });
     $("search-form").addEventListener("submit", (e) => { e.preventDefault(); search(); });
     $("k").addEventListener("change", () => search());
+    $("fmr").addEventListener("change", () => search());
   }
 
   wire();
