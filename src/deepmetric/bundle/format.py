@@ -26,7 +26,7 @@ ID_COLUMNS = ("id", "label", "class_name", "path")
 SHARD_PATTERN = re.compile(r"^thumbnails-\d{5}\.parquet$")
 
 __all__ = ["FORMAT", "ID_COLUMNS", "IDS_FILE", "INDEX_FILE", "MANIFEST_FILE", "MODEL_FILE", "PAYLOAD_FILES",
-           "SHARD_PATTERN", "THRESHOLDS_FILE", "BundleError", "declared_files", "manifest_bytes", "manifest_sha256", "sha256",
+           "SHARD_PATTERN", "THRESHOLDS_FILE", "BundleError", "declared_files", "json_document", "manifest_bytes", "manifest_sha256", "sha256",
            "shard_name", "short", "timestamp"]
 
 
@@ -80,6 +80,21 @@ def declared_files(manifest: Mapping[str, Any]) -> list[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) and SHARD_PATTERN.match(n) for n in names):
         raise BundleError(MANIFEST_FILE, "'thumbnails.files' must be a list of thumbnails-NNNNN.parquet names")
     return [*files, *names]
+
+
+def json_document(content: bytes | Mapping[str, Any], name: str, fmt: str) -> dict[str, Any]:
+    """A bundle's JSON file (its bytes, or already parsed) as a dict whose ``format`` is ``fmt``; otherwise
+    ``BundleError(name, why)``."""
+    if isinstance(content, (bytes, bytearray)):
+        try:
+            content = json.loads(content)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise BundleError(name, f"not valid JSON ({e})") from None
+    if not isinstance(content, Mapping):
+        raise BundleError(name, "not a JSON object")
+    if content.get("format") != fmt:
+        raise BundleError(name, f"format is {content.get('format')!r}, expected {fmt!r}")
+    return dict(content)
 
 
 def timestamp() -> str:

@@ -9,7 +9,6 @@ built by this model, ``accepted_on`` holds this model's metrics). Any failure is
 from __future__ import annotations
 
 import io
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from deepmetric.bundle.format import (
     THRESHOLDS_FILE,
     BundleError,
     declared_files,
+    json_document,
     manifest_sha256,
     sha256,
     short,
@@ -138,14 +138,7 @@ def read_manifest(root: str | Path) -> dict[str, Any]:
     path = root / MANIFEST_FILE
     if not path.is_file():
         raise BundleError(MANIFEST_FILE, f"missing in {root}")
-    try:
-        manifest = json.loads(path.read_bytes())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise BundleError(MANIFEST_FILE, f"not valid JSON ({e})") from None
-    if not isinstance(manifest, dict):
-        raise BundleError(MANIFEST_FILE, "not a JSON object")
-    if manifest.get("format") != FORMAT:
-        raise BundleError(MANIFEST_FILE, f"format is {manifest.get('format')!r}, expected {FORMAT!r}")
+    manifest = json_document(path.read_bytes(), MANIFEST_FILE, FORMAT)
     want = manifest.get("manifest_sha256")
     if want != manifest_sha256(manifest):
         raise BundleError(MANIFEST_FILE, "content does not match its manifest_sha256 (edited or corrupted)")

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from deepmetric.bundle.format import THRESHOLDS_FILE, BundleError
+from deepmetric.bundle.format import THRESHOLDS_FILE, BundleError, json_document
 
 __all__ = ["FORMAT", "NO_THRESHOLDS", "OperatingPoint", "Thresholds", "mark_matches", "parse_thresholds",
            "thresholds_bytes"]
@@ -86,15 +86,7 @@ def parse_thresholds(content: Mapping[str, Any] | bytes, name: str = THRESHOLDS_
     """Check a thresholds file (its parsed JSON or its bytes); ``BundleError(name, why)`` when it is not usable:
     wrong format or score, no operating points, an fmr outside (0, 1), a threshold that is not a finite number,
     points not sorted by strictly decreasing fmr, a ``default_fmr`` that is not one of them."""
-    if isinstance(content, (bytes, bytearray)):
-        try:
-            content = json.loads(content)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise BundleError(name, f"not valid JSON ({e})") from None
-    if not isinstance(content, Mapping):
-        raise BundleError(name, "not a JSON object")
-    if content.get("format") != FORMAT:
-        raise BundleError(name, f"format is {content.get('format')!r}, expected {FORMAT!r}")
+    content = json_document(content, name, FORMAT)
     if content.get("score") != SCORE:
         raise BundleError(name, f"score is {content.get('score')!r}; the server's score is {SCORE!r}")
     raw = content.get("operating_points")
@@ -117,7 +109,7 @@ def parse_thresholds(content: Mapping[str, Any] | bytes, name: str = THRESHOLDS_
     if not _number(default) or not any(math.isclose(p.fmr, default, rel_tol=1e-9) for p in points):
         raise BundleError(name, f"default_fmr {default!r} is not one of the operating points "
                           f"{[p.fmr for p in points]}")
-    return Thresholds(tuple(points), float(default), dict(content))
+    return Thresholds(tuple(points), float(default), content)
 
 
 def thresholds_bytes(content: Mapping[str, Any]) -> bytes:
