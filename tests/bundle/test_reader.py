@@ -180,3 +180,35 @@ def test_thresholds_are_verified_like_every_file(thresholds_bundle, tmp_path):
     (resealed / MANIFEST_FILE).write_text(json.dumps(seal(m)))
     with pytest.raises(BundleError, match=r"manifest.json: 'thresholds' must be \{\"file\": \"thresholds.json\"\}"):
         read_manifest(resealed)
+
+
+@pytest.mark.parametrize("index", [{"factory": "Flat"}, {"factory": "IVF4,Flat", "search": {"nprobe": 4}}])
+def test_query_expansion_is_the_evaluations_and_keeps_the_cosine(deploy_data, tmp_path, index):
+    """rerank="qe": the neighbours of evaluation.rerank.query_expansion (n=2, alpha=3) over the bundle's own
+    vectors, each with its expanded score as qe_score and the plain cosine as score; an inverted-file index
+    (probing every list here: exact) gets what it needs to give its vectors back."""
+    import numpy as np
+
+    from deepmetric.bundle.reader import QE_ALPHA, QE_N
+    from deepmetric.data.transforms import load_eval_image
+    from deepmetric.evaluation.rerank import query_expansion
+    from tests.deploy_fixtures import make_bundle
+
+    _, root, manifest = deploy_data
+    b = load_bundle(make_bundle(tmp_path / "b", root, manifest, onnx_model(), index=index,
+                                bundle={"thumbnails": {"enabled": False}}))
+    train = manifest[manifest["split"] == "train"]["path"]
+    q = b.embed(np.stack([load_eval_image(root / p, b.spec) for p in train.iloc[:3]]))
+    gallery = b.vectors(np.arange(b.gallery_size))
+    want_scores, want_rows = query_expansion(q, gallery, 6, n=QE_N, alpha=QE_ALPHA)
+    got = b.search(q, 6, rerank="qe")
+    plain = b.search(q, 6)
+    assert [[h["id"] for h in hits] for hits in got] == want_rows.tolist()
+    for hits, ws, qv in zip(got, want_scores, q):
+        np.testing.assert_allclose([h["qe_score"] for h in hits], ws, atol=1e-5)
+        np.testing.assert_allclose([h["score"] for h in hits], gallery[[h["id"] for h in hits]] @ qv, atol=1e-5)
+    assert [[h["id"] for h in hits] for hits in got] != [[h["id"] for h in hits] for hits in plain]  # it re-orders
+    assert all("qe_score" not in h for hits in plain for h in hits)
+    assert len(b.search(q, 1, rerank="qe")[0]) == 1  # k below the expansion's n: the first search takes n
+    with pytest.raises(ValueError, match=r"rerank must be one of \['qe'\], got 'dba'"):
+        b.search(q, 3, rerank="dba")

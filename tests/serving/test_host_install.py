@@ -85,6 +85,8 @@ with TestClient(create_app(load_bundle(bundle))) as c:
     assert c.get("/").status_code == 200
     r = c.post("/v1/search?k=2", files={"image": ("q.png", open(image, "rb").read())})
     assert r.status_code == 200, r.text
+    r = c.post("/v1/search?k=2&rerank=qe", files={"image": ("q.png", open(image, "rb").read())})
+    assert r.status_code == 200 and r.json()["rerank"] == "qe", r.text
     assert c.get("/v1/thumbnails/0").status_code == 200 and c.get("/docs").status_code == 200
 print(json.dumps(sorted({m.split(".")[0] for m in sys.modules})))
 """

@@ -9,6 +9,7 @@ built by this model, ``accepted_on`` holds this model's metrics). Any failure is
 from __future__ import annotations
 
 import io
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,23 @@ from deepmetric.bundle.format import (
 from deepmetric.bundle.thresholds import NO_THRESHOLDS, Thresholds, mark_matches, parse_thresholds
 from deepmetric.bundle.thumbnails import ThumbnailError, Thumbnails
 
-__all__ = ["Bundle", "load_bundle", "read_manifest", "verify_lineage"]
+__all__ = ["QE_ALPHA", "QE_N", "RERANKINGS", "Bundle", "load_bundle", "read_manifest", "verify_lineage"]
+
+#: The serving-time re-rankings (`/v1/search?rerank=`, `deepmetric search --rerank`; none by default).
+RERANKINGS = ("qe",)
+#: α-QE's neighbourhood and exponent: n = 2 is the one setting that lifted MAP@R with Recall@1 unchanged on the
+#: built-in set (benchmarks/evaluation/README.md); α = 3 as in Radenović et al.
+QE_N, QE_ALPHA = 2, 3.0
+
+
+def _is_ivf(index) -> bool:
+    import faiss
+
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass
@@ -58,6 +75,8 @@ class Bundle:
         self._labels = self.ids["label"].to_numpy()
         self._class_names = self.ids["class_name"].astype(str).to_numpy()
         self._paths = self.ids["path"].astype(str).to_numpy()
+        self._vectors_lock = threading.Lock()
+        self._needs_direct_map = _is_ivf(self.index)
 
     @property
     def spec(self):
@@ -98,11 +117,56 @@ class Bundle:
             ])
         return results
 
-    def search(self, embeddings: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
+    def search(self, embeddings: np.ndarray, k: int, rerank: str | None = None) -> list[list[dict[str, Any]]]:
+        """The ``k`` nearest gallery items of each embedding; ``rerank="qe"``: ordered by α-query expansion
+        (:meth:`ranked`)."""
         if not 1 <= k <= self.gallery_size:
             raise ValueError(f"k must be in [1, {self.gallery_size}] (the gallery size), got {k}")
-        scores, rows = self.index.search(np.ascontiguousarray(embeddings, dtype=np.float32), k)
-        return self.neighbours(scores, rows)
+        embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        scores, rows = self.index.search(embeddings, self.first_k(k, rerank))
+        return self.ranked(embeddings, scores, rows, k, rerank)
+
+    def first_k(self, k: int, rerank: str | None) -> int:
+        """How many neighbours the first search must return for ``k`` results under ``rerank``."""
+        return min(max(k, QE_N), self.gallery_size) if rerank == "qe" else k
+
+    def ranked(self, embeddings: np.ndarray, scores: np.ndarray, rows: np.ndarray, k: int,
+               rerank: str | None = None) -> list[list[dict[str, Any]]]:
+        """Per query, its ``k`` neighbours from a first search (``scores``, ``rows``: :meth:`first_k` columns).
+        ``rerank="qe"``: α-QE (n = ``QE_N``, α = ``QE_ALPHA``; :mod:`deepmetric.evaluation.rerank`) — each query
+        is expanded over its ``QE_N`` nearest gallery vectors and searched again; the neighbours come in the order
+        of the expanded query's score (``qe_score``) while ``score`` stays the cosine of the query itself, the
+        score the match thresholds were calibrated on."""
+        if rerank is None:
+            return self.neighbours(scores[:, :k], rows[:, :k])
+        if rerank != "qe":
+            raise ValueError(f"rerank must be one of {list(RERANKINGS)}, got {rerank!r}")
+        from deepmetric.evaluation.rerank import expand
+
+        first = rows[:, :QE_N]
+        sims = np.where(first >= 0, scores[:, :QE_N], -np.inf)
+        expanded = expand(embeddings, self.vectors(first), sims, QE_ALPHA)
+        qe_scores, qe_rows = self.index.search(expanded, k)
+        cosine = np.einsum("bd,bkd->bk", embeddings.astype(np.float32), self.vectors(qe_rows))
+        out = self.neighbours(cosine, qe_rows)
+        for hits, qs, r in zip(out, qe_scores, qe_rows):
+            for h, q in zip(hits, qs[r >= 0]):
+                h["qe_score"] = float(q)
+        return out
+
+    def vectors(self, rows: np.ndarray) -> np.ndarray:
+        """The gallery vectors of faiss ``rows`` (any shape; -1, a missing neighbour: zeros), shape ``rows`` × d.
+        An inverted-file index gets its direct map (row → list entry) on first use."""
+        flat = np.asarray(rows, dtype=np.int64).ravel()
+        with self._vectors_lock:
+            if self._needs_direct_map:
+                import faiss
+
+                faiss.extract_index_ivf(self.index).make_direct_map()
+                self._needs_direct_map = False
+        out = self.index.reconstruct_batch(np.maximum(flat, 0)).reshape(*np.shape(rows), -1)
+        out[np.asarray(rows) < 0] = 0
+        return out
 
     def operating_point(self, fmr: float | None) -> dict[str, float] | None:
         """The operating point at ``fmr`` (None: the bundle's default) as ``{"fmr", "threshold"}``; None for a

@@ -18,6 +18,8 @@ def register(sub) -> None:
     p.add_argument("--fmr", type=float, default=None,
                    help="operating point (false-match rate) deciding each neighbour's `match`; one of the bundle's "
                         "(default: its default_fmr; `deepmetric info` lists them under thresholds.json)")
+    p.add_argument("--rerank", default="none",
+                   help="qe: order the neighbours by alpha-query expansion, as /v1/search?rerank=qe (default: none)")
     add_limit_flags(p)
     p.set_defaults(handler=search, hard_exit=True)
 
@@ -29,11 +31,15 @@ def register(sub) -> None:
 def search(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from deepmetric.bundle.reader import RERANKINGS
     from deepmetric.data.images import ImageDecodeError
     from deepmetric.data.transforms import load_eval_image
 
     limits = image_limits(args)
     if limits is None:
+        return EXIT_BAD_INPUT
+    if args.rerank not in ("none", *RERANKINGS):
+        say(f"--rerank must be one of {['none', *RERANKINGS]}, got {args.rerank!r}")
         return EXIT_BAD_INPUT
     bundle = load_bundle_or_exit(args.bundle)
     if not 1 <= args.k <= bundle.gallery_size:
@@ -51,8 +57,10 @@ def search(args: argparse.Namespace) -> int:
         except ImageDecodeError as e:
             say(str(e))
             return EXIT_BAD_INPUT
-    hits = bundle.search(bundle.embed(np.stack(arrays)), args.k)
-    print(json.dumps(bundle.search_payload(list(args.images), hits, args.k, point), indent=2))
+    rerank = None if args.rerank == "none" else args.rerank
+    hits = bundle.search(bundle.embed(np.stack(arrays)), args.k, rerank)
+    payload = bundle.search_payload(list(args.images), hits, args.k, point)
+    print(json.dumps({**payload, "rerank": rerank} if rerank else payload, indent=2))
     return 0
 
 

@@ -72,7 +72,7 @@ def test_openapi_and_offline_docs(page_server):
     assert status == 200 and spec["openapi"].startswith("3.")
     search = spec["paths"]["/v1/search"]["post"]
     assert "image" in search["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]
-    assert [p["name"] for p in search["parameters"]] == ["k", "fmr"]
+    assert [p["name"] for p in search["parameters"]] == ["k", "fmr", "rerank"]
     assert {"/v1/info", "/v1/embed", "/v1/thumbnails/{item}", "/v1/examples", "/healthz"} <= set(spec["paths"])
     assert "/" not in spec["paths"] and "/docs" not in spec["paths"]
     assert get(base, "/redoc")[0] == 404  # ReDoc's bundle fetches a logo from its CDN: not offered

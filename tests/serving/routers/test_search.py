@@ -4,6 +4,8 @@ Every refusal over a real socket: tests/serving/test_server.py."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -134,3 +136,32 @@ def test_a_bundle_without_thresholds_serves_without_match(page_server):
     status, info = request(base, "GET", "/v1/info")
     assert info["match"] == {"note": "no thresholds in this bundle: match omitted (rebuild the bundle with the "
                                      "evaluate stage's thresholds.json)"}
+
+
+def test_rerank_qe_orders_by_the_expanded_query_and_decides_match_on_the_cosine(thresholds_server):
+    from tests.server_fixtures import deepmetric, post_images, request
+
+    base, folder, root, manifest = thresholds_server
+    image = root / _train_image(manifest)
+    files = [("image", "q.png", image.read_bytes())]
+    status, body = post_images(base, "/v1/search?k=6&rerank=qe", files)
+    assert status == 200, body
+    hits = body["results"][0]["neighbors"]
+    assert body["rerank"] == "qe" and len(hits) == 6
+    qe = [h["qe_score"] for h in hits]
+    assert qe == sorted(qe, reverse=True)
+    assert [h["match"] for h in hits] == [h["score"] >= body["operating_point"]["threshold"] for h in hits]
+    status, plain = post_images(base, "/v1/search?k=6&rerank=none", files)
+    assert status == 200 and "rerank" not in plain
+    assert all("qe_score" not in h for h in plain["results"][0]["neighbors"])
+    # the same answer from the command line
+    proc = deepmetric("search", "--bundle", str(folder), str(image), "-k", "6", "--rerank", "qe")
+    assert proc.returncode == 0, proc.stderr
+    local = json.loads(proc.stdout)["results"][0]["neighbors"]
+    assert [(h["id"], h["match"]) for h in local] == [(h["id"], h["match"]) for h in hits]
+    np.testing.assert_allclose([h["qe_score"] for h in local], qe, atol=1e-5)
+    status, body = request(base, "POST", "/v1/search?k=2&rerank=dba", b"{}", "application/json")
+    assert status == 422 and body == {"error": "invalid_rerank",
+                                      "message": "rerank must be one of ['none', 'qe'], got 'dba'"}
+    proc = deepmetric("search", "--bundle", str(folder), str(image), "--rerank", "dba")
+    assert proc.returncode == 3 and "--rerank must be one of ['none', 'qe'], got 'dba'" in proc.stderr

@@ -1,7 +1,8 @@
-"""``POST /v1/search?k=10&fmr=0.01`` and ``POST /v1/embed``: images come as one or more multipart files in the field
+"""``POST /v1/search?k=10&fmr=0.01&rerank=qe`` and ``POST /v1/embed``: images come as one or more multipart files in the field
 ``image`` and go through the evaluation transform (`open_image` + `eval_image`), the same code as evaluation and
 index building, then the bundle's model (and index). A search of a bundle with match thresholds marks each neighbour ``match`` at
-the operating point ``fmr`` (default: the bundle's) and names that point in the answer.
+the operating point ``fmr`` (default: the bundle's) and names that point in the answer; ``rerank=qe`` orders the
+neighbours by α-query expansion (:meth:`~deepmetric.bundle.Bundle.ranked`).
 
 A request keeps the bundle version it started with (:meth:`ServingState.use`). With batching on (the default),
 concurrent requests' images run through onnxruntime and faiss as one batch (:mod:`deepmetric.serving.batching`);
@@ -20,6 +21,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
 from deepmetric.bundle import Bundle
+from deepmetric.bundle.reader import RERANKINGS
 from deepmetric.data.images import ImageDecodeError, ImageLimits
 from deepmetric.data.transforms import load_eval_image
 from deepmetric.serving.config import ServerSettings
@@ -48,6 +50,10 @@ _FMR_PARAM = {"name": "fmr", "in": "query", "required": False,
               "description": "the operating point (target false-match rate) that decides each neighbour's `match`: "
                              "one of the bundle's (`/v1/info` lists them; default: the bundle's default_fmr)",
               "schema": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1}}
+_RERANK_PARAM = {"name": "rerank", "in": "query", "required": False,
+                 "description": "`qe`: order the neighbours by α-query expansion (n = 2, α = 3); each gains `qe_score`, "
+                                "`score` stays the query's cosine (what `match` is decided on). Default: none",
+                 "schema": {"type": "string", "enum": list(RERANKINGS)}}
 
 
 async def read_body(request: Request, limit: int, timeout_s: float | None = None) -> bytes:
@@ -154,6 +160,15 @@ def _operating_point(request: Request, bundle: Bundle) -> dict[str, float] | Non
         raise ApiError(422, "invalid_fmr", str(e)) from None
 
 
+def _rerank(request: Request) -> str | None:
+    raw = request.query_params.get("rerank")
+    if raw is None or raw == "none":
+        return None
+    if raw not in RERANKINGS:
+        raise ApiError(422, "invalid_rerank", f"rerank must be one of {['none', *RERANKINGS]}, got {raw!r}")
+    return raw
+
+
 @router.post("/v1/embed", openapi_extra=_IMAGES_BODY)
 async def embed(request: Request, state: State, settings: Settings) -> Response:
     files = await request_images(request, settings)
@@ -167,12 +182,18 @@ async def embed(request: Request, state: State, settings: Settings) -> Response:
     })
 
 
-@router.post("/v1/search", openapi_extra={**_IMAGES_BODY, "parameters": [_K_PARAM, _FMR_PARAM]})
+@router.post("/v1/search", openapi_extra={**_IMAGES_BODY, "parameters": [_K_PARAM, _FMR_PARAM, _RERANK_PARAM]})
 async def search(request: Request, state: State, settings: Settings) -> Response:
     with state.use() as served:
         bundle = served.bundle
         k = _k(request, bundle, settings)
         point = _operating_point(request, bundle)
+        rerank = _rerank(request)
         files = await request_images(request, settings)
-        _, scores, rows = await _run(state, served, files, k, settings.limits)
-    return json_response(bundle.search_payload([name for name, _ in files], bundle.neighbours(scores, rows), k, point))
+        emb, scores, rows = await _run(state, served, files, bundle.first_k(k, rerank), settings.limits)
+        if rerank is None:
+            hits = bundle.ranked(emb, scores, rows, k)
+        else:  # a second search per query: in the thread pool, off the event loop
+            hits = await run_in_threadpool(bundle.ranked, emb, scores, rows, k, rerank)
+    payload = bundle.search_payload([name for name, _ in files], hits, k, point)
+    return json_response({**payload, "rerank": rerank} if rerank else payload)
