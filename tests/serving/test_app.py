@@ -55,3 +55,20 @@ def test_lifespan_reloads_on_the_signals_and_closes(loaded):
     assert asyncio.run(run()) == ["unchanged", "unchanged"]
     assert {sig: signal.getsignal(sig) for sig in RELOAD_SIGNALS} == before, "the handlers are removed"
     assert state.prep_pool._shutdown and state.current.batcher._closing, "the served version is released"
+
+
+def test_lifespan_restores_the_signal_handlers_it_found(loaded):
+    """A server started under ``nohup`` finds SIGHUP ignored; at shutdown that disposition comes back (not SIG_DFL,
+    which would let a later hang-up kill the process that embedded the app)."""
+    app = create_app(loaded)
+
+    async def run() -> None:
+        async with app.router.lifespan_context(app):
+            await asyncio.sleep(0)
+
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        asyncio.run(run())
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)

@@ -39,7 +39,7 @@ async def _lifespan(app: FastAPI):
     release the served version and the decode pool at shutdown."""
     state: ServingState = app.state.serving
     loop = asyncio.get_running_loop()
-    installed = []
+    installed = {}  # signal -> the handler it had before (restored on shutdown, e.g. nohup's SIG_IGN)
 
     def on_signal() -> None:
         async def go() -> None:
@@ -49,15 +49,18 @@ async def _lifespan(app: FastAPI):
 
     for sig in RELOAD_SIGNALS:
         try:
+            previous = signal.getsignal(sig)
             loop.add_signal_handler(sig, on_signal)
-            installed.append(sig)
+            installed[sig] = previous
         except (ValueError, RuntimeError, NotImplementedError):  # not the main thread (e.g. a test client)
             pass
     try:
         yield
     finally:
-        for sig in installed:
+        for sig, previous in installed.items():
             loop.remove_signal_handler(sig)
+            if previous is not None:
+                signal.signal(sig, previous)
         state.close()
 
 
