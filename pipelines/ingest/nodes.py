@@ -14,4 +14,6 @@ from deepmetric.data.readers import read_dataset
 def ingest(data: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     cfg = parse_params(DataParams, data, "data")
     records = read_dataset(cfg.dataset, cfg.root, cfg)
-    return build_manifest(records, cfg.root, bad_files=cfg.bad_files, limits=cfg.limits, workers=cfg.workers)
+    manifest, report = build_manifest(records, cfg.root, bad_files=cfg.bad_files, limits=cfg.limits,
+                                      workers=cfg.workers)
+    return manifest, {"layout": cfg.layout_name, "bbox": "crop" if cfg.crop_boxes else "full", **report}

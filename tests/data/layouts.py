@@ -136,3 +136,34 @@ def make_inshop(root: Path, train_items: int = 4, test_items: int = 4) -> Path:
     (root / "Eval" / "list_eval_partition.txt").write_text(
         f"{len(rows)}\nimage_name item_id evaluation_status\n" + "\n".join(rows) + "\n")
     return root
+
+
+def make_folder(root: Path, classes=("bags/tote", "bags/clutch", "hats", "shoes", "scarves", "belts"), per_class: int = 3,
+                under: str = "", seed: int = 5000, junk: bool = False) -> list[str]:
+    """The folder layout: ``root/<under>/<class>/<k>.jpg`` (distinct bytes per file); returns the relative paths.
+    ``junk``: a hidden file, a hidden folder with an image and a text file per class, which the reader skips."""
+    paths = []
+    for c, name in enumerate(classes):
+        for k in range(per_class):
+            rel = "/".join(p for p in (under, name, f"{k:03d}.jpg") if p)
+            write_image(root / rel, seed=seed + 100 * c + k)
+            paths.append(rel)
+        if junk:
+            folder = root / under / name
+            (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+            (folder / "notes.txt").write_text("not an image")
+            write_image(folder / ".thumbs" / "000.jpg", seed=seed + 100 * c + 99)
+    return paths
+
+
+def write_table(path: Path, rows: list[dict], fmt: str | None = None) -> Path:
+    """``rows`` as a CSV (or Parquet, by suffix or ``fmt``) table."""
+    import pandas as pd
+
+    df = pd.DataFrame(rows)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if (fmt or path.suffix.lstrip(".")) == "parquet":
+        df.to_parquet(path, index=False)
+    else:
+        df.to_csv(path, index=False)
+    return path

@@ -160,3 +160,42 @@ def test_every_dataset_has_its_row_in_the_docs(name):
 
 def test_every_documented_dataset_is_registered():
     assert sorted(_dataset_rows()) == DATASETS.names()
+
+
+def test_cub_and_cars_expose_their_boxes_only_when_asked(tmp_path):
+    cub = make_cub(tmp_path / "cub", num_classes=2, per_class=2, appledouble=False)
+    (cub / "bounding_boxes.txt").write_text("".join(f"{i} 1.0 2.0 10.0 8.5\n" for i in range(1, 5)))
+    assert "x_1" not in read_dataset("cub", cub)  # auto: the seed papers train on whole images
+    boxed = read_dataset("cub", cub, {"bbox": "crop"})
+    assert boxed[["x_1", "y_1", "x_2", "y_2"]].drop_duplicates().values.tolist() == [[1.0, 2.0, 11.0, 10.5]]
+    (cub / "bounding_boxes.txt").write_text("1 1 2 3 4\n")
+    with pytest.raises(DatasetLayoutError, match=r"bounding_boxes.txt: no box for image\(s\) \[2, 3, 4\]"):
+        read_dataset("cub", cub, {"bbox": "crop"})
+    for devkit in (False, True):
+        cars = make_cars(tmp_path / f"cars{devkit}", devkit=devkit)
+        assert "x_1" not in read_dataset("cars196", cars)
+        boxed = read_dataset("cars196", cars, {"bbox": "crop"})
+        # MATLAB's 1-based inclusive (1, 1)–(20, 15) is pixels [0, 20) x [0, 15)
+        assert boxed[["x_1", "y_1", "x_2", "y_2"]].drop_duplicates().values.tolist() == [[0.0, 0.0, 20.0, 15.0]]
+
+
+def test_sop_carries_its_product_categories(tmp_path):
+    root = make_sop(tmp_path / "sop", train_classes=3, test_classes=3)
+    df = read_dataset("sop", root)
+    assert set(df.category) <= {"bicycle", "chair", "mug"} and df.category.nunique() == 3
+    assert (df.class_name.str.split("/").str[0] == df.category).all()
+
+
+def _layout_rows() -> dict[str, list[str]]:
+    """docs/datasets.md's layout table: | layout | `data.layout` | kind | reads |"""
+    text = (ROOT / "docs" / "datasets.md").read_text()
+    body = text.split("| layout | `data.layout` |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in body]
+    return {r[1].strip("`"): r for r in rows}
+
+
+def test_every_layout_has_its_row_in_the_docs_with_its_kind():
+    rows = _layout_rows()
+    assert sorted(rows) == LAYOUTS.names()
+    assert {name: row[2] for name, row in rows.items()} == {name: LAYOUTS.meta(name)["kind"] for name in rows}
+    assert LAYOUTS.names(kind="generic") == ["folder", "table"]

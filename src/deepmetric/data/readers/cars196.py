@@ -6,7 +6,9 @@
    ``cars_train_annos.mat`` and ``cars_test_annos_withlabels.mat`` (struct ``annotations``: ``fname``,
    ``class``); both parts are merged and split by class.
 
-Zero-shot protocol: classes 1–98 train, 99–196 test (the first half of the classes).
+Zero-shot protocol: classes 1–98 train, 99–196 test (the first half of the classes). With ``bbox``
+(``data.bbox: crop``; ``auto`` leaves them out, as the seed papers train), the annotations' ``bbox_x1 … bbox_y2``
+(1-based, inclusive) give each image's box.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo
+from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo, ReadOptions
 from deepmetric.data.readers.common import (
+    BBOX_COLUMNS,
     DatasetLayoutError,
     assign_val,
     finish,
@@ -64,17 +67,28 @@ def _scalar_int(v, where: str) -> int:
         raise DatasetLayoutError(f"{where}: expected an integer class, got {v!r}") from None
 
 
-@LAYOUTS.register("cars196", doc="docs/datasets.md")
-def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = "cars196") -> pd.DataFrame:
+_BOX_FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2")
+
+
+def _box(rec: dict[str, list], i: int, where: str) -> tuple[float, float, float, float]:
+    """The i-th annotation's box as (x_1, y_1, x_2, y_2), from MATLAB's 1-based inclusive corners."""
+    x1, y1, x2, y2 = (_scalar_int(rec[f][i], where) for f in _BOX_FIELDS)
+    return float(x1 - 1), float(y1 - 1), float(x2), float(y2)
+
+
+@LAYOUTS.register("cars196", kind="distributed", doc="docs/datasets.md")
+def read(root: str | os.PathLike[str], options: ReadOptions = ReadOptions(), dataset: str = "cars196") -> pd.DataFrame:
     root = Path(root)
-    rows: list[tuple[str, int]] = []
+    rows: list[tuple] = []
+    boxes = _BOX_FIELDS if options.bbox else ()
     if (root / "cars_annos.mat").is_file():
         path = root / "cars_annos.mat"
         mat = _loadmat(path)
         names = _class_names(mat, path)
-        rec = _records(mat, path, ("relative_im_path", "class"))
-        for rel, cls in zip(rec["relative_im_path"], rec["class"]):
-            rows.append((str(rel).replace("\\", "/"), _scalar_int(cls, str(path))))
+        rec = _records(mat, path, ("relative_im_path", "class", *boxes))
+        for i, (rel, cls) in enumerate(zip(rec["relative_im_path"], rec["class"])):
+            box = _box(rec, i, str(path)) if boxes else ()
+            rows.append((str(rel).replace("\\", "/"), _scalar_int(cls, str(path)), *box))
     else:
         meta = require_file(root, "devkit/cars_meta.mat", "cars_meta.mat", what="Cars196 layout "
                             "(neither cars_annos.mat nor the devkit's cars_meta.mat found)")
@@ -82,13 +96,14 @@ def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = 
         for folder, annos in (("cars_train", "cars_train_annos.mat"),
                               ("cars_test", "cars_test_annos_withlabels.mat")):
             path = require_file(root, annos, f"devkit/{annos}", what="Cars196 devkit layout")
-            rec = _records(_loadmat(path), path, ("fname", "class"))
-            for fname, cls in zip(rec["fname"], rec["class"]):
-                rows.append((f"{folder}/{str(fname)}", _scalar_int(cls, str(path))))
+            rec = _records(_loadmat(path), path, ("fname", "class", *boxes))
+            for i, (fname, cls) in enumerate(zip(rec["fname"], rec["class"])):
+                box = _box(rec, i, str(path)) if boxes else ()
+                rows.append((f"{folder}/{str(fname)}", _scalar_int(cls, str(path)), *box))
     rows = [r for r in rows if not is_appledouble(r[0])]
     if not rows:
         raise DatasetLayoutError(f"{root}: the Cars196 annotations list no images")
-    df = pd.DataFrame(rows, columns=["path", "label"])
+    df = pd.DataFrame(rows, columns=["path", "label", *(BBOX_COLUMNS if boxes else ())])
     bad = sorted({lab for lab in df["label"] if not 1 <= lab <= len(names)})
     if bad:
         raise DatasetLayoutError(f"{root}: class ids {bad[:5]} have no entry in class_names ({len(names)} names)")
@@ -96,7 +111,7 @@ def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = 
     train = first_half_train(df["label"])
     df["split"] = ["train" if lab in train else "test" for lab in df["label"]]
     df["role"] = "both"
-    return finish(assign_val(df, val_classes), dataset)
+    return finish(assign_val(df, options.val_classes), dataset)
 
 
 DATASETS.add(

@@ -3,7 +3,9 @@
 ``images.txt`` ("image_id relative/path"), ``image_class_labels.txt`` ("image_id class_id"), ``classes.txt``
 ("class_id NNN.Class_Name"), paths relative to ``images/``. Zero-shot protocol: the first half of the classes
 (CUB: 1–100) train, the second half (101–200) test; ``train_test_split.txt`` (the classification split) is
-deliberately ignored. AppleDouble ``._*`` entries are skipped.
+deliberately ignored. AppleDouble ``._*`` entries are skipped. With ``bbox`` (``data.bbox: crop``; the seed papers
+train on whole images, so ``auto`` leaves them out), ``bounding_boxes.txt`` ("image_id x y width height") gives
+each image's box.
 """
 
 from __future__ import annotations
@@ -13,8 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo
+from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo, ReadOptions
 from deepmetric.data.readers.common import (
+    BBOX_COLUMNS,
     DatasetLayoutError,
     assign_val,
     finish,
@@ -44,8 +47,23 @@ def _int(value: str, where: str) -> int:
         raise DatasetLayoutError(f"{where}: expected an integer id, got {value!r}") from None
 
 
-@LAYOUTS.register("cub", doc="docs/datasets.md")
-def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = "cub") -> pd.DataFrame:
+def _boxes(path: Path) -> dict[int, tuple[float, float, float, float]]:
+    """``bounding_boxes.txt``: image id → (x_1, y_1, x_2, y_2) from "image_id x y width height"."""
+    out = {}
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        try:
+            image_id, x, y, w, h = int(parts[0]), *map(float, parts[1:])
+        except ValueError:
+            raise DatasetLayoutError(f"{path}:{n}: expected 'image_id x y width height', got {line!r}") from None
+        out[image_id] = (x, y, x + w, y + h)
+    return out
+
+
+@LAYOUTS.register("cub", kind="distributed", doc="docs/datasets.md")
+def read(root: str | os.PathLike[str], options: ReadOptions = ReadOptions(), dataset: str = "cub") -> pd.DataFrame:
     root = Path(root)
     images_txt = require_file(root, "images.txt", what="CUB layout")
     labels_txt = require_file(root, "image_class_labels.txt", what="CUB layout")
@@ -68,14 +86,22 @@ def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = 
         label = labels[image_id]
         if label not in class_names:
             raise DatasetLayoutError(f"{classes_txt}: class {label} of image {image_id} is not listed")
-        rows.append(("images/" + rel.replace("\\", "/"), label, class_names[label]))
+        rows.append(("images/" + rel.replace("\\", "/"), label, class_names[label], image_id))
     if not rows:
         raise DatasetLayoutError(f"{images_txt} lists no images")
-    df = pd.DataFrame(rows, columns=["path", "label", "class_name"])
+    df = pd.DataFrame(rows, columns=["path", "label", "class_name", "image_id"])
+    if options.bbox:
+        boxes_txt = require_file(root, "bounding_boxes.txt", what="CUB boxes (data.bbox: crop)")
+        boxes = _boxes(boxes_txt)
+        missing = [i for i in df["image_id"] if i not in boxes]
+        if missing:
+            raise DatasetLayoutError(f"{boxes_txt}: no box for image(s) {missing[:5]} listed in images.txt")
+        df[list(BBOX_COLUMNS)] = [boxes[i] for i in df["image_id"]]
+    df = df.drop(columns="image_id")
     train = first_half_train(df["label"])
     df["split"] = ["train" if lab in train else "test" for lab in df["label"]]
     df["role"] = "both"
-    return finish(assign_val(df, val_classes), dataset)
+    return finish(assign_val(df, options.val_classes), dataset)
 
 
 DATASETS.add(

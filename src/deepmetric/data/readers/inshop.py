@@ -11,15 +11,15 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo
+from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo, ReadOptions
 from deepmetric.data.readers.common import DatasetLayoutError, assign_val, finish, is_appledouble, require_file
 
 HEADER = ["image_name", "item_id", "evaluation_status"]
 STATUS_SPLIT_ROLE = {"train": ("train", "both"), "query": ("test", "query"), "gallery": ("test", "gallery")}
 
 
-@LAYOUTS.register("inshop", doc="docs/datasets.md")
-def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = "inshop") -> pd.DataFrame:
+@LAYOUTS.register("inshop", kind="distributed", doc="docs/datasets.md")
+def read(root: str | os.PathLike[str], options: ReadOptions = ReadOptions(), dataset: str = "inshop") -> pd.DataFrame:
     root = Path(root)
     path = require_file(root, "Eval/list_eval_partition.txt", "list_eval_partition.txt",
                         what="In-Shop layout")
@@ -53,7 +53,7 @@ def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = 
                                  "(truncated or edited file?)")
     df = pd.DataFrame(rows, columns=["path", "label", "class_name", "split", "role"])
     df = df[~df["path"].map(is_appledouble)].copy()
-    return finish(assign_val(df, val_classes), dataset)
+    return finish(assign_val(df, options.val_classes), dataset)
 
 
 DATASETS.add(

@@ -1,6 +1,7 @@
 """Stanford Online Products: ``Ebay_train.txt`` / ``Ebay_test.txt`` with the header
 "image_id class_id super_class_id path" (path relative to the root, e.g. ``bicycle_final/111085122871_0.JPG``).
-Train file → train classes (11,318), test file → test classes (11,316)."""
+Train file → train classes (11,318), test file → test classes (11,316). ``category``: the product's category
+(the folder, e.g. ``bicycle``: SOP's 12 super-classes)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo
+from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo, ReadOptions
 from deepmetric.data.readers.common import DatasetLayoutError, assign_val, finish, is_appledouble, require_file
 
 HEADER = ["image_id", "class_id", "super_class_id", "path"]
@@ -33,8 +34,8 @@ def _read_list(path: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["path", "label"])
 
 
-@LAYOUTS.register("sop", doc="docs/datasets.md")
-def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = "sop") -> pd.DataFrame:
+@LAYOUTS.register("sop", kind="distributed", doc="docs/datasets.md")
+def read(root: str | os.PathLike[str], options: ReadOptions = ReadOptions(), dataset: str = "sop") -> pd.DataFrame:
     root = Path(root)
     parts = []
     for split, name in (("train", "Ebay_train.txt"), ("test", "Ebay_test.txt")):
@@ -49,8 +50,9 @@ def read(root: str | os.PathLike[str], val_classes: float = 0.0, dataset: str = 
     category = df["path"].str.split("/").str[0].str.removesuffix("_final")
     product = df["path"].str.split("/").str[-1].str.rsplit("_", n=1).str[0]
     df["class_name"] = category + "/" + product
+    df["category"] = category
     df["role"] = "both"
-    return finish(assign_val(df, val_classes), dataset)
+    return finish(assign_val(df, options.val_classes), dataset)
 
 
 DATASETS.add(

@@ -1,0 +1,23 @@
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from deepmetric.data.contract import BBOX_COLUMNS, boxes_of, dataset_info
+from deepmetric.data.readers import CATALOGUE_RECALL_KS
+
+
+def test_boxes_of_rows_with_and_without_a_box():
+    rows = pd.DataFrame({"path": ["a", "b", "c"], "x_1": [1, np.nan, 0], "y_1": [2, np.nan, 0],
+                         "x_2": [5, np.nan, 3.5], "y_2": [6, np.nan, 4]})
+    assert boxes_of(rows) == [(1.0, 2.0, 5.0, 6.0), None, (0.0, 0.0, 3.5, 4.0)]
+    assert boxes_of(rows.drop(columns="y_2")) is None  # no complete box columns: whole images
+    assert boxes_of(rows.iloc[[1]]) is None  # no row with a box
+    assert boxes_of(pd.DataFrame({"path": ["a"]})) is None
+    assert BBOX_COLUMNS == ("x_1", "y_1", "x_2", "y_2")
+
+
+def test_a_catalogue_name_gets_the_catalogue_protocol():
+    assert dataset_info("cub").num_images == 11788
+    info = dataset_info("my-shop")
+    assert info.recall_ks == CATALOGUE_RECALL_KS and info.num_images is None and not info.separate_gallery
