@@ -167,3 +167,26 @@ def write_table(path: Path, rows: list[dict], fmt: str | None = None) -> Path:
     else:
         df.to_csv(path, index=False)
     return path
+
+
+def make_boxed(root: Path, num_classes: int = 4, per_class: int = 4, size=(64, 48), ext: str = "png"):
+    """Images with a bounding box each, and the same images cut to their boxes under ``root / "cropped"``: a stage
+    given the boxed rows must produce exactly what it produces from the cropped copies without boxes. Returns
+    ``(rows with x_1 … y_2, the same rows without them)``; every row is a test row of role ``both``."""
+    import pandas as pd
+
+    rows = []
+    for c in range(num_classes):
+        for k in range(per_class):
+            rng = np.random.default_rng(700 + 10 * c + k)
+            arr = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+            x1, y1 = int(rng.integers(0, size[0] // 2)), int(rng.integers(0, size[1] // 2))
+            x2, y2 = x1 + size[0] // 3 + k, y1 + size[1] // 3
+            rel = f"c{c}/{k}.{ext}"
+            for base, img in ((root, arr), (root / "cropped", arr[y1:y2, x1:x2])):
+                (base / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(np.ascontiguousarray(img)).save(base / rel)
+            rows.append({"path": rel, "label": c, "class_name": f"c{c}", "split": "test", "role": "both",
+                         "x_1": float(x1), "y_1": float(y1), "x_2": float(x2), "y_2": float(y2)})
+    boxed = pd.DataFrame(rows)
+    return boxed, boxed.drop(columns=["x_1", "y_1", "x_2", "y_2"])

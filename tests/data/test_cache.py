@@ -109,3 +109,23 @@ def test_a_thin_image_is_refused_before_it_is_cached(tmp_path):
     with pytest.raises(ImageDecodeError, match=r"thin\.png: refused as too thin.*max_aspect_ratio"):
         ImageCache.at(tmp_path / "cache", 64).ensure(str(root), [*paths, "thin.png"],
                                                          limits=ImageLimits(max_aspect_ratio=100))
+
+
+def test_an_image_with_a_box_is_cached_cut_to_it_at_full_resolution(tmp_path):
+    """The crop comes before the reduction (a small box in a large image keeps its pixels), under its own key:
+    the same file whole and cut are two entries, and the cached crop gives the evaluation transform exactly."""
+    root = tmp_path / "data"
+    paths = _images(root, n=2, size=(200, 160))
+    spec = InputSpec(resize=32, crop=32)
+    boxes = [(150.0, 10.0, 190.0, 50.0), None]
+    cache = ImageCache.at(tmp_path / "cache", short_side=32)
+    whole = cache.ensure(str(root), paths, _sha(root, paths))
+    cut = cache.ensure(str(root), paths, _sha(root, paths), boxes=boxes)
+    assert len(cache.read_index()) == 3
+    assert cut.array(0).shape == (32, 32, 3) and whole.array(0).shape != cut.array(0).shape
+    assert np.array_equal(cut.array(1), whole.array(1))
+    plain = ManifestImages(str(root), paths, spec, boxes=boxes)
+    cached = ManifestImages(str(root), paths, spec, cached=cut, boxes=boxes)
+    expected = eval_image(open_image(root / paths[0]).crop((150, 10, 190, 50)), spec)
+    assert np.array_equal(plain[0].numpy().transpose(1, 2, 0), expected)
+    assert np.array_equal(cached[0].numpy(), plain[0].numpy())

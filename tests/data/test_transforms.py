@@ -114,3 +114,28 @@ def test_random_erasing_fills_one_rectangle_with_the_normalised_value():
     assert 0.015 < min(areas) and max(areas) < 0.42  # area 0.02–0.4 (rounding of the sides)
     off = augmentation(spec, _augment(scale_min=1.0, erasing={"p": 0.0}))
     assert not off(img).any()
+
+
+def test_crop_to_box_takes_the_pixels_the_box_covers():
+    from deepmetric.data.images import ImageDecodeError
+    from deepmetric.data.transforms import box_pixels, crop_to_box
+
+    img = Image.fromarray(np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3))
+    assert crop_to_box(img, None) is img
+    assert box_pixels((2.4, 3.6, 10.2, 12.0), img.size) == (2, 3, 11, 12)  # outward to whole pixels
+    assert box_pixels((-1.0, 0.0, 40.0, 25.0), img.size) == (0, 0, 30, 20)  # clipped to the image
+    out = crop_to_box(img, (2.4, 3.6, 10.2, 12.0))
+    assert np.array_equal(np.asarray(out), np.asarray(img)[3:12, 2:11])
+    with pytest.raises(ImageDecodeError, match="x.jpg: bounding box .* has no pixel inside the 30x20 image"):
+        crop_to_box(img, (31.0, 0.0, 40.0, 5.0), "x.jpg")
+
+
+def test_load_eval_image_crops_before_the_evaluation_transform(tmp_path):
+    from deepmetric.data.transforms import load_eval_image
+
+    arr = np.zeros((40, 60, 3), dtype=np.uint8)
+    arr[10:30, 40:60] = 255  # the box holds a white square
+    Image.fromarray(arr).save(tmp_path / "a.png")
+    spec = InputSpec(resize=16, crop=16)
+    assert load_eval_image(tmp_path / "a.png", spec, box=(40, 10, 60, 30)).min() == 255
+    assert load_eval_image(tmp_path / "a.png", spec).min() == 0

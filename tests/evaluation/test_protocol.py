@@ -5,6 +5,7 @@ import pytest
 from deepmetric.data.images import ImageLimits, ImageTooLargeError
 from deepmetric.data.transforms import InputSpec
 from deepmetric.evaluation.protocol import GridConfig, retrieval_grid_png, zero_shot_split
+from tests.data.layouts import make_boxed
 from tests.deploy_fixtures import make_dataset
 from tests.fixtures import STRICT_LIMITS, plant_image
 
@@ -54,3 +55,34 @@ def test_retrieval_grid_decodes_under_the_limits_it_is_given(tmp_path, limit):
     with pytest.raises(ImageTooLargeError) as e:
         retrieval_grid_png(grid, str(root), spec, cfg, ImageLimits(**strict))
     assert victim in str(e.value) and words in str(e.value)
+
+
+def test_a_catalogue_is_searched_leave_one_out_or_against_its_gallery():
+    m = pd.DataFrame(_rows("train", "both", 6) + _rows("test", "both", 6, 10))
+    s = zero_shot_split(m, "my-products")
+    assert s.gallery is None and s.ks == (1, 2, 4, 8)
+    m = pd.DataFrame(_rows("test", "query", 4, 10) + _rows("test", "gallery", 5, 10))
+    assert len(zero_shot_split(m, "my-products").gallery) == 5
+
+
+def test_evaluation_embeds_and_shows_the_images_cut_to_their_boxes(tmp_path):
+    import torch
+
+    from deepmetric.evaluation.embed import pixel_embedder
+    from deepmetric.evaluation.protocol import embed_split
+
+    boxed, plain = make_boxed(tmp_path)
+    spec = InputSpec(resize=16, crop=16)
+
+    def embed(rows, root):
+        split = zero_shot_split(rows, "my-products")
+        return embed_split(pixel_embedder(8), split, str(root), spec, 8, torch.device("cpu"), False, "t")[0]
+
+    np.testing.assert_array_equal(embed(boxed, tmp_path), embed(plain, tmp_path / "cropped"))
+    split = zero_shot_split(boxed, "my-products")
+    q = embed(boxed, tmp_path)
+    grid = {"split": split, "query": q, "gallery": None}
+    cfg = GridConfig(queries=2, neighbours=2)
+    cropped = {"split": zero_shot_split(plain, "my-products"), "query": q, "gallery": None}
+    assert retrieval_grid_png(grid, str(tmp_path), spec, cfg) == retrieval_grid_png(cropped, str(tmp_path / "cropped"),
+                                                                                  spec, cfg)

@@ -25,3 +25,17 @@ def test_processes_give_the_serial_embeddings_in_order(tmp_path):
     np.testing.assert_allclose(sharded, serial, rtol=0, atol=1e-6)
     # and in manifest order: each row's nearest stored vector is itself
     assert (np.argmax(sharded @ serial.T, axis=1) == np.arange(len(rows))).all()
+
+
+def test_the_gallery_is_embedded_cut_to_its_boxes_serially_and_in_shards(tmp_path):
+    from tests.data.layouts import make_boxed
+
+    boxed, plain = make_boxed(tmp_path, num_classes=4, per_class=5)
+    onnx = onnx_model()
+    embedder = OnnxEmbedder(onnx, threads=1)
+    limits = ImageLimits(max_pixels=10**7)
+    want = embed_gallery(onnx, embedder, plain, tmp_path / "cropped", IndexParams(batch_size=4, threads=1), limits)
+    for processes in (1, 2):
+        got = embed_gallery(onnx, embedder, boxed, tmp_path, IndexParams(batch_size=4, threads=1, processes=processes),
+                            limits)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)

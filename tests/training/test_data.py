@@ -235,3 +235,30 @@ def test_fit_with_workers_and_cache_equals_fit_in_process(bars, tmp_path):
 def test_replaced_parameters_say_what_replaced_them(old, new):
     with pytest.raises(ParameterError, match=f"train.{old} was replaced by {new}"):
         parse_train({old: True})
+
+
+def test_training_images_are_cut_to_their_boxes_with_or_without_the_cache_and_on_the_gpu_path(tmp_path):
+    from deepmetric.training.data import open_images
+    from tests.data.layouts import make_boxed
+
+    boxed, plain = make_boxed(tmp_path, num_classes=2, per_class=3)
+    spec = InputSpec(resize=24, crop=24)
+    want = open_images(str(tmp_path / "cropped"), plain, spec, None, None, 0, False)
+    cache = ImageCache.at(tmp_path / "cache", short_side=24)
+    for got in (open_images(str(tmp_path), boxed, spec, None, None, 0, False),
+                open_images(str(tmp_path), boxed, spec, cache, None, 0, False)):
+        for i in range(len(boxed)):
+            assert torch.equal(got[i], want[i])
+    # the nvJPEG path decodes whole files: a boxed JPEG is decoded and cut on the CPU instead
+    jpegs, _ = make_boxed(tmp_path / "jpeg", num_classes=2, per_class=3, ext="jpg")
+    t = train_transform(spec)
+    images = open_images(str(tmp_path / "jpeg"), jpegs, spec, None, None, 0, False)
+    gpu = TrainLoader(images, t, torch.device("cpu"), 0, decode="gpu")
+    cpu = TrainLoader(images, t, torch.device("cpu"), 0)
+    assert gpu.dataset[(0, 5)][0] == "pixels"
+    unboxed = open_images(str(tmp_path / "jpeg"), jpegs.drop(columns=["x_1", "y_1", "x_2", "y_2"]), spec, None, None,
+                          0, False)
+    assert TrainLoader(unboxed, t, torch.device("cpu"), 0, decode="gpu").dataset[(0, 5)][0] == "jpeg"
+    (_, a), = cpu.epoch([[0, 1, 2]], 3, 0)
+    (_, b), = gpu.epoch([[0, 1, 2]], 3, 0)
+    assert torch.equal(a, b)

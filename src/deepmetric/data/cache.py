@@ -10,12 +10,14 @@ not grow with the dataset: the operating system's page cache holds what is hot.
 
 Layout of one cache variant (``<dir>/<fmt>-s<short_side>[-q<quality>]/``)::
 
-    index.parquet   sha256, shard, offset, length, height, width   (rewritten atomically on every build)
+    index.parquet   sha256 (the key), shard, offset, length, height, width   (rewritten atomically on every build)
     shard-<uuid>.bin                                              (immutable once written)
     .lock                                                         (serialises builders; readers need no lock)
 
 Entries are keyed by the content hash, so a cache is reused across runs, datasets and manifests, and an image
-whose bytes change gets a new entry (its old one is simply no longer referenced). A file whose bytes no longer
+whose bytes change gets a new entry (its old one is simply no longer referenced). An image the manifest gives a
+bounding box is cached cut to it (before the reduction, so the crop keeps its resolution), under the key
+``<sha256>@x_1,y_1,x_2,y_2``. A file whose bytes no longer
 match the manifest's ``sha256`` is refused when it is cached, naming the file: re-run ingest.
 Deleting the folder is always safe; it is rebuilt on the next run.
 """
@@ -38,7 +40,7 @@ import pandas as pd
 from PIL import Image
 
 from deepmetric.data.images import ImageDecodeError, ImageLimits, open_image, safe_join
-from deepmetric.data.transforms import resize_shorter
+from deepmetric.data.transforms import crop_to_box, resize_shorter
 from deepmetric.io.atomic import atomic_path
 
 __all__ = ["CachedImages", "ImageCache", "StaleManifestError", "estimate_bytes"]
@@ -64,8 +66,9 @@ def estimate_bytes(widths: Sequence[int], heights: Sequence[int], short_side: in
 
 
 def _encode_one(job: tuple) -> tuple[str, bytes, int, int]:
-    """Decode, reduce, encode one image; returns (sha256, payload, height, width). Runs in worker processes."""
-    root, rel, expected, short_side, fmt, quality, limits = job
+    """Decode, crop to its box, reduce, encode one image; returns (key, payload, height, width). Runs in worker
+    processes."""
+    root, rel, expected, short_side, fmt, quality, limits, box = job
     path = safe_join(root, rel)
     try:
         data = path.read_bytes()
@@ -77,7 +80,7 @@ def _encode_one(job: tuple) -> tuple[str, bytes, int, int]:
             f"{path}: the file's bytes changed since ingest (sha256 {digest[:12]}… ≠ manifest {expected[:12]}…); "
             "re-run ingest (`dvc repro` does) before training"
         )
-    img = open_image(data, name=str(path), limits=limits)
+    img = crop_to_box(open_image(data, name=str(path), limits=limits), box, str(path))
     if min(img.size) > short_side:
         img = resize_shorter(img, short_side, None)  # a reduction: never larger than the decoded image
     w, h = img.size
@@ -87,7 +90,12 @@ def _encode_one(job: tuple) -> tuple[str, bytes, int, int]:
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=quality, subsampling=0 if quality >= 90 else 2)
         payload = buf.getvalue()
-    return digest, payload, h, w
+    return cache_key(digest, box), payload, h, w
+
+
+def cache_key(sha256: str, box: tuple[float, float, float, float] | None) -> str:
+    """The entry of an image: its bytes' sha256, plus its box when it is cut to one."""
+    return sha256 if box is None else f"{sha256}@{','.join(f'{v:g}' for v in box)}"
 
 
 def _encode_chunk(jobs: list[tuple]) -> list[tuple[str, bytes, int, int]]:
@@ -126,16 +134,18 @@ class ImageCache:
         limits: ImageLimits = ImageLimits(),
         workers: int = 0,
         progress: bool = False,
+        boxes: Sequence[tuple[float, float, float, float] | None] | None = None,
     ) -> CachedImages:
         """Cache every listed image that is not cached yet (in parallel), then return a reader for them in order.
 
         ``sha256`` (the manifest's column) keys the entries; without it every file is read and hashed first.
-        ``limits``: the per-image bounds of the decode.
+        ``limits``: the per-image bounds of the decode. ``boxes``: each image's bounding box (None: whole images).
         """
         import filelock
         from tqdm.auto import tqdm
 
         paths = [str(p) for p in paths]
+        boxes = [None] * len(paths) if boxes is None else list(boxes)
         if sha256 is None:
             sha256 = [hashlib.sha256(safe_join(root, p).read_bytes()).hexdigest() for p in paths]
             expected: list[str | None] = [None] * len(paths)
@@ -147,12 +157,13 @@ class ImageCache:
             index = self.read_index()
             have = set(index["sha256"])
             todo: dict[str, tuple] = {}
-            for p, s, e in zip(paths, sha256, expected, strict=True):
-                if s not in have and s not in todo:
-                    todo[s] = (root, p, e, self.short_side, self.fmt, self.quality, limits)
+            keys = [cache_key(s, b) for s, b in zip(sha256, boxes, strict=True)]
+            for p, k, e, b in zip(paths, keys, expected, boxes, strict=True):
+                if k not in have and k not in todo:
+                    todo[k] = (root, p, e, self.short_side, self.fmt, self.quality, limits, b)
             if todo:
                 index = self._build(index, list(todo.values()), workers, progress, tqdm)
-        return CachedImages(self, index.set_index("sha256").loc[sha256].reset_index(), paths)
+        return CachedImages(self, index.set_index("sha256").loc[keys].reset_index(), paths)
 
     def _build(self, index: pd.DataFrame, jobs: list[tuple], workers: int, progress: bool, tqdm) -> pd.DataFrame:
         shard = f"shard-{uuid.uuid4().hex[:12]}.bin"

@@ -16,7 +16,7 @@ from PIL import Image
 
 from deepmetric.data.cache import CachedImages
 from deepmetric.data.images import ImageLimits, open_image, safe_join
-from deepmetric.data.transforms import InputSpec, eval_image
+from deepmetric.data.transforms import InputSpec, crop_to_box, eval_image
 
 
 @contextlib.contextmanager
@@ -38,7 +38,8 @@ class ManifestImages(torch.utils.data.Dataset):
     """Images of ``paths`` (relative to ``root``). ``transform`` maps an RGB PIL image to a uint8 CHW tensor
     (default: the evaluation transform of ``spec``). ``limits``: the per-image bounds every decode applies.
     ``cached``: read decoded, pre-resized images from an :class:`~deepmetric.data.cache.CachedImages` (same
-    order as ``paths``) instead of decoding the files."""
+    order as ``paths``, built with the same ``boxes``) instead of decoding the files. ``boxes``: each image's
+    bounding box (``deepmetric.data.contract.boxes_of``; None: whole images), cut out right after decoding."""
 
     def __init__(
         self,
@@ -48,9 +49,13 @@ class ManifestImages(torch.utils.data.Dataset):
         transform: Callable[[Image.Image], torch.Tensor] | None = None,
         limits: ImageLimits = ImageLimits(),
         cached: CachedImages | None = None,
+        boxes: Sequence[tuple[float, float, float, float] | None] | None = None,
     ) -> None:
         self.root = root
         self.paths = list(paths)
+        if boxes is not None and len(boxes) != len(self.paths):
+            raise ValueError(f"{len(boxes)} boxes for {len(self.paths)} paths")
+        self.boxes = None if boxes is None else list(boxes)
         self.spec = spec
         self.transform = transform
         self.limits = limits
@@ -63,8 +68,12 @@ class ManifestImages(torch.utils.data.Dataset):
 
     def image(self, i: int) -> Image.Image:
         if self.cached is not None:
-            return self.cached.image(i)
-        return open_image(safe_join(self.root, self.paths[i]), limits=self.limits)
+            return self.cached.image(i)  # cut to its box when cached
+        img = open_image(safe_join(self.root, self.paths[i]), limits=self.limits)
+        return img if self.boxes is None else crop_to_box(img, self.boxes[i], self.paths[i])
+
+    def box(self, i: int) -> tuple[float, float, float, float] | None:
+        return None if self.boxes is None else self.boxes[i]
 
     def with_transform(self, transform: Callable[[Image.Image], torch.Tensor] | None) -> ManifestImages:
         """The same images (sharing the cache) under another transform."""

@@ -15,14 +15,14 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
-from deepmetric.data.images import DEFAULT_MAX_PIXELS, ImageLimits, ImageTooLargeError, open_image
+from deepmetric.data.images import DEFAULT_MAX_PIXELS, ImageDecodeError, ImageLimits, ImageTooLargeError, open_image
 
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "CropParams", "InputSpec", "RandomCrop", "TrainTransform", "augmentation",
-    "eval_image", "load_eval_image", "random_erase_", "resize_shorter", "sample_resized_crop", "train_transform",
+    "box_pixels", "crop_to_box", "eval_image", "load_eval_image", "random_erase_", "resize_shorter", "sample_resized_crop", "train_transform",
 ]
 
 
@@ -81,6 +81,32 @@ def resize_shorter(img: Image.Image, size: int, max_pixels: int | None = DEFAULT
     return img.resize((new_w, new_h), Image.BILINEAR)
 
 
+def box_pixels(box: tuple[float, float, float, float], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A bounding box ``(x_1, y_1, x_2, y_2)`` as the whole pixels it covers, ``(left, top, right, bottom)``
+    (outward to whole pixels, clipped to ``size``)."""
+    w, h = size
+    x1, y1, x2, y2 = box
+    left, top = max(0, math.floor(x1)), max(0, math.floor(y1))
+    right, bottom = min(w, math.ceil(x2)), min(h, math.ceil(y2))
+    return left, top, right, bottom
+
+
+def crop_to_box(img: Image.Image, box: tuple[float, float, float, float] | None,
+                name: str | None = None) -> Image.Image:
+    """``img`` (as displayed, EXIF applied) cut to ``box`` (None: unchanged). A box with no pixel inside the
+    image is an :class:`~deepmetric.data.images.ImageDecodeError` naming ``name`` (validation refuses such a box
+    before any stage reads it)."""
+    if box is None:
+        return img
+    left, top, right, bottom = box_pixels(box, img.size)
+    if right <= left or bottom <= top:
+        raise ImageDecodeError(name, f"bounding box {tuple(box)} has no pixel inside the {img.size[0]}x{img.size[1]} "
+                                     "image")
+    if (left, top, right, bottom) == (0, 0, *img.size):
+        return img
+    return img.crop((left, top, right, bottom))
+
+
 def eval_image(img: Image.Image, spec: InputSpec, *, limits: ImageLimits = ImageLimits()) -> np.ndarray:
     """Evaluation transform: RGB ``PIL.Image`` → ``uint8`` array of shape ``(crop, crop, 3)``. No intermediate
     has more than ``limits.max_pixels`` pixels (see :func:`resize_shorter`)."""
@@ -102,15 +128,18 @@ def load_eval_image(
     *,
     limits: ImageLimits = ImageLimits(),
     name: str | None = None,
+    box: tuple[float, float, float, float] | None = None,
 ) -> np.ndarray:
-    """A file path or bytes → the evaluation transform's ``uint8 (crop, crop, 3)``: :func:`open_image` then
-    :func:`eval_image`, with every bound of ``limits`` applied (pixels and aspect ratio from the header,
-    before decoding; the resize intermediate before resizing). Errors name the file (or ``name``)."""
+    """A file path or bytes → the evaluation transform's ``uint8 (crop, crop, 3)``: :func:`open_image`,
+    :func:`crop_to_box` (``box``: the manifest's bounding box, None: the whole image), then :func:`eval_image`,
+    with every bound of ``limits`` applied (pixels and aspect ratio from the header, before decoding; the resize
+    intermediate before resizing). Errors name the file (or ``name``)."""
     img = open_image(source, name=name, limits=limits)
+    label = name or ("<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source))
+    img = crop_to_box(img, box, label)
     try:
         return eval_image(img, spec, limits=limits)
     except ImageTooLargeError as e:
-        label = name or ("<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else str(source))
         raise ImageTooLargeError(label, e.reason) from None
 
 

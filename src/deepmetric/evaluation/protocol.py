@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from deepmetric.data.contract import DATASETS
+from deepmetric.data.contract import boxes_of, dataset_info
 from deepmetric.data.dataset import ManifestImages
 from deepmetric.data.images import ImageLimits
 from deepmetric.data.transforms import InputSpec
@@ -58,7 +58,7 @@ def zero_shot_split(manifest: pd.DataFrame, dataset: str) -> TestSplit:
     test = manifest[manifest["split"] == "test"].reset_index(drop=True)
     if test.empty:
         raise ValueError("the manifest has no `test` rows to evaluate on")
-    info = DATASETS[dataset]
+    info = dataset_info(dataset)
     roles = set(test["role"])
     if info.separate_gallery or roles & {"query", "gallery"}:
         q = test[test["role"].isin(["query", "both"])].reset_index(drop=True)
@@ -77,7 +77,7 @@ def embed_split(fn: Callable[[torch.Tensor], torch.Tensor], split: TestSplit, ro
     from deepmetric.runtime import eval_loader_workers
 
     def run(df: pd.DataFrame, what: str) -> np.ndarray:
-        ds = ManifestImages(root, df["path"], spec, limits=limits)
+        ds = ManifestImages(root, df["path"], spec, limits=limits, boxes=boxes_of(df))
         workers = eval_loader_workers(num_workers, len(ds), batch_size) if processes == 1 else 0
         return embed_dataset(fn, ds, batch_size, device, num_workers=workers, progress=progress,
                              desc=f"{desc} {what}", processes=processes)
@@ -159,7 +159,9 @@ def retrieval_grid_png(grid_input: dict[str, Any], root: str, spec: InputSpec, c
     fig, axes = plt.subplots(len(chosen), k + 1, figsize=(1.3 * (k + 1), 1.4 * len(chosen)), squeeze=False)
 
     def show(ax, df: pd.DataFrame, i: int, colour: str | None, title: str) -> None:
-        img = load_eval_image(safe_join(root, df["path"].iloc[i]), spec, limits=limits)
+        boxes = boxes_of(df.iloc[[i]])
+        img = load_eval_image(safe_join(root, df["path"].iloc[i]), spec, limits=limits,
+                              box=None if boxes is None else boxes[0])
         ax.imshow(img)
         ax.set_xticks([])
         ax.set_yticks([])

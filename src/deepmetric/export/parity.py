@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 
 from deepmetric.data.images import ImageLimits
-from deepmetric.export.images import iter_batches, spaced_subset, test_rows
+from deepmetric.export.images import row_batches, spaced_subset, test_rows
 from deepmetric.export.onnx_export import ExportModule
 
 
@@ -68,7 +68,7 @@ def check_parity(
     in_name = session.get_inputs()[0].name
     torch_out, ort_out = [], []
     t_torch = t_ort = 0.0
-    for batch in iter_batches(root, list(rows["path"]), input_cfg, limits, batch_size):
+    for batch in row_batches(root, rows, input_cfg, limits, batch_size):
         t0 = time.perf_counter()
         with torch.no_grad():
             torch_out.append(module(torch.from_numpy(batch)).numpy())

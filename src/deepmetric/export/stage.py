@@ -66,7 +66,7 @@ def int8_model(
 ) -> tuple[bytes, dict[str, Any]]:
     """Quantize the fp32 export (`export.int8`) and measure it against fp32 on the parity images; raise
     `QuantizationError` when it loses more than `export.int8.max_map_drop` / `max_recall_drop`."""
-    from deepmetric.export.images import iter_batches, spaced_subset, test_rows
+    from deepmetric.export.images import row_batches, spaced_subset, test_rows
     from deepmetric.export.quantize import QuantizationError, int8_report, quantize_onnx
 
     q: Int8Params = params.int8
@@ -77,13 +77,13 @@ def int8_model(
             raise QuantizationError("static int8 calibration needs training-split images; the manifest has none "
                                     "(use export.int8.mode: dynamic)")
         rows = spaced_subset(train.reset_index(drop=True), q.calibration_images)
-        calibration = iter_batches(root, list(rows["path"]), input_cfg, limits, params.batch_size)
+        calibration = row_batches(root, rows, input_cfg, limits, params.batch_size)
     t0 = time.perf_counter()
     int8_bytes = quantize_onnx(fp32_bytes, q.mode, calibration, per_channel=q.per_channel,
                                calibration_method=q.calibration_method, reduce_range=q.reduce_range)
     quantize_s = time.perf_counter() - t0
     test = spaced_subset(test_rows(manifest), params.max_images)
-    batches = list(iter_batches(root, list(test["path"]), input_cfg, limits, params.batch_size))
+    batches = list(row_batches(root, test, input_cfg, limits, params.batch_size))
     report = int8_report(fp32_bytes, int8_bytes, batches, test["label"].to_numpy(), repeats=q.timing_repeats)
     report.update({"mode": q.mode, "calibration_images": q.calibration_images if q.mode == "static" else 0,
                    "quantize_seconds": round(quantize_s, 3), "max_map_drop": q.max_map_drop,

@@ -57,9 +57,9 @@ _WORKER: dict[str, Any] = {}
 
 
 def init_shard_worker(onnx_bytes: bytes, threads: int, root: str, paths: list[str], limits: ImageLimits,
-                      batch_size: int) -> None:
+                      batch_size: int, boxes: list | None = None) -> None:
     _WORKER.update(embedder=OnnxEmbedder(onnx_bytes, threads=threads), root=root, paths=paths,
-                   limits=limits, batch_size=batch_size)
+                   limits=limits, batch_size=batch_size, boxes=boxes)
 
 
 def embed_shard(start: int, stop: int) -> np.ndarray:
@@ -67,6 +67,7 @@ def embed_shard(start: int, stop: int) -> np.ndarray:
 
     w = _WORKER
     emb: OnnxEmbedder = w["embedder"]
+    boxes = None if w["boxes"] is None else w["boxes"][start:stop]
     parts = [emb.embed(b, w["batch_size"])
-             for b in iter_batches(w["root"], w["paths"][start:stop], emb.spec, w["limits"], w["batch_size"])]
+             for b in iter_batches(w["root"], w["paths"][start:stop], emb.spec, w["limits"], w["batch_size"], boxes)]
     return np.concatenate(parts) if parts else np.zeros((0, emb.dim), dtype=np.float32)

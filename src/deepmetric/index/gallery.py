@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 
 from deepmetric.data.images import ImageLimits
-from deepmetric.export.images import iter_batches, spaced_subset, test_rows
+from deepmetric.data.contract import boxes_of
+from deepmetric.export.images import row_batches, spaced_subset, test_rows
 from deepmetric.index.build import build_index, evaluate_index, serialize_index
 from deepmetric.index.config import IndexParams
 from deepmetric.index.embedder import OnnxEmbedder, embed_shard, init_shard_worker
@@ -26,8 +27,7 @@ ID_COLUMNS = ["id", "label", "class_name", "path"]
 
 def embed_rows(embedder: OnnxEmbedder, rows: pd.DataFrame, root: str | os.PathLike[str], batch_size: int,
                limits: ImageLimits) -> np.ndarray:
-    parts = [embedder.embed(b, batch_size)
-             for b in iter_batches(root, list(rows["path"]), embedder.spec, limits, batch_size)]
+    parts = [embedder.embed(b, batch_size) for b in row_batches(root, rows, embedder.spec, limits, batch_size)]
     return np.concatenate(parts) if parts else np.zeros((0, embedder.dim), dtype=np.float32)
 
 
@@ -42,7 +42,7 @@ def embed_gallery(onnx_bytes: bytes, embedder: OnnxEmbedder, rows: pd.DataFrame,
     threads = params.threads or threads_per_worker(processes)
     return run_sharded(embed_shard, len(rows), params.batch_size, processes, initializer=init_shard_worker,
                        initargs=(onnx_bytes, threads, str(root), [str(p) for p in rows["path"]], limits,
-                                 params.batch_size))
+                                 params.batch_size, boxes_of(rows)))
 
 
 def ids_digest(ids: pd.DataFrame) -> str:

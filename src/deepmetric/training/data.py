@@ -29,6 +29,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from deepmetric.data.cache import CachedImages, ImageCache, estimate_bytes
+from deepmetric.data.contract import boxes_of
 from deepmetric.data.dataset import ManifestImages, seeded_cpu_rng
 from deepmetric.data.images import (
     DEFAULT_MAX_ASPECT_RATIO, DEFAULT_MAX_PIXELS, ImageDecodeError, ImageLimits, check_header, oriented_size,
@@ -113,6 +114,8 @@ class GpuDecodeImages(torch.utils.data.Dataset):
         c = self.cpu.cached
         if c is not None:
             return (c.payload(i), int(c.width[i]), int(c.height[i])) if c.is_jpeg() else None
+        if self.cpu.box(i) is not None:  # cut to its box on the CPU (the cache would hold it cut already)
+            return None
         path = safe_join(self.cpu.root, self.cpu.paths[i])
         try:
             data = path.read_bytes()
@@ -187,11 +190,12 @@ def open_images(
     first for what is missing, with ``workers`` processes)."""
     limits = ImageLimits(max_pixels, max_aspect_ratio)
     cached: CachedImages | None = None
+    boxes = boxes_of(rows)
     if cache is not None:
         sha = rows["sha256"].tolist() if "sha256" in rows.columns else None
         cached = cache.ensure(root, rows["path"].tolist(), sha, limits=limits, workers=workers,
-                              progress=progress)
-    return ManifestImages(root, rows["path"], spec, limits=limits, cached=cached)
+                              progress=progress, boxes=boxes)
+    return ManifestImages(root, rows["path"], spec, limits=limits, cached=cached, boxes=boxes)
 
 
 class TrainLoader:
