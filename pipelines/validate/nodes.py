@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pandas as pd
 
 from deepmetric.data.config import DataParams, parse_params
-from deepmetric.validation import ValidateParams, ValidationFailed, validate_with_docs
+from deepmetric.validation import ValidateParams, ValidationFailed, validate_with_docs, warning_summary
+
+log = logging.getLogger(__name__)
 
 
 def run_validation(
@@ -22,4 +25,7 @@ def run_validation(
 def gate(manifest: pd.DataFrame, report: dict[str, Any]) -> pd.DataFrame:
     if not report.get("success"):
         raise ValidationFailed(report)
+    warned = warning_summary(report)
+    if warned:
+        log.warning(warned)
     return manifest

@@ -78,3 +78,44 @@ def test_the_data_limits_reach_the_ingest_decode(tmp_path, limit):
         run_stage("ingest", tmp_path, _data(root, **params))
     assert f"{victim.relative_to(root).as_posix()}: refused" in str(e.value) and words in str(e.value)
     assert not (tmp_path / "data/02_intermediate/manifest.parquet").exists()
+
+
+def test_ingest_a_folder_catalogue_counts_what_it_skipped(tmp_path):
+    from tests.data.layouts import make_folder
+
+    root = tmp_path / "products"
+    make_folder(root, classes=[f"sku-{i}" for i in range(6)], per_class=3, junk=True)
+    run_stage("ingest", tmp_path, _data(root, layout="folder", dataset="products"))
+    m = pd.read_parquet(tmp_path / "data/02_intermediate/manifest.parquet")
+    assert tuple(m.columns) == MANIFEST_COLUMNS and (m.dataset == "products").all() and len(m) == 18
+    report = json.loads((tmp_path / "data/08_reporting/ingest.json").read_text())
+    assert (report["layout"], report["bbox"], report["formats"]) == ("folder", "crop", {"JPEG": 18})
+    assert report["skipped"] == {"hidden": 12, "not an image (extension)": 6}
+
+
+def test_ingest_a_table_with_boxes_and_categories(tmp_path):
+    from tests.data.layouts import make_folder, write_table
+
+    root = tmp_path / "shop"
+    paths = make_folder(root, classes=["a", "b", "c", "d"], per_class=2, under="img")
+    write_table(root / "items.csv", [{"path": p, "label": p.split("/")[1], "category": "x", "x_1": 1, "y_1": 1,
+                                      "x_2": 9, "y_2": 9} for p in paths])
+    run_stage("ingest", tmp_path, _data(root, layout="table", table="items.csv", dataset="shop"))
+    m = pd.read_parquet(tmp_path / "data/02_intermediate/manifest.parquet")
+    assert list(m.columns) == [*MANIFEST_COLUMNS, "category", "x_1", "y_1", "x_2", "y_2"]
+    assert (m.x_2 == 9).all() and (m.category == "x").all()
+    report = json.loads((tmp_path / "data/08_reporting/ingest.json").read_text())
+    assert report["with_bbox"] == 8 and report["categories"] == 1
+
+
+def test_a_bad_table_stops_ingest_naming_row_and_column_and_writes_nothing(tmp_path):
+    from tests.data.layouts import make_folder, write_table
+
+    root = tmp_path / "shop"
+    paths = make_folder(root, classes=["a", "b"], per_class=2)
+    write_table(root / "items.csv", [{"path": p, "label": 1, "split": "train"} for p in paths[:3]]
+                + [{"path": paths[3], "label": 1, "split": "test"}])
+    with pytest.raises(Exception) as e:
+        run_stage("ingest", tmp_path, _data(root, layout="table", table="items.csv", dataset="shop"))
+    assert "label(s) [1] appear in more than one split" in str(e.value) and "items.csv" in str(e.value)
+    assert not (tmp_path / "data/02_intermediate/manifest.parquet").exists()

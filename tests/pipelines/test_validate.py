@@ -77,3 +77,20 @@ def test_the_data_limits_reach_the_validate_decode(tmp_path, limit):
     assert "FAILED files present and decodable" in str(e.value)
     assert victim.relative_to(root).as_posix() in str(e.value) and words in str(e.value)
     assert not (tmp_path / "data/02_intermediate/manifest_validated.parquet").exists()
+
+
+def test_validate_a_catalogue_with_one_image_in_a_class_fails_naming_it(tmp_path):
+    from tests.data.layouts import make_folder
+
+    root = tmp_path / "products"
+    make_folder(root, classes=[f"sku-{i}" for i in range(6)], per_class=3)
+    lonely = root / "sku-3"
+    for extra in sorted(lonely.iterdir())[1:]:
+        extra.unlink()
+    params = _params(root)
+    params["data"].update(layout="folder", dataset="products")
+    run_stage("ingest", tmp_path, params)
+    with pytest.raises(Exception) as e:
+        run_stage("validate", tmp_path, params)
+    assert "FAILED >= 2 images per class in every split" in str(e.value) and "sku-3/000.jpg" in str(e.value)
+    assert not (tmp_path / "data/02_intermediate/manifest_validated.parquet").exists()

@@ -176,3 +176,102 @@ def test_thin_image_fails_validation_naming_the_file_and_limit(cub, tmp_path):
     assert report["failed"] == ["files present and decodable"]
     summary = failure_summary(report)
     assert m.path.iloc[2] in summary and "limit of 100:1 (parameter max_aspect_ratio)" in summary, summary
+
+
+@pytest.fixture(scope="module")
+def catalogue(tmp_path_factory):
+    from tests.data.layouts import make_folder
+
+    root = tmp_path_factory.mktemp("cat") / "products"
+    make_folder(root, classes=[f"sku-{i}" for i in range(8)], per_class=3)
+    records = read_dataset("products", root, {"layout": "folder", "val_classes": 1})
+    manifest, _ = build_manifest(records, root, progress=False)
+    return root, manifest
+
+
+def _validate(root, m, tmp_path=None, **params):
+    return validate_manifest(m, root, "products", {"workers": 1, **params},
+                             docs_dir=None if tmp_path is None else tmp_path / "docs", progress=False)
+
+
+def test_a_catalogue_validates_with_its_profile_in_the_report_and_the_data_docs(catalogue, tmp_path):
+    root, m = catalogue
+    report = _validate(root, m, tmp_path)
+    assert report["success"] and report["warnings"] == [], failure_summary(report)
+    assert not any(c["check"].startswith("known") for c in report["checks"])  # no published counts
+    prof = report["profile"]
+    assert prof["images_per_class"]["median"] == 3 and prof["images_per_class"]["histogram"]["3-5"] == 8
+    assert prof["formats"] == {"JPEG": 24} and prof["width"]["max"] == 24
+    info = {c["check"]: c for c in report["checks"] if c["severity"] == "info"}
+    assert set(info) == {"profile: images per class", "profile: image sizes", "profile: image formats"}
+    pages = "".join(p.read_text() for p in (tmp_path / "docs").rglob("*.html"))
+    assert "Classes by images" in pages and "JPEG: 24" in pages
+
+
+def test_same_bytes_under_two_classes_fail_naming_both_classes(catalogue, tmp_path):
+    import shutil
+
+    root, m = catalogue
+    shutil.copytree(root, tmp_path / "copy")
+    m = m.copy()
+    test = m[m.split == "test"]
+    a = test.index[0]
+    b = test.index[test.label != test.at[a, "label"]][0]
+    (tmp_path / "copy" / m.at[b, "path"]).write_bytes((tmp_path / "copy" / m.at[a, "path"]).read_bytes())
+    m.at[b, "sha256"] = m.at[a, "sha256"]
+    report = _validate(tmp_path / "copy", m)
+    assert report["failed"] == ["one class per image: identical bytes under two classes (labelling error)"]
+    summary = failure_summary(report)
+    for i in (a, b):
+        assert f"{m.at[i, 'class_name']} ({m.at[i, 'label']})" in summary
+
+
+def test_duplicates_within_a_class_warn_without_failing(catalogue, tmp_path):
+    import shutil
+
+    from deepmetric.validation import warning_summary
+
+    root, m = catalogue
+    shutil.copytree(root, tmp_path / "copy")
+    m = m.copy()
+    a, b = m.index[m.class_name == "sku-2"][:2]
+    (tmp_path / "copy" / m.at[b, "path"]).write_bytes((tmp_path / "copy" / m.at[a, "path"]).read_bytes())
+    m.at[b, "sha256"] = m.at[a, "sha256"]
+    report = _validate(tmp_path / "copy", m)
+    check = "one copy per image: identical bytes twice in a class (duplicates inflate Recall@1)"
+    assert report["success"] and report["failed"] == [] and report["warnings"] == [check]
+    warned = warning_summary(report)
+    assert f"WARNING {check}" in warned and m.at[b, "path"] in warned
+    assert warning_summary(_validate(root, catalogue[1])) is None
+
+
+def test_catalogue_boxes_categories_and_roles_are_checked(catalogue):
+    root, m = catalogue
+    boxed = m.assign(x_1=0.0, y_1=0.0, x_2=m.width.astype(float), y_2=m.height.astype(float), category="bags")
+    assert _validate(root, boxed, check_files=False)["success"]
+    bad = boxed.copy()
+    bad.loc[bad.index[0], "x_2"] = 25.0  # images are 24 wide
+    bad.loc[bad.index[1], "category"] = None
+    report = _validate(root, bad, check_files=False)
+    assert set(report["failed"]) == {"bounding boxes inside their images", "no nulls in 'category'"}
+    assert "box (0, 0, 25, 20) outside the 24x20 image" in failure_summary(report)
+    test = m.index[m.split == "test"]
+    roles = m.copy()
+    roles.loc[test, "role"] = "gallery"
+    first_of_class = roles.loc[test].groupby("label").head(1).index
+    roles.loc[first_of_class, "role"] = "query"
+    assert _validate(root, roles, check_files=False)["success"]  # a separate gallery
+    roles.loc[roles.index[(roles.split == "test") & (roles.role == "gallery")][:2], "role"] = "both"
+    mixed = _validate(root, roles, check_files=False)
+    assert mixed["failed"] == ["roles: test rows are query/gallery"]
+    lonely = m.copy()
+    lonely.loc[test, "role"] = "gallery"
+    only_queries = lonely.loc[test, "label"] == lonely.loc[test, "label"].iloc[0]
+    lonely.loc[test[only_queries.to_numpy()], "role"] = "query"
+    assert _validate(root, lonely, check_files=False)["failed"] == ["every query class has gallery images"]
+
+
+def test_sample_decode_check_is_reported(catalogue):
+    root, m = catalogue
+    report = _validate(root, m, decode_check="sample", decode_sample=4)
+    assert report["success"] and report["profile"]["formats_of"] == 4

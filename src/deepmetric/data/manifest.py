@@ -1,4 +1,5 @@
 """Ingest: the reader's rows + what decoding every file tells (``width``, ``height`` after EXIF, ``sha256``).
+The reader's optional columns (``category``, the box ``x_1 … y_2``) are kept after the contract's.
 
 Every file is read once, hashed and fully decoded (``deepmetric.data.images``), in parallel worker processes
 with a tqdm progress bar. Bad files (missing, empty, truncated, not an image, decompression bomb) follow the
@@ -15,17 +16,18 @@ import os
 import sys
 import time
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pandas as pd
 
-from deepmetric.data.contract import MANIFEST_COLUMNS
-from deepmetric.data.images import ImageDecodeError, ImageLimits, PathEscapeError, image_size, safe_join
+from deepmetric.data.contract import BBOX_COLUMNS, MANIFEST_COLUMNS, OPTIONAL_COLUMNS
+from deepmetric.data.images import ImageDecodeError, ImageLimits, PathEscapeError, check_header, image_size, safe_join
 
-__all__ = ["BadFilesError", "build_manifest", "probe_files"]
+__all__ = ["BadFilesError", "Probe", "build_manifest", "probe_files"]
 
 log = logging.getLogger(__name__)
 
@@ -43,30 +45,39 @@ class BadFilesError(ValueError):
         super().__init__(f"{len(bad)} bad image file(s) under {root}:\n{listed}{more}{hint}")
 
 
-def _probe_one(root: str, rel: str, limits: ImageLimits) -> tuple[int, int, str, str | None]:
-    """``(width, height, sha256, error)`` for one listed file."""
+class Probe(NamedTuple):
+    """What reading one listed file told: its size after EXIF orientation, the sha256 of its bytes, why it is
+    not usable (None: it is) and its format as Pillow names it (``JPEG``, ``PNG``, …; "" when unreadable)."""
+
+    width: int
+    height: int
+    sha256: str
+    error: str | None
+    format: str = ""
+
+
+def _probe_one(root: str, rel: str, limits: ImageLimits) -> Probe:
     try:
         path = safe_join(root, rel)
     except PathEscapeError as e:
-        return 0, 0, "", f"ESCAPE:{e}"
+        return Probe(0, 0, "", f"ESCAPE:{e}")
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        return 0, 0, "", "file not found"
+        return Probe(0, 0, "", "file not found")
     except IsADirectoryError:
-        return 0, 0, "", "is a directory, not an image file"
+        return Probe(0, 0, "", "is a directory, not an image file")
     except OSError as e:
-        return 0, 0, "", f"cannot read file ({e.strerror or e})"
+        return Probe(0, 0, "", f"cannot read file ({e.strerror or e})")
     digest = hashlib.sha256(data).hexdigest()
     try:
         w, h = image_size(data, name=rel, limits=limits)
     except ImageDecodeError as e:
-        return 0, 0, digest, e.reason
-    return w, h, digest, None
+        return Probe(0, 0, digest, e.reason)
+    return Probe(w, h, digest, None, check_header(data, rel, limits).format or "")
 
 
-def _probe_chunk(root: str, rels: Sequence[str],
-                 limits: ImageLimits) -> list[tuple[int, int, str, str | None]]:
+def _probe_chunk(root: str, rels: Sequence[str], limits: ImageLimits) -> list[Probe]:
     return [_probe_one(root, rel, limits) for rel in rels]
 
 
@@ -77,10 +88,9 @@ def probe_files(
     workers: int = 0,
     desc: str = "decoding images",
     progress: bool | None = None,
-) -> list[tuple[int, int, str, str | None]]:
-    """Decode and hash every path (relative to ``root``) under ``limits``; returns ``(width, height, sha256,
-    error)`` per path in input order (``error`` None for a good file). Parallel over ``workers`` processes
-    (0: all cores)."""
+) -> list[Probe]:
+    """Decode and hash every path (relative to ``root``) under ``limits``; returns a :class:`Probe` per path in
+    input order. Parallel over ``workers`` processes (0: all cores), in chunks of 256 files."""
     from tqdm.auto import tqdm
 
     root = str(root)
@@ -90,7 +100,7 @@ def probe_files(
         progress = not os.environ.get("DEEPMETRIC_NO_PROGRESS")
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, file=sys.stderr,
                mininterval=0.5, smoothing=0.1)
-    out: list[tuple[int, int, str, str | None]] = []
+    out: list[Probe] = []
     try:
         if workers == 1 or len(paths) <= 4 * _CHUNK:
             for rel in paths:
@@ -118,8 +128,10 @@ def build_manifest(
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Add ``width``, ``height``, ``sha256`` to a reader's rows; returns ``(manifest, report)``.
 
-    ``records``: ``path, label, class_name, split, role, dataset`` (paths relative to ``root``);
-    ``limits``: the per-image bounds of the decode (an image beyond them is a bad file).
+    ``records``: ``path, label, class_name, split, role, dataset`` (paths relative to ``root``), plus any of
+    ``category``, ``x_1 … y_2``; ``limits``: the per-image bounds of the decode (an image beyond them is a bad
+    file). The report counts what the reader skipped (``records.attrs["skipped"]``), the image formats and sizes,
+    and the rows with a box or a category.
     """
     if bad_files not in ("fail", "drop"):
         raise ValueError(f"bad_files must be 'fail' or 'drop', got {bad_files!r}")
@@ -129,20 +141,20 @@ def build_manifest(
     t0 = time.perf_counter()
     paths = records["path"].astype(str).tolist()
     results = probe_files(root, paths, limits, workers=workers, progress=progress)
-    escapes = [(p, err[len("ESCAPE:"):]) for p, (_, _, _, err) in zip(paths, results)
-               if err and err.startswith("ESCAPE:")]
+    escapes = [(p, r.error[len("ESCAPE:"):]) for p, r in zip(paths, results)
+               if r.error and r.error.startswith("ESCAPE:")]
     if escapes:
         raise BadFilesError(escapes, root, "\nrefusing to read outside the dataset root (data.root)")
-    bad = [(p, err) for p, (_, _, _, err) in zip(paths, results) if err]
+    bad = [(p, r.error) for p, r in zip(paths, results) if r.error]
     if bad and bad_files == "fail":
         raise BadFilesError(
             bad, root, "\nfix or remove these files, or set data.bad_files: drop to leave them out with a warning"
         )
     df = records.copy().reset_index(drop=True)
-    df["width"] = pd.array([r[0] for r in results], dtype="int64")
-    df["height"] = pd.array([r[1] for r in results], dtype="int64")
-    df["sha256"] = [r[2] for r in results]
-    keep = [r[3] is None for r in results]
+    df["width"] = pd.array([r.width for r in results], dtype="int64")
+    df["height"] = pd.array([r.height for r in results], dtype="int64")
+    df["sha256"] = [r.sha256 for r in results]
+    keep = [r.error is None for r in results]
     if bad:
         preview = "; ".join(f"{p}: {r}" for p, r in bad[:5])
         msg = (f"dropping {len(bad)} bad image file(s) under {root} (data.bad_files: drop): {preview}"
@@ -150,9 +162,10 @@ def build_manifest(
         warnings.warn(msg, stacklevel=2)
         log.warning(msg)
         df = df[keep].reset_index(drop=True)
-    df = df.loc[:, list(MANIFEST_COLUMNS)]
+    df = df.loc[:, list(MANIFEST_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in df]]
     df["label"] = df["label"].astype("int64")
     seconds = time.perf_counter() - t0
+    formats = Counter(r.format for r in results if r.error is None)
     report = {
         "dataset": str(records["dataset"].iloc[0]) if len(records) else None,
         "root": str(Path(root)),
@@ -167,6 +180,10 @@ def build_manifest(
             for s in ("train", "val", "test")
         },
         "per_role": {r: int(n) for r, n in df["role"].value_counts().sort_index().items()},
+        "skipped": dict(records.attrs.get("skipped") or {}),
+        "formats": dict(sorted(formats.items())),
+        "with_bbox": int(df[list(BBOX_COLUMNS)].notna().all(axis=1).sum()) if set(BBOX_COLUMNS) <= set(df) else 0,
+        "categories": int(df["category"].nunique()) if "category" in df else 0,
         "seconds": round(seconds, 3),
         "images_per_second": round(len(records) / seconds, 1) if seconds > 0 else None,
     }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -15,8 +17,13 @@ class ValidateParams(BaseModel):
     max_height: int = Field(default=10_000, ge=1)
     # Every class needs at least this many images in every split (retrieval needs a positive).
     min_images_per_class: int = Field(default=2, ge=1)
-    # Re-read every listed file: present, decodable and byte-identical to what ingest hashed.
+    # Re-read the listed files: present, decodable and byte-identical to what ingest hashed.
     check_files: bool = True
+    # all: every file re-read and decoded; sample: every file must exist (one stat each) and `decode_sample` of
+    # them, chosen at random (the same ones on every run of the same manifest), are re-read, decoded and
+    # re-hashed — for very large catalogues (ingest has decoded and hashed every file already).
+    decode_check: Literal["all", "sample"] = "all"
+    decode_sample: int = Field(default=1000, ge=1)
     # Compare image/class counts with the distributed figures of the four benchmarks (a truncated download
     # fails). Turn off for a deliberate subset.
     known_counts: bool = True

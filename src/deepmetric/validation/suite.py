@@ -1,9 +1,12 @@
 """The great-expectations suite over the manifest (plus columns computed from the files and the table).
 
 GX has expectations for schema, nulls, allowed values, uniqueness, bounds and counts; what it has no
-expectation for (a class in two splits, the same bytes in two splits, images per class per split, a file that
-no longer decodes) is computed as a column here and a real GX expectation is set on that column. Each
-expectation carries ``meta.check``: the name a user sees in the report and in the failure message.
+expectation for (a class in two splits, the same bytes in two splits or under two classes, images per class per
+split, a box outside its image, a file that no longer decodes) is computed as a column
+(`deepmetric.validation.computed`) and a real GX expectation is set on that column. Each expectation carries
+``meta.check``: the name a user sees in the report and in the failure message, and a GX severity: ``critical``
+checks gate the run, ``warning`` ones are reported (``report["warnings"]``) without failing it, ``info`` ones
+describe the data in the data docs (class sizes, image sizes, formats; ``report["profile"]``).
 
 GX is imported lazily (about 3 s) and runs in an ephemeral context with progress bars off.
 """
@@ -26,13 +29,16 @@ import pandas as pd
 from deepmetric.data.contract import DATASETS, MANIFEST_COLUMNS, ROLES, SPLITS
 from deepmetric.data.images import ImageLimits
 from deepmetric.reproducible import source_date
+from deepmetric.validation.computed import computed_columns
 from deepmetric.validation.params import ValidateParams
+from deepmetric.validation.profile import class_size_note, format_note, image_size_note, profile
 
-__all__ = ["ValidationFailed", "failure_summary", "read_tree", "validate_manifest", "validate_with_docs"]
+__all__ = ["ValidationFailed", "failure_summary", "profile", "read_tree", "validate_manifest", "validate_with_docs",
+           "warning_summary"]
 
 _STR_COLUMNS = ("path", "class_name", "split", "role", "sha256", "dataset")
 _INT_COLUMNS = ("label", "width", "height")
-_SUMMARY_KEYS = {"path", "label", "split", "role", "value"}
+_SUMMARY_KEYS = {"path", "label", "class_name", "split", "role", "value"}
 _INT_TYPES = ["int64", "int32", "int16", "int8", "uint8", "uint16", "uint32", "uint64", "Int64", "Int32"]
 
 
@@ -44,41 +50,18 @@ class ValidationFailed(RuntimeError):
         super().__init__(failure_summary(report))
 
 
-def _computed_columns(df: pd.DataFrame, root: str | None, params: ValidateParams, limits: ImageLimits,
-                      progress: bool | None) -> pd.DataFrame:
-    """Columns for the checks GX has no expectation for (each only when its inputs exist)."""
-    from deepmetric.data.manifest import probe_files
-
-    cols = set(df.columns)
-    out = df.copy()
-    if {"split", "label"} <= cols:
-        out["class_images_in_split"] = out.groupby(["split", "label"], dropna=False)["label"].transform("size")
-        out["label_split_count"] = out.groupby("label", dropna=False)["split"].transform("nunique")
-    if {"label", "class_name"} <= cols:
-        out["label_name_count"] = out.groupby("label", dropna=False)["class_name"].transform("nunique")
-    if {"sha256", "split"} <= cols:
-        out["sha256_split_count"] = out.groupby("sha256", dropna=False)["split"].transform("nunique")
-    if params.check_files and root is not None and "path" in cols:
-        paths = out["path"].astype(str).tolist()
-        results = probe_files(root, paths, limits, workers=params.workers, desc="validating images",
-                              progress=progress)
-        errors = [None if e is None else (e[len("ESCAPE:"):] if e.startswith("ESCAPE:") else e)
-                  for _, _, _, e in results]
-        out["file_error"] = pd.array(errors, dtype=object)
-        if "sha256" in cols:
-            # For unreadable files the decode check already fails; don't count them twice here.
-            out["file_sha256"] = [h if (e is None and h) else m for (_, _, h, e), m in zip(results, out["sha256"])]
-    return out
-
-
-def _build_suite(gx, df: pd.DataFrame, dataset: str, params: ValidateParams) -> list:
-    """The expectations, each with ``meta.check`` naming it for humans."""
+def _build_suite(gx, df: pd.DataFrame, dataset: str, params: ValidateParams, prof: Mapping[str, Any]) -> list:
+    """The expectations, each with ``meta.check`` naming it for humans (and its severity: critical unless
+    said)."""
     E = gx.expectations
     cols = set(df.columns)
     ex: list = []
 
-    def add(check: str, exp) -> None:
+    def add(check: str, exp, severity: str = "critical", notes: str | None = None) -> None:
         exp.meta = {"check": check}
+        exp.severity = severity
+        if notes:
+            exp.notes = notes
         ex.append(exp)
 
     for c in MANIFEST_COLUMNS:
@@ -89,7 +72,9 @@ def _build_suite(gx, df: pd.DataFrame, dataset: str, params: ValidateParams) -> 
     for c in _INT_COLUMNS:
         if c in cols:
             add(f"type: '{c}' is an integer", E.ExpectColumnValuesToBeInTypeList(column=c, type_list=_INT_TYPES))
-    for c in MANIFEST_COLUMNS:
+    if "category" in cols:
+        add("type: 'category' is text", E.ExpectColumnValuesToBeOfType(column="category", type_="str"))
+    for c in (*MANIFEST_COLUMNS, "category"):
         if c in cols:
             add(f"no nulls in '{c}'", E.ExpectColumnValuesToNotBeNull(column=c))
     if "split" in cols:
@@ -102,8 +87,11 @@ def _build_suite(gx, df: pd.DataFrame, dataset: str, params: ValidateParams) -> 
         add(f"allowed values: dataset is '{dataset}'",
             E.ExpectColumnValuesToBeInSet(column="dataset", value_set=[dataset]))
     if {"split", "role"} <= cols:
-        info = DATASETS.get(dataset)
-        test_roles = ["query", "gallery"] if info is not None and info.separate_gallery else ["both"]
+        if dataset in DATASETS:
+            separate = DATASETS[dataset].separate_gallery
+        else:  # a catalogue: all test rows `both`, or a separate gallery (a `both` query would find itself)
+            separate = bool(df.loc[df["split"] == "test", "role"].isin(["query", "gallery"]).any())
+        test_roles = ["query", "gallery"] if separate else ["both"]
         add("roles: train/val rows are 'both'",
             E.ExpectColumnValuesToBeInSet(column="role", value_set=["both"], row_condition='split != "test"',
                                           condition_parser="pandas"))
@@ -138,6 +126,32 @@ def _build_suite(gx, df: pd.DataFrame, dataset: str, params: ValidateParams) -> 
     if "sha256_split_count" in cols:
         add("no identical file bytes across splits (leakage)",
             E.ExpectColumnValuesToBeBetween(column="sha256_split_count", min_value=1, max_value=1))
+    if "sha256_other_classes" in cols:
+        add("one class per image: identical bytes under two classes (labelling error)",
+            E.ExpectColumnValuesToBeNull(column="sha256_other_classes"))
+    if "sha256_in_class_count" in cols:
+        add("one copy per image: identical bytes twice in a class (duplicates inflate Recall@1)",
+            E.ExpectColumnValuesToBeBetween(column="sha256_in_class_count", min_value=1, max_value=1),
+            severity="warning")
+    if "query_gallery_images" in cols:
+        add("every query class has gallery images",
+            E.ExpectColumnValuesToBeBetween(column="query_gallery_images", min_value=1, row_condition='role == "query"',
+                                            condition_parser="pandas"))
+    if "bbox_error" in cols:
+        add("bounding boxes inside their images", E.ExpectColumnValuesToBeNull(column="bbox_error"))
+    if prof.get("images_per_class"):
+        add("profile: images per class",
+            E.ExpectColumnMedianToBeBetween(column="class_size", min_value=0, row_condition="class_first_row == 1",
+                                            condition_parser="pandas"),
+            severity="info", notes=class_size_note(prof))
+    if prof.get("width") and prof.get("height"):
+        add("profile: image sizes", E.ExpectColumnMedianToBeBetween(column="width", min_value=0), severity="info",
+            notes=image_size_note(prof))
+    if prof.get("formats"):
+        add("profile: image formats",
+            E.ExpectColumnMostCommonValueToBeInSet(column="file_format", value_set=sorted(prof["formats"]),
+                                                   ties_okay=True),
+            severity="info", notes=format_note(prof))
     info = DATASETS.get(dataset)
     if params.known_counts and info is not None and info.num_images is not None:
         add(f"known image count of {dataset}: {info.num_images}", E.ExpectTableRowCountToEqual(value=info.num_images))
@@ -213,8 +227,9 @@ def validate_manifest(
     if not isinstance(params, ValidateParams):
         params = ValidateParams.model_validate(dict(params or {}))
     t0 = time.perf_counter()
-    df = _computed_columns(manifest, None if root is None else str(root), params, limits, progress)
+    df = computed_columns(manifest, None if root is None else str(root), params, limits, progress)
     t_files = time.perf_counter() - t0
+    prof = profile(df)
 
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     import great_expectations as gx
@@ -225,7 +240,7 @@ def validate_manifest(
     batch_def = (ctx.data_sources.add_pandas("deepmetric").add_dataframe_asset("manifest")
                  .add_batch_definition_whole_dataframe("whole_manifest"))
     suite = ctx.suites.add(gx.ExpectationSuite(name=f"deepmetric_manifest_{dataset}"))
-    for exp in _build_suite(gx, df, dataset, params):
+    for exp in _build_suite(gx, df, dataset, params, prof):
         suite.add_expectation(exp)
     vd = ctx.validation_definitions.add(gx.ValidationDefinition(name="manifest", data=batch_def, suite=suite))
     result_format: dict[str, Any] = {"result_format": "SUMMARY", "partial_unexpected_count": params.max_examples}
@@ -250,6 +265,7 @@ def validate_manifest(
             "expectation": cfg["type"],
             "kwargs": _jsonable(kwargs),
             "success": bool(d["success"]),
+            "severity": str(cfg.get("severity") or "critical"),
         }
         for k in ("element_count", "unexpected_count", "unexpected_percent", "observed_value"):
             if k in result:
@@ -273,7 +289,8 @@ def validate_manifest(
         ctx.build_data_docs(site_names=["deepmetric"])
         docs_index = "index.html"
 
-    failed = [c["check"] for c in checks if not c["success"]]
+    failed = [c["check"] for c in checks if not c["success"] and c["severity"] == "critical"]
+    warned = [c["check"] for c in checks if not c["success"] and c["severity"] != "critical"]
     return {
         "success": not failed,
         "dataset": dataset,
@@ -283,7 +300,9 @@ def validate_manifest(
         "checks_evaluated": len(checks),
         "checks_failed": len(failed),
         "failed": failed,
+        "warnings": warned,
         "checks": checks,
+        "profile": _jsonable(prof),
         "params": params.model_dump(),
         "great_expectations": gx.__version__,
         "data_docs": docs_index,
@@ -291,12 +310,32 @@ def validate_manifest(
     }
 
 
+def _failing(report: Mapping[str, Any], critical: bool) -> list[Mapping[str, Any]]:
+    return [c for c in report.get("checks", [])
+            if not c.get("success") and (c.get("severity", "critical") == "critical") == critical]
+
+
 def failure_summary(report: Mapping[str, Any]) -> str:
     """Human summary: each failing check, its unexpected count and example rows."""
-    failing = [c for c in report.get("checks", []) if not c.get("success")]
+    failing = _failing(report, critical=True)
     head = (f"data validation failed for dataset '{report.get('dataset')}' ({report.get('images')} images): "
             f"{len(failing)} of {report.get('checks_evaluated')} checks failed")
-    lines = [head]
+    return "\n".join([head, *_check_lines(failing, "FAILED"),
+                      "full report: data/08_reporting/validation.json; HTML: "
+                      "data/08_reporting/validation_docs/index.html"])
+
+
+def warning_summary(report: Mapping[str, Any]) -> str | None:
+    """The checks that warn without failing the run (e.g. duplicate images within a class), or None."""
+    warned = _failing(report, critical=False)
+    if not warned:
+        return None
+    head = f"data validation of '{report.get('dataset')}' passed with {len(warned)} warning(s)"
+    return "\n".join([head, *_check_lines(warned, "WARNING")])
+
+
+def _check_lines(failing: list[Mapping[str, Any]], word: str) -> list[str]:
+    lines = []
     for c in failing:
         detail = []
         if "unexpected_count" in c:
@@ -305,14 +344,13 @@ def failure_summary(report: Mapping[str, Any]) -> str:
             detail.append(f"observed {c['observed_value']}")
         if "error" in c:
             detail.append(f"error: {c['error']}")
-        lines.append(f"  FAILED {c['check']}" + (f" ({'; '.join(detail)})" if detail else ""))
+        lines.append(f"  {word} {c['check']}" + (f" ({'; '.join(detail)})" if detail else ""))
         focus = {c["kwargs"].get(k) for k in ("column", "column_A", "column_B")} - {None}
         for ex in c.get("examples", [])[:5]:
             if isinstance(ex, dict):
                 ex = {k: v for k, v in ex.items() if k in _SUMMARY_KEYS or k in focus}
             lines.append(f"      e.g. {json.dumps(ex, ensure_ascii=False, default=str)}")
-    lines.append("full report: data/08_reporting/validation.json; HTML: data/08_reporting/validation_docs/index.html")
-    return "\n".join(lines)
+    return lines
 
 
 def read_tree(folder: str | os.PathLike[str]) -> dict[str, bytes]:
