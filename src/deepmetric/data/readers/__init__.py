@@ -26,7 +26,7 @@ LAYOUTS.discover(__name__)  # imports every module; each registers its layout an
 __all__ = [
     "BBOX_COLUMNS", "CATALOGUE_RECALL_KS", "DATASETS", "LAYOUTS", "OPTIONAL_COLUMNS", "READER_COLUMNS", "DatasetInfo",
     "DatasetLayoutError", "ReadOptions", "crops_boxes", "dataset_info", "generic_layouts", "read_dataset",
-    "resolve_layout",
+    "read_items", "resolve_layout",
 ]
 
 
@@ -75,3 +75,22 @@ def read_dataset(
         bbox=crops_boxes(str(_get(params, "bbox", "auto")), layout),
     )
     return LAYOUTS[layout](root, options, dataset=name)
+
+
+def read_items(source: str | os.PathLike[str], root: str | os.PathLike[str] | None = None,
+               bbox: bool = True) -> tuple[pd.DataFrame, Path]:
+    """The images to embed or search, from a folder (every image in it, the sub-folder as label) or a table
+    (``path`` [, ``label``, ``class_name``, box]; paths relative to ``root``, by default the table's folder).
+    Returns ``(items, root the paths are relative to)``."""
+    from deepmetric.data.readers.folder import list_images
+    from deepmetric.data.readers.table import list_table
+
+    source = Path(source)
+    if source.is_dir():
+        if root is not None:
+            raise DatasetLayoutError(f"{source} is a folder: its images are listed relative to it (no root to give)")
+        return list_images(source), source
+    if not source.exists():
+        raise DatasetLayoutError(f"{source}: no such folder or table")
+    base = Path(root) if root is not None else source.parent
+    return list_table(source, base, bbox), base

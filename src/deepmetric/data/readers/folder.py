@@ -162,3 +162,27 @@ def read(root: str | os.PathLike[str], options: ReadOptions = ReadOptions(), dat
     out = finish(df, dataset)
     out.attrs["skipped"] = dict(sorted(skipped.items()))
     return out
+
+
+def list_images(root: str | os.PathLike[str]) -> pd.DataFrame:
+    """Every image under ``root`` (any depth; hidden files and non-images skipped and counted in
+    ``attrs["skipped"]``), sorted by path: ``path`` (relative to ``root``) and ``label`` — the folder it lies in,
+    relative to ``root`` (None for images directly in ``root``). For embedding and searching a folder of images
+    that need not be a training catalogue (``deepmetric embed`` / ``search``)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetLayoutError(f"{root}: not a folder")
+    skipped: Counter = Counter()
+    rows: list[tuple[str, str | None]] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        sub, images = _entries(folder, skipped)
+        rel = folder.relative_to(root).as_posix()
+        rows += [(name if folder == root else f"{rel}/{name}", None if folder == root else rel) for name in images]
+        stack.extend(folder / d for d in reversed(sub))
+    if not rows:
+        raise DatasetLayoutError(f"{root}: no image files (image files are {', '.join(sorted(IMAGE_SUFFIXES))})")
+    out = pd.DataFrame(rows, columns=["path", "label"]).sort_values("path", kind="stable").reset_index(drop=True)
+    out.attrs["skipped"] = dict(sorted(skipped.items()))
+    return out

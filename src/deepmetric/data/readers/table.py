@@ -275,3 +275,24 @@ def read(root: str | os.PathLike[str], options: ReadOptions = ReadOptions(), dat
     out.attrs["skipped"] = {}
     out.attrs["table"] = where
     return out
+
+
+def list_table(path: str | os.PathLike[str], root: str | os.PathLike[str], bbox: bool = True) -> pd.DataFrame:
+    """The images a table lists, for embedding and searching them (``deepmetric embed`` / ``search``): ``path``
+    (relative to ``root``), ``label`` (as written, text; None without the column), ``class_name`` when given, and
+    the box ``x_1 … y_2`` when given and ``bbox``. Only ``path`` is required; the checks are the table layout's."""
+    path, root = Path(path), Path(root)
+    raw = load_table(path).reset_index(drop=True)
+    where = str(path)
+    if "path" not in raw:
+        raise TableError(f"{where}: missing column 'path' (found: {', '.join(map(str, raw.columns)) or 'none'})")
+    if raw.empty:
+        raise TableError(f"{where}: the table lists no images")
+    out = pd.DataFrame({"path": _paths(raw, root, where)})
+    out["label"] = _text(raw["label"]).to_numpy() if "label" in raw else None
+    if "class_name" in raw:
+        out["class_name"] = _text(raw["class_name"]).to_numpy()
+    box = _boxes(raw, where) if bbox else None
+    if box is not None:
+        out[list(BBOX_COLUMNS)] = box.to_numpy()
+    return out
