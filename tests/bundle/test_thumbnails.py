@@ -100,3 +100,16 @@ def test_thumbnails_read_gallery_images_under_the_data_parameters_limits(tmp_pat
     assert list(shards) == ["thumbnails-00000.parquet"]
     with pytest.raises(ImageTooLargeError, match="max_aspect_ratio"):
         build_thumbnail_shards(["thin.png"], tmp_path, limits=ImageLimits(), **kw)
+
+
+def test_thumbnails_of_boxed_gallery_images_are_cut_to_their_boxes(tmp_path):
+    """The index stage passes the boxes on in its id table; the bundle's thumbnails are the cut images (the same
+    bytes as thumbnails of copies cut beforehand), and the bundle's own id table keeps its four columns."""
+    from tests.data.layouts import make_boxed
+
+    boxed, plain = make_boxed(tmp_path / "data", num_classes=3, per_class=3)
+    onnx = onnx_model()
+    cut = load_bundle(make_bundle(tmp_path / "boxed", tmp_path / "data", boxed, onnx))
+    want = load_bundle(make_bundle(tmp_path / "plain", tmp_path / "data" / "cropped", plain, onnx))
+    assert [cut.thumbnails.get(i) for i in range(9)] == [want.thumbnails.get(i) for i in range(9)]
+    assert list(cut.ids.columns) == ["id", "label", "class_name", "path"]

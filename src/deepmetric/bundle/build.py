@@ -32,6 +32,7 @@ from deepmetric.bundle.format import (
 )
 from deepmetric.bundle.thresholds import parse_thresholds, thresholds_bytes
 from deepmetric.bundle.thumbnails import build_thumbnail_shards
+from deepmetric.data.contract import boxes_of
 from deepmetric.data.images import ImageLimits
 from deepmetric.bundle.writer import bundle_files, seal
 from deepmetric.reproducible import source_timestamp
@@ -144,6 +145,7 @@ def build_bundle(
     missing_cols = [c for c in ID_COLUMNS if c not in ids.columns]
     if missing_cols:
         raise BundleError(IDS_FILE, f"id table lacks columns {missing_cols}")
+    boxes = boxes_of(ids)  # the index stage's boxes of boxed gallery images: the thumbnails are cut to them
     ids = ids[list(ID_COLUMNS)].reset_index(drop=True)
     if not np.array_equal(ids["id"].to_numpy(), np.arange(len(ids))):
         raise BundleError(IDS_FILE, "ids must be 0..N-1 in order (the faiss row numbers)")
@@ -162,7 +164,7 @@ def build_bundle(
     if thresholds is not None:
         parse_thresholds(thresholds)  # a bad file is refused here, naming it, not when the bundle is served
         files[THRESHOLDS_FILE] = thresholds_bytes(thresholds)
-    thumbs = _thumbnails(ids, image_root, params, limits)
+    thumbs = _thumbnails(ids, image_root, params, limits, boxes)
     if thumbs is not None:
         files.update(thumbs[1])
     meta = embedder.session.get_modelmeta().custom_metadata_map
@@ -195,8 +197,8 @@ def build_bundle(
     return bundle_files(seal(manifest, files), files)
 
 
-def _thumbnails(ids: pd.DataFrame, image_root: str | None, params: BundleParams,
-                limits: ImageLimits) -> tuple[dict[str, Any], dict[str, bytes]] | None:
+def _thumbnails(ids: pd.DataFrame, image_root: str | None, params: BundleParams, limits: ImageLimits,
+                boxes: list | None = None) -> tuple[dict[str, Any], dict[str, bytes]] | None:
     """(manifest entry, shard files) of the gallery thumbnails, or None when `bundle.thumbnails.enabled` is false."""
     t = params.thumbnails
     if not t.enabled:
@@ -208,7 +210,7 @@ def _thumbnails(ids: pd.DataFrame, image_root: str | None, params: BundleParams,
 
     try:
         shards = build_thumbnail_shards(list(ids["path"].astype(str)), image_root, size=t.size, fmt=t.format,
-                                        quality=t.quality, shard_items=t.shard_items, limits=limits)
+                                        quality=t.quality, shard_items=t.shard_items, limits=limits, boxes=boxes)
     except (ImageDecodeError, OSError, ValueError) as e:
         raise BundleError("thumbnails", f"cannot make a gallery thumbnail: {e} (the dataset under {image_root} must "
                           "be the one the index was built from; or set bundle.thumbnails.enabled: false)") from None

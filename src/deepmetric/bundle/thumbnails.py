@@ -40,14 +40,17 @@ def encode_thumbnail(img: Any, size: int, fmt: str, quality: int) -> bytes:
 
 def build_thumbnail_shards(
     paths: Sequence[str], root: str | os.PathLike[str], *, size: int, fmt: str, quality: int, shard_items: int,
-    limits: ImageLimits,
+    limits: ImageLimits, boxes: Sequence[tuple[float, float, float, float] | None] | None = None,
 ) -> dict[str, bytes]:
-    """``{shard name: parquet bytes}`` for the gallery images at ``paths`` (relative to ``root``), in id order.
-    A gallery image that cannot be read raises ``ImageDecodeError``/``OSError`` naming it."""
+    """``{shard name: parquet bytes}`` for the gallery images at ``paths`` (relative to ``root``), in id order,
+    each cut to its box in ``boxes`` (None: whole images) as the index embedded it. A gallery image that cannot
+    be read raises ``ImageDecodeError``/``OSError`` naming it."""
     from deepmetric.data.images import open_image, safe_join
+    from deepmetric.data.transforms import crop_to_box
 
-    images = [encode_thumbnail(open_image(safe_join(root, rel), limits=limits), size, fmt, quality)
-              for rel in paths]
+    images = [encode_thumbnail(crop_to_box(open_image(safe_join(root, rel), limits=limits),
+                                           None if boxes is None else boxes[i], rel), size, fmt, quality)
+              for i, rel in enumerate(paths)]
     return write_thumbnail_shards(images, shard_items)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from deepmetric.data.images import ImageLimits
-from deepmetric.data.contract import boxes_of
+from deepmetric.data.contract import BBOX_COLUMNS, boxes_of
 from deepmetric.export.images import row_batches, spaced_subset, test_rows
 from deepmetric.index.build import build_index, evaluate_index, serialize_index
 from deepmetric.index.config import IndexParams
@@ -65,8 +65,8 @@ def build_gallery_index(
     onnx_bytes: bytes, manifest: pd.DataFrame, root: str | os.PathLike[str], params: IndexParams,
     limits: ImageLimits = ImageLimits(),
 ) -> tuple[bytes, pd.DataFrame, dict[str, Any]]:
-    """→ (faiss index bytes, ids table [id, label, class_name, path], report); the gallery images are decoded
-    under ``limits`` (the data parameters' per-image bounds)."""
+    """→ (faiss index bytes, ids table [id, label, class_name, path] (+ the box ``x_1 … y_2`` of boxed gallery
+    images), report); the gallery images are decoded under ``limits`` (the data parameters' per-image bounds)."""
     import faiss
 
     embedder = OnnxEmbedder(onnx_bytes, threads=params.threads)
@@ -85,6 +85,8 @@ def build_gallery_index(
         else gallery_rows["label"].astype(str).to_numpy(),
         "path": gallery_rows["path"].astype(str).to_numpy(),
     })[ID_COLUMNS]
+    if boxes_of(gallery_rows) is not None:  # the bundle stage cuts the gallery thumbnails to them
+        ids[list(BBOX_COLUMNS)] = gallery_rows[list(BBOX_COLUMNS)].to_numpy(dtype=np.float64)
 
     # Queries for the report: gallery rows that are also queries (role both), or else any gallery rows.
     qmask = gallery_rows["role"].isin(QUERY_ROLES).to_numpy() if "role" in gallery_rows else np.ones(len(x), bool)
