@@ -11,7 +11,7 @@ import pytest
 import deepmetric.cli as cli
 from tests.server_fixtures import deepmetric
 
-COMMANDS = ["serve", "search", "info", "gallery", "publish", "pull", "releases"]
+COMMANDS = ["serve", "search", "info", "embed", "gallery", "publish", "pull", "releases"]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -29,8 +29,8 @@ def test_every_command_comes_from_a_registered_group_and_has_a_handler():
         else:
             assert callable(parser.get_default("handler")), name
     # the commands that end with os._exit as a program (see main's docstring); serve and releases return
-    assert {n for n, p in commands.items() if p.get_default("hard_exit")} == {"search", "info", "gallery", "publish",
-                                                                               "pull"}
+    assert {n for n, p in commands.items() if p.get_default("hard_exit")} == {"search", "info", "embed", "gallery",
+                                                                               "publish", "pull"}
 
 
 def test_a_new_group_is_one_module_and_one_registration(monkeypatch, capsys):
@@ -58,7 +58,7 @@ def test_as_a_program():
     proc = deepmetric()
     assert proc.returncode == 3 and "required: command" in proc.stderr
     proc = deepmetric("--help")
-    assert proc.returncode == 0 and "{serve,search,info,gallery,publish,pull,releases}" in proc.stdout
+    assert proc.returncode == 0 and "{serve,search,info,embed,gallery,publish,pull,releases}" in proc.stdout
     proc = deepmetric("nope")
     assert proc.returncode == 3 and "invalid choice: 'nope'" in proc.stderr
 

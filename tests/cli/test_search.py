@@ -92,3 +92,78 @@ def test_a_bad_fmr_is_refused_naming_the_operating_points(thresholds_bundle, env
     assert all("match" not in h for h in json.loads(proc.stdout)["results"][0]["neighbors"])
     proc = cli("search", "--bundle", str(old), image, "--fmr", "0.01")
     assert proc.returncode == 3 and "no thresholds in this bundle: match omitted" in proc.stderr
+
+
+def test_search_a_folder_writes_the_results_table_and_page_and_resumes(env, tmp_path, query_photos):
+    import pandas as pd
+
+    from tests.server_fixtures import deepmetric_here
+
+    *_, bundle = env
+    queries, test = query_photos(8)
+    out = tmp_path / "results.csv"
+    args = ("search", "--bundle", str(bundle), str(queries), "--out", str(out), "-k", "3", "--html", "--no-progress")
+    proc = deepmetric_here(*args)
+    assert proc.returncode == 0, proc.stderr
+    assert "8 queries x 3 neighbours" in proc.stderr and f"results page: {tmp_path / 'results.html'}" in proc.stderr
+    res = pd.read_csv(out)
+    assert list(res.columns) == ["query", "query_label", "rank", "id", "label", "class_name", "path", "score",
+                                 "same_class"]
+    assert len(res) == 24 and res.groupby("query")["rank"].apply(list).map(lambda r: r == [1, 2, 3]).all()
+    first = res[res["rank"] == 1].set_index("query")
+    for path, name in zip(test["path"], test["class_name"]):
+        q = f"{name}/{path.rsplit('/', 1)[1]}"
+        # each query is a gallery image: its nearest neighbour is itself, of its own class
+        assert first.loc[q, "path"] == path and bool(first.loc[q, "same_class"]) and first.loc[q, "query_label"] == name
+        assert first.loc[q, "score"] > 0.999
+    page = (tmp_path / "results.html").read_text()
+    assert page.count("<tr>") == 8 and page.count("data:image/webp;base64,") == 24 and "class='hit'" in page
+    before = out.read_bytes()
+    again = deepmetric_here(*args[:-2], "--no-progress")
+    assert again.returncode == 0 and out.read_bytes() == before  # every query was done: nothing redone
+
+
+def test_search_a_table_cuts_the_queries_to_their_boxes(env, tmp_path, query_photos):
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from tests.server_fixtures import deepmetric_here
+
+    *_, bundle = env
+    queries, _ = query_photos(4)
+    rows = []
+    for i, p in enumerate(sorted(queries.rglob("*.png"))):
+        img = np.asarray(Image.open(p).convert("RGB"))
+        framed = np.zeros((img.shape[0] + 20, img.shape[1] + 30, 3), np.uint8)  # the image inside a black frame
+        framed[5:5 + img.shape[0], 10:10 + img.shape[1]] = img
+        Image.fromarray(framed).save(tmp_path / f"framed{i}.png")
+        rows.append({"path": f"framed{i}.png", "x_1": 10, "y_1": 5, "x_2": 10 + img.shape[1], "y_2": 5 + img.shape[0],
+                     "original": p.relative_to(queries).as_posix()})
+    pd.DataFrame(rows).to_csv(tmp_path / "framed.csv", index=False)
+    pd.DataFrame([{"path": r["original"]} for r in rows]).to_csv(queries / "plain.csv", index=False)
+    for table, out in ((tmp_path / "framed.csv", "a.csv"), (queries / "plain.csv", "b.csv")):
+        proc = deepmetric_here("search", "--bundle", str(bundle), str(table), "--out", str(tmp_path / out), "-k", "4",
+                               "--no-progress")
+        assert proc.returncode == 0, proc.stderr
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert a["id"].tolist() == b["id"].tolist() and a["same_class"].isna().all()
+    np.testing.assert_allclose(a["score"], b["score"], atol=1e-5)
+
+
+def test_bulk_search_bad_usage_is_named_with_exit_3(env, tmp_path, query_photos):
+    from tests.server_fixtures import deepmetric_here
+
+    *_, bundle = env
+    queries, _ = query_photos(2)
+    (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+    cases = {
+        "is a folder: search a folder or a table with --out results.csv": [str(queries)],
+        "--html needs --out results.csv": [str(queries), "--html"],
+        "give one folder or table to search, got 2 arguments": [str(queries), str(queries), "--out", "r.csv"],
+        "is not a results table of `deepmetric search`": [str(queries), "--out", str(tmp_path / "other.csv")],
+        "--fmr and --rerank apply to a search of image files": [str(queries), "--out", "r.csv", "--fmr", "0.01"],
+    }
+    for words, extra in cases.items():
+        proc = deepmetric_here("search", "--bundle", str(bundle), *extra, "--no-progress")
+        assert proc.returncode == 3 and words in proc.stderr and "Traceback" not in proc.stderr, (words, proc.stderr)

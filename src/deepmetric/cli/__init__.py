@@ -2,6 +2,8 @@
 
     deepmetric serve   --bundle DIR [--host 127.0.0.1] [--port 8000] [--workers N] [--no-batching]   (cli/serve.py)
     deepmetric search  --bundle DIR IMAGE... [-k 10]  |  deepmetric info --bundle DIR            (cli/search.py)
+    deepmetric search  --bundle DIR <folder|table> --out results.csv [--html]                   (cli/search.py)
+    deepmetric embed   --bundle DIR <folder|table> --out embeddings.parquet                     (cli/embed.py)
     deepmetric gallery add|remove --bundle DIR …                                                 (cli/gallery.py)
     deepmetric publish NAME  |  pull NAME --repo URL  |  releases --repo URL                     (cli/release.py)
 
@@ -23,11 +25,11 @@ from collections.abc import Sequence
 
 import click
 
-from deepmetric.cli import gallery, release, search, serve
+from deepmetric.cli import embed, gallery, release, search, serve
 from deepmetric.cli.common import Parser
 
 #: The command groups, in the order `deepmetric --help` lists their commands.
-GROUPS = (serve, search, gallery, release)
+GROUPS = (serve, search, embed, gallery, release)
 
 __all__ = ["GROUPS", "build_parser", "cli", "main"]
 

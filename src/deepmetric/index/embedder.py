@@ -63,7 +63,7 @@ def init_shard_worker(onnx_bytes: bytes, threads: int, root: str, paths: list[st
 
 
 def embed_shard(start: int, stop: int) -> np.ndarray:
-    from deepmetric.export.images import iter_batches
+    from deepmetric.data.batches import iter_batches
 
     w = _WORKER
     emb: OnnxEmbedder = w["embedder"]

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from deepmetric.data.images import ImageLimits
+from deepmetric.data.batches import row_batches
 from deepmetric.data.contract import BBOX_COLUMNS, boxes_of
-from deepmetric.export.images import row_batches, spaced_subset, test_rows
+from deepmetric.data.images import ImageLimits
+from deepmetric.export.images import spaced_subset, test_rows
 from deepmetric.index.build import build_index, evaluate_index, serialize_index
 from deepmetric.index.config import IndexParams
 from deepmetric.index.embedder import OnnxEmbedder, embed_shard, init_shard_worker

@@ -4,7 +4,7 @@ import numpy as np
 
 from deepmetric.data.images import ImageLimits
 from deepmetric.data.transforms import InputSpec
-from deepmetric.export.images import iter_batches, row_batches
+from deepmetric.data.batches import iter_batches, row_batches
 from tests.data.layouts import make_boxed
 
 
