@@ -71,7 +71,8 @@ class DataParams(BaseModel):
     # catalogue's boxes, whole images for the benchmarks, as their seed papers train).
     bbox: Literal["auto", "crop", "full"] = "auto"
     # Validation slice of the training classes for model selection: a fraction (0 < x < 1) of the train
-    # classes, or a count (integer >= 0). The last classes of the training split (by label) become `val`.
+    # classes, or a count (integer >= 0). The benchmarks' last training classes (by label) become `val`; a
+    # catalogue's are drawn by the hash of their names (unless its folders or table give a `val` split).
     val_classes: float = Field(default=0.1, ge=0)
     # What ingest does with an unreadable image: "fail" (stop, listing every bad file) or "drop" (warn,
     # leave it out and count it in data/08_reporting/ingest.json).
