@@ -33,7 +33,7 @@ from deepmetric.validation.computed import computed_columns
 from deepmetric.validation.params import ValidateParams
 from deepmetric.validation.profile import class_size_note, format_note, image_size_note, profile
 
-__all__ = ["ValidationFailed", "failure_summary", "profile", "read_tree", "validate_manifest", "validate_with_docs",
+__all__ = ["ValidationFailed", "failure_summary", "read_tree", "validate_manifest", "validate_with_docs",
            "warning_summary"]
 
 _STR_COLUMNS = ("path", "class_name", "split", "role", "sha256", "dataset")
