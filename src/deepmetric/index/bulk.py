@@ -29,7 +29,8 @@ import pandas as pd
 from deepmetric.data.contract import boxes_of
 from deepmetric.data.images import ImageLimits
 from deepmetric.io.atomic import atomic_path
-from deepmetric.parallel import batch_shards, resolve_workers, threads_per_worker
+from deepmetric.parallel import batch_shards
+from deepmetric.runtime import resolve_processes, threads_per_worker
 
 __all__ = ["EMBEDDING_COLUMNS", "embed_items", "embedding_matrix", "read_embeddings"]
 
@@ -126,7 +127,7 @@ def embed_items(
     parts = sorted(partial.glob("part-*.parquet")) if partial.is_dir() else []
     held = set(done["path"]) | {p for part in parts for p in pd.read_parquet(part, columns=["path"])["path"]}
     todo = items[~items["path"].isin(held)].reset_index(drop=True)
-    processes = resolve_workers(processes)
+    processes = resolve_processes(processes)
     if len(todo) <= batch_size:
         processes = 1
     threads = threads or threads_per_worker(processes)
