@@ -119,3 +119,16 @@ def test_a_bad_table_stops_ingest_naming_row_and_column_and_writes_nothing(tmp_p
         run_stage("ingest", tmp_path, _data(root, layout="table", table="items.csv", dataset="shop"))
     assert "label(s) [1] appear in more than one split" in str(e.value) and "items.csv" in str(e.value)
     assert not (tmp_path / "data/02_intermediate/manifest.parquet").exists()
+
+
+def test_a_table_row_whose_file_is_missing_stops_ingest_naming_the_file(tmp_path):
+    from tests.data.layouts import make_folder, write_table
+
+    root = tmp_path / "shop"
+    paths = make_folder(root, classes=["a", "b", "c"], per_class=2)
+    write_table(root / "items.csv", [{"path": p, "label": p.split("/")[0]} for p in paths]
+                + [{"path": "a/gone.jpg", "label": "a"}])
+    with pytest.raises(Exception) as e:
+        run_stage("ingest", tmp_path, _data(root, layout="table", table="items.csv", dataset="shop"))
+    assert "a/gone.jpg: file not found" in str(e.value) and "data.bad_files: drop" in str(e.value)
+    assert not (tmp_path / "data/02_intermediate/manifest.parquet").exists()

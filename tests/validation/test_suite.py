@@ -275,3 +275,18 @@ def test_sample_decode_check_is_reported(catalogue):
     root, m = catalogue
     report = _validate(root, m, decode_check="sample", decode_sample=4)
     assert report["success"] and report["profile"]["formats_of"] == 4
+
+
+def test_a_folder_with_one_image_per_class_fails_naming_the_classes(tmp_path):
+    """The folder reader accepts one image per class (a layout question); validation refuses it (a metric needs
+    a second image of the class), naming each class and its split."""
+    from tests.data.layouts import make_folder
+
+    root = tmp_path / "products"
+    make_folder(root, classes=[f"c{i}" for i in range(4)], per_class=1)
+    m, _ = build_manifest(read_dataset("products", root, {"layout": "folder", "val_classes": 0}), root, progress=False)
+    report = _validate(root, m, check_files=False)
+    assert report["failed"] == [">= 2 images per class in every split"]
+    summary = failure_summary(report)
+    for name, split in zip(m.class_name, m.split):
+        assert f'"class_name": "{name}"' in summary and f'"split": "{split}"' in summary, summary
