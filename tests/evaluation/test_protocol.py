@@ -86,3 +86,18 @@ def test_evaluation_embeds_and_shows_the_images_cut_to_their_boxes(tmp_path):
     cropped = {"split": zero_shot_split(plain, "my-products"), "query": q, "gallery": None}
     assert retrieval_grid_png(grid, str(tmp_path), spec, cfg) == retrieval_grid_png(cropped, str(tmp_path / "cropped"),
                                                                                   spec, cfg)
+
+
+def test_the_category_column_reaches_the_queries_and_the_gallery():
+    """The manifest's optional ``category`` (a super-class) is carried row for row into the split that evaluation
+    embeds and scores, so per-category figures can be computed from it."""
+    def with_category(rows):
+        return [{**r, "category": f"cat-{r['label'] % 2}"} for r in rows]
+
+    m = pd.DataFrame(with_category(_rows("train", "both", 6) + _rows("test", "both", 6, 10)))
+    s = zero_shot_split(m, "my-products")
+    assert list(s.query["category"]) == [f"cat-{label % 2}" for label in s.query["label"]]
+    m = pd.DataFrame(with_category(_rows("test", "query", 4, 10) + _rows("test", "gallery", 5, 11)))
+    s = zero_shot_split(m, "my-products")
+    for part in (s.query, s.gallery):
+        assert list(part["category"]) == [f"cat-{label % 2}" for label in part["label"]]
