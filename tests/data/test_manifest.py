@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from deepmetric.data.contract import MANIFEST_COLUMNS
@@ -85,3 +89,30 @@ def test_thin_image_in_a_dataset_is_a_bad_file_named_with_the_limit(tmp_path):
     assert f"{df.path.iloc[0]}: refused as too thin" in str(e.value) and "limit of 100:1" in str(e.value)
     with pytest.raises(BadFilesError, match="limit of 50:1"):
         build_manifest(df, root, progress=False, limits=ImageLimits(max_aspect_ratio=50))
+
+
+_COUNT_FORKS = """
+import os, sys
+from deepmetric.data.manifest import probe_files
+os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:int(sys.argv[2])])
+forks = []
+os.register_at_fork(before=lambda: forks.append(1))
+probe = probe_files(sys.argv[1], [f"m{i}.png" for i in range(1100)], workers=0, progress=False)
+assert all(p.error == "file not found" for p in probe)
+print(len(forks))
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs a CPU affinity of at least 2 cores")
+def test_workers_0_means_a_process_per_core_this_process_may_use(tmp_path):
+    """``workers: 0`` is ``auto`` as in every ``processes`` parameter (deepmetric.runtime): one per core of the
+    process's CPU affinity (a container's or taskset's limit), not one per core of the machine. Counted as the
+    forks the decode makes: none on 1 allowed core (it runs in this process), one per core on 2."""
+    def forks(cores: int) -> int:
+        proc = subprocess.run([sys.executable, "-c", _COUNT_FORKS, str(tmp_path), str(cores)], capture_output=True,
+                              text=True, check=True)
+        return int(proc.stdout.strip())
+
+    assert forks(1) == 0
+    assert forks(2) == 2

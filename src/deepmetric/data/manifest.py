@@ -26,6 +26,7 @@ import pandas as pd
 
 from deepmetric.data.contract import BBOX_COLUMNS, MANIFEST_COLUMNS, OPTIONAL_COLUMNS
 from deepmetric.data.images import ImageDecodeError, ImageLimits, PathEscapeError, check_header, image_size, safe_join
+from deepmetric.runtime import resolve_processes
 
 __all__ = ["BadFilesError", "Probe", "build_manifest", "probe_files"]
 
@@ -90,12 +91,13 @@ def probe_files(
     progress: bool | None = None,
 ) -> list[Probe]:
     """Decode and hash every path (relative to ``root``) under ``limits``; returns a :class:`Probe` per path in
-    input order. Parallel over ``workers`` processes (0: all cores), in chunks of 256 files."""
+    input order. Parallel over ``workers`` processes (0: one per core this process may run on, as every
+    ``processes`` parameter: `deepmetric.runtime.resolve_processes`; 1: in this process), in chunks of 256 files."""
     from tqdm.auto import tqdm
 
     root = str(root)
     paths = list(paths)
-    workers = workers or os.cpu_count() or 1
+    workers = resolve_processes(workers)
     if progress is None:
         progress = not os.environ.get("DEEPMETRIC_NO_PROGRESS")
     bar = tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, file=sys.stderr,
