@@ -126,6 +126,7 @@ def main() -> None:
     from deepmetric.index.bulk import embedding_matrix, read_embeddings
 
     rng = np.random.default_rng(args.seed)
+    started = time.strftime("%Y-%m-%d %H:%M")
     load_before = os.getloadavg()[0]
     names = ["embed, 1 process, 1 ORT thread", "embed, 2 processes, 1 ORT thread each"] if args.scaling_only \
         else [PEER, *CONFIGS]
@@ -174,7 +175,8 @@ def main() -> None:
         "load_average_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "niceness": os.nice(0),
         "python": platform.python_version(),
-        "started": time.strftime("%Y-%m-%d %H:%M"),
+        "started": started,
+        "finished": time.strftime("%Y-%m-%d %H:%M"),
     }
     text = json.dumps(result, indent=2)
     print(text)
