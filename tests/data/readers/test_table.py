@@ -157,3 +157,13 @@ def test_rows_without_a_box_keep_the_whole_image(catalogue):
     df = _read(root, rows)
     assert df[["x_1", "y_1", "x_2", "y_2"]].notna().all(axis=1).sum() == 1
     assert pd.isna(df.loc[df.path == paths[1], "x_1"]).all()
+
+
+def test_absolute_paths_inside_the_root_and_windows_separators_become_relative_posix_paths(catalogue):
+    root, paths = catalogue
+    rows = [{"path": p, "label": p.split("/")[1]} for p in paths]
+    rows[0]["path"] = str(root / paths[0])  # absolute, inside data.root
+    rows[1]["path"] = paths[1].replace("/", "\\")  # written on Windows
+    rows[2]["path"] = "images/./" + paths[2].removeprefix("images/")  # not normalised
+    df = _read(root, rows)
+    assert sorted(df.path) == sorted(paths)
