@@ -1,4 +1,5 @@
-"""ONNX export: uint8 NHWC in, dynamic batch/height/width, L2-normalised out, self-contained, parity vs PyTorch."""
+"""ONNX export (deepmetric.export.onnx_export): uint8 NHWC in, dynamic batch/height/width, L2-normalised out,
+self-contained, parity vs PyTorch."""
 
 from __future__ import annotations
 
@@ -10,27 +11,10 @@ import pytest
 import torch
 
 from deepmetric.data.images import ImageLimits
-from deepmetric.export.config import ExportParams
 from deepmetric.export.onnx_export import ExportModule, export_onnx, read_metadata
-from deepmetric.export.parity import ParityError, check_parity, ort_session
-from deepmetric.export.stage import check_input_spec, export_stage
-from deepmetric.training.config import InputConfig
+from deepmetric.export.parity import check_parity, ort_session
 from deepmetric.training.model_io import load_model
-from tests.deploy_fixtures import CROP, EMBED_DIM, make_dataset, make_model_payload
-
-
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export_data")
-    manifest = make_dataset(root)
-    method, spec = load_model(make_model_payload())
-    return root, manifest, method, spec
-
-
-@pytest.fixture(scope="module")
-def torchscript_onnx(setup):
-    _, _, method, spec = setup
-    return export_onnx(method, spec, exporter="torchscript")
+from tests.deploy_fixtures import CROP, EMBED_DIM, make_model_payload
 
 
 def _run(onnx_bytes: bytes, x: np.ndarray) -> np.ndarray:
@@ -74,53 +58,6 @@ def test_export_dynamic_shapes_and_parity(setup, torchscript_onnx, exporter):
     assert json.loads(meta["input"]) == {"layout": "NHWC", "dtype": "uint8", "resize": CROP, "crop": CROP,
                                          "mean": list(spec.mean), "std": list(spec.std)}
     assert meta["method"] == "margin" and meta["embedding_dim"] == str(EMBED_DIM) and meta["exporter"] == exporter
-
-
-def test_parity_report_on_real_images(setup, torchscript_onnx):
-    root, manifest, method, spec = setup
-    report = check_parity(method, spec, torchscript_onnx, manifest, root, tolerance=1e-4, recall_tolerance=0.0,
-                          max_images=100, batch_size=8, limits=ImageLimits(max_pixels=10**7))
-    assert report["passed"] and report["images"] == int((manifest["split"] == "test").sum())
-    assert report["max_abs_diff"] < 1e-4
-    assert report["recall@1_onnx"] == pytest.approx(report["recall@1_pytorch"])
-    assert 0.0 <= report["recall@1_pytorch"] <= 1.0
-
-
-def test_parity_fails_loudly_above_tolerance(setup, torchscript_onnx):
-    root, manifest, method, spec = setup
-    with pytest.raises(ParityError, match="exceeds export.tolerance"):
-        check_parity(method, spec, torchscript_onnx, manifest, root, tolerance=1e-12, recall_tolerance=0.0,
-                     max_images=10, batch_size=8, limits=ImageLimits(max_pixels=10**7))
-
-
-def test_parity_catches_a_different_model(setup, torchscript_onnx):
-    """An ONNX file of another model (other weights) must not pass as this one's export."""
-    root, manifest, _, spec = setup
-    other, _ = load_model(make_model_payload(seed=1))
-    with pytest.raises(ParityError):
-        check_parity(other, spec, torchscript_onnx, manifest, root, tolerance=1e-4, recall_tolerance=0.01,
-                     max_images=10, batch_size=8, limits=ImageLimits(max_pixels=10**7))
-
-
-def test_export_stage_subsamples_and_reports(setup, torchscript_onnx):
-    root, manifest, method, spec = setup
-    _, report = export_stage(method, spec, manifest, root, ExportParams(exporter="torchscript", max_images=7),
-                             ImageLimits(max_pixels=10**7))
-    assert report["images"] == 7 and report["exporter"] == "torchscript" and report["onnx_bytes"] > 0
-
-
-def test_params_are_validated():
-    with pytest.raises(ValueError, match="tolerence"):
-        from deepmetric.data.config import parse_params
-
-        parse_params(ExportParams, {"tolerence": 1e-3}, "export")
-    with pytest.raises(ValueError):
-        ExportParams(exporter="jit")
-
-
-def test_input_spec_mismatch_is_refused():
-    with pytest.raises(ValueError, match="model.crop"):
-        check_input_spec(InputConfig(resize=32, crop=32), InputConfig(resize=64, crop=64), "the model file")
 
 
 @pytest.mark.parametrize("backbone", ["timm/test_vit", "timm/test_convnext"])

@@ -1,24 +1,12 @@
-"""Release names and the provenance read from a dvc.lock (pure functions; the real DVC/git cycle is in
-test_publish_pull.py)."""
+"""The provenance read from a dvc.lock (deepmetric.release.provenance; pure functions, the real DVC/git cycle is
+in test_publish.py)."""
 
 from __future__ import annotations
 
 import pytest
 
 from deepmetric.release.provenance import data_version, path_hash, provenance, stage_hash
-from deepmetric.release.record import ReleaseError, check_name
-
-
-@pytest.mark.parametrize("name", ["v3", "v1.2.0", "2026-11-rc1", "V_7"])
-def test_valid_names(name):
-    assert check_name(name) == name
-
-
-@pytest.mark.parametrize("name", ["", "a/b", "-v1", ".v1", "v1..2", "v1.lock", "v1.", "v 1", "v1:x", "x" * 64])
-def test_invalid_names_are_refused_as_bad_input(name):
-    with pytest.raises(ReleaseError, match="not valid") as e:
-        check_name(name)
-    assert e.value.exit_code == 3
+from deepmetric.release.record import ReleaseError
 
 
 def _lock(root="data/01_raw/glyphs"):

@@ -17,7 +17,7 @@ from deepmetric.data.transforms import InputSpec, train_transform
 from deepmetric.methods import METHODS
 from deepmetric.methods.base import BatchConfig
 from deepmetric.models.backbones import BackboneConfig, build_backbone
-from deepmetric.training.config import InputConfig, ParameterError, parse_train
+from deepmetric.training.config import InputConfig, parse_train
 from deepmetric.training.data import TrainLoader, gpu_decode_batch
 from deepmetric.training.loop import fit
 from tests.fixtures import STRICT_LIMITS, make_bars, plant_image
@@ -230,11 +230,6 @@ def test_fit_with_workers_and_cache_equals_fit_in_process(bars, tmp_path):
     for k, v in a.payload["state_dict"].items():
         torch.testing.assert_close(v, b.payload["state_dict"][k], msg=k)
 
-
-@pytest.mark.parametrize("old, new", [("amp", "train.precision"), ("cache_images", "train.cache.mode")])
-def test_replaced_parameters_say_what_replaced_them(old, new):
-    with pytest.raises(ParameterError, match=f"train.{old} was replaced by {new}"):
-        parse_train({old: True})
 
 
 def test_training_images_are_cut_to_their_boxes_with_or_without_the_cache_and_on_the_gpu_path(tmp_path):

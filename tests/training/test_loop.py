@@ -107,24 +107,6 @@ def test_fit_calls_its_callbacks_around_epochs_and_steps_after_the_built_in_ones
                     "fit_end 2"]
 
 
-@pytest.mark.parametrize(
-    "block, needle",
-    [
-        ({"method": "nope"}, "unknown train.method 'nope'"),
-        ({"epochs": 0}, "train.epochs"),
-        ({"optimizer": {"name": "adagrad"}}, "train.optimizer.name"),
-        ({"bogus": 1}, "train.bogus: unknown parameter"),
-        ({"methods": {"margin": {"margni": 0.1}}}, "train.methods.margin.margni"),
-        ({"backbone": {"name": "resnet50", "pretrained": True}}, "needs weights_path"),
-        ({"optimizer": {"group_lr": {"masks": -1}}}, "train.optimizer.group_lr"),
-        ({"seed": 2**63}, "train.seed"),
-    ],
-)
-def test_bad_parameters_are_named(block, needle):
-    with pytest.raises(ParameterError, match=needle.replace("(", r"\(").replace(".", r"\.")):
-        parse_train(block)
-
-
 def test_the_image_limits_apply_to_the_training_images(shapes):
     root, manifest = shapes
     cfg, params = _cfg(epochs=1, num_workers=0)
@@ -138,18 +120,6 @@ def test_too_few_classes_for_batch(shapes):
     cfg, params = _cfg(batch={"classes_per_batch": 10, "samples_per_class": 2})
     with pytest.raises(ValueError, match="training split has 6"):
         fit(manifest, root, cfg, params, SPEC)
-
-
-def test_method_backbone_options_apply_unless_set():
-    from deepmetric.methods import METHODS
-
-    cfg, _ = parse_train({"method": "intra_batch"})
-    assert cfg.backbone.pool == "max"  # the paper's max pooling
-    cfg, _ = parse_train({"method": "intra_batch", "backbone": {"pool": "avg"}})
-    assert cfg.backbone.pool == "avg"  # the user's explicit choice wins
-    if METHODS["sharing"].backbone_options(METHODS["sharing"].Params()).get("frozen_bn"):
-        # frozen BN is for pretrained trunks only: from scratch it stays trainable
-        assert parse_train({"method": "sharing"})[0].backbone.frozen_bn is False
 
 
 def test_group_lr_sets_absolute_rates_and_names_an_unknown_group():

@@ -7,7 +7,7 @@ import pytest
 
 from deepmetric.data.manifest import build_manifest
 from deepmetric.data.readers import read_dataset
-from deepmetric.validation import ValidateParams, ValidationFailed, failure_summary, validate_manifest
+from deepmetric.validation import ValidationFailed, failure_summary, validate_manifest
 from tests.data.layouts import make_cub, make_inshop
 
 NO_COUNTS = {"known_counts": False}
@@ -140,17 +140,6 @@ def test_inshop_roles(tmp_path):
     m.loc[m.split == "test", "role"] = "both"
     report = validate_manifest(m, root, "inshop", NO_COUNTS, progress=False)
     assert report["failed"] == ["roles: test rows are query/gallery"]
-
-
-def test_params_are_checked():
-    with pytest.raises(ValueError, match="min_width"):
-        ValidateParams(min_width=100, max_width=10)
-    from deepmetric.data.config import ParamsError, parse_params
-
-    with pytest.raises(ParamsError, match=r"validate.min_widht: unknown parameter"):
-        parse_params(ValidateParams, {"min_widht": 3}, "validate")
-    with pytest.raises(ParamsError, match=r"validate.max_examples = 0"):
-        parse_params(ValidateParams, {"max_examples": 0}, "validate")
 
 
 def test_empty_dataframe_does_not_crash(tmp_path):

@@ -39,9 +39,11 @@ def load_model(payload: dict[str, Any]) -> tuple[Method, InputConfig]:
     """Rebuild the trained method (eval mode, CPU) and its input spec from a model file's payload."""
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"not a deepmetric model file (expected format {FORMAT!r})")
-    cfg, params = parse_train(payload["train"])
-    # Pretrained weights are in the state dict; never re-read them from their original file.
-    cfg = cfg.model_copy(update={"backbone": cfg.backbone.model_copy(update={"pretrained": False, "weights_path": None})})
+    # Pretrained weights are in the state dict: never re-read their original file, nor look for it before parsing
+    # (it need not exist, or be the same file, where the model is loaded); the recorded weights_sha256 stays.
+    train = dict(payload["train"])
+    train["backbone"] = {**(train.get("backbone") or {}), "pretrained": False, "weights_path": None}
+    cfg, params = parse_train(train)
     method = build_method(cfg, params, payload["num_classes"])
     method.load_state_dict(payload["state_dict"])
     method.eval()

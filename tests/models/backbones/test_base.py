@@ -10,7 +10,7 @@ from deepmetric.models.backbones import BACKBONES, BackboneConfig, build_backbon
 from deepmetric.registry import UnknownNameError
 from deepmetric.training.config import ParameterError, parse_train
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_frozen_bn_stays_frozen_in_train_mode():

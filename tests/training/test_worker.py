@@ -1,0 +1,52 @@
+"""torchrun's entry for training (deepmetric.training.worker), run as one process the way the README's single-
+machine form does: it trains from a run folder and writes the result there; without one it says how to start a
+run; a wrong command line is refused by argparse."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import torch
+
+from deepmetric.training.config import InputConfig, parse_train
+from deepmetric.training.launch import RESULT_FILE, RunSpec, write_run_dir
+from deepmetric.training.model_io import load_model
+from tests.fixtures import make_bars
+
+WORKER = [sys.executable, "-m", "deepmetric.training.worker"]
+
+
+def _worker(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([*WORKER, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_one_process_trains_from_the_run_folder_and_writes_the_result_there(tmp_path):
+    root = tmp_path / "data"
+    manifest = make_bars(root, lambda c: "train" if c < 6 else "test", num_classes=8, per_class=4, size=24)
+    cfg, _ = parse_train({"method": "margin", "epochs": 1, "steps_per_epoch": 2, "embedding_dim": 8,
+                          "progress": False, "num_workers": 0,
+                          "batch": {"classes_per_batch": 3, "samples_per_class": 2}})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_run_dir(run_dir, RunSpec(train=cfg.model_dump(mode="json"),
+                                   model=InputConfig(resize=24, crop=24).model_dump(mode="json"),
+                                   root=str(root), checkpoint_dir=None), manifest)
+    proc = _worker(str(run_dir), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = torch.load(run_dir / RESULT_FILE, weights_only=False)
+    assert result["world_size"] == 1 and not result["kedro_loaded"] and len(result["log"]) == 1
+    method, spec = load_model(result["payload"])
+    assert spec.crop == 24 and method.embed(torch.zeros(1, 3, 24, 24)).shape == (1, 8)
+
+
+def test_joining_without_any_run_folder_says_how_to_start_a_run(tmp_path):
+    proc = _worker("--join", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "no rank was given a run folder: start the run with `kedro run --pipelines train`" in proc.stderr
+
+
+def test_a_run_folder_and_join_together_or_neither_is_a_usage_error(tmp_path):
+    for args in ((), (str(tmp_path), "--join")):
+        proc = _worker(*args, cwd=tmp_path)
+        assert proc.returncode == 2 and "give either RUN_DIR or --join" in proc.stderr, proc.stderr
