@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from deepmetric.training.distributed import Distributed, GradientSync, SingleProcess
+from tests.fixtures import one_torch_thread
 from tests.training import dist_cases
 
 REPO = Path(__file__).resolve().parents[2]
@@ -54,8 +55,8 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], ints: bool
 
 @pytest.mark.parametrize("name", list(dist_cases.METHODS))
 def test_two_ranks_with_gathering_equal_one_process(ranks_out, name):
-    torch.set_num_threads(1)
-    ref_loss, ref_state = dist_cases.reference_step(name)
+    with one_torch_thread():
+        ref_loss, ref_state = dist_cases.reference_step(name)
     before = dist_cases.build_case(name)[0].state_dict()
     r0 = torch.load(ranks_out / f"{name.replace('/', '_')}_rank0.pt")
     r1 = torch.load(ranks_out / f"{name.replace('/', '_')}_rank1.pt")
@@ -75,8 +76,8 @@ def test_two_ranks_with_gathering_equal_one_process(ranks_out, name):
 
 
 def test_without_gathering_each_rank_sees_only_its_half(ranks_out):
-    torch.set_num_threads(1)
-    _, ref_state = dist_cases.reference_step(dist_cases.NO_GATHER)
+    with one_torch_thread():
+        _, ref_state = dist_cases.reference_step(dist_cases.NO_GATHER)
     r0 = torch.load(ranks_out / f"{dist_cases.NO_GATHER}_nogather_rank0.pt")
     assert _max_diff(r0["state"], ref_state)[0] > 10 * PARAM_ATOL
 
