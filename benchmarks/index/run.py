@@ -500,6 +500,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="results JSON (default: results.json here; --quick: none, the table only)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, run the rest")
     ap.add_argument("--report", action="store_true", help="print the tables of --out (slopes, winners recomputed)")
+    ap.add_argument("--evidence", action="store_true",
+                    help="print the EVIDENCE and FLAT_SMALLEST of deepmetric/index/auto.py that --out's winners give")
     ap.add_argument("--stage", choices=list(STAGES), help=argparse.SUPPRESS)
     ap.add_argument("--stage-args", help=argparse.SUPPRESS)
     ap.add_argument("--stage-out", help=argparse.SUPPRESS)
@@ -507,11 +509,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.stage:
         Path(a.stage_out).write_text(json.dumps(STAGES[a.stage](json.loads(a.stage_args))))
         return 0
-    if a.report:
+    if a.report or a.evidence:
         out = Path(a.out or Path(__file__).with_name("results.json"))
         result = json.loads(out.read_text())
         result["slopes"], result["winners"] = slopes(result["rows"]), winners(result["rows"])
-        print(table(result))
+        print(evidence(result) if a.evidence else table(result))
         return 0
     if a.quick:
         a.sizes, a.dims, a.queries, a.min_cpu_s = [1e4], [128], 200, 0.2
@@ -642,6 +644,24 @@ def winners(rows: list[dict]) -> list[dict]:
                     "candidates": sorted(m.kind for m in ms), "skipped": sorted(
                         r["kind"] for r in rows if r["dim"] == dim and r["n"] == n and "skipped" in r)})
     return out
+
+
+def evidence(result: dict) -> str:
+    """The Python source of auto.py's EVIDENCE (each winner's figures) and FLAT_SMALLEST."""
+    rows = {(r["dim"], r["n"], r["kind"]): r for r in measured(result["rows"])}
+    lines = ["EVIDENCE: tuple[Evidence, ...] = ("]
+    for w in result["winners"]:
+        if w["kind"]:
+            r = rows[(w["dim"], w["n"], w["kind"])]
+            lines.append(f"    Evidence({w['dim']}, {w['n']:_}, {w['kind']!r}, {w['search']!r}, {r['recall@10']!r}, "
+                         f"{r['qps_batch1']!r}),")
+    lines.append(")")
+    smallest = {}
+    for (dim, n, kind), r in sorted(rows.items()):
+        if kind == "flat" and dim not in smallest:
+            smallest[dim] = r["qps_batch1"]
+    lines.append(f"FLAT_SMALLEST: dict[int, float] = {smallest!r}")
+    return "\n".join(lines)
 
 
 def table(result: dict) -> str:

@@ -15,6 +15,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+AUTO = "auto"
+"""The ``index.factory`` value that asks :func:`choose_factory` for the index."""
 RECALL_TARGET = 0.95
 """recall@10 against exact inner-product search that an index must keep to be chosen."""
 QPS_TIE = 0.10
@@ -152,8 +154,13 @@ class Evidence:
     qps_batch1: float
 
 
-EVIDENCE: tuple[Evidence, ...] = ()
+EVIDENCE: tuple[Evidence, ...] = (
+    Evidence(128, 10_000, 'ivf_flat', {'nprobe': 11}, 0.9552, 43672.0),
+    Evidence(512, 10_000, 'hnsw', {'efSearch': 10}, 0.9768, 20805.7),
+)
 """Filled from the benchmark's ``winners`` (tests/index/test_auto.py checks the two agree)."""
+FLAT_SMALLEST: dict[int, float] = {128: 4888.3, 512: 1228.9}
+"""Flat's queries/s (batch 1, one core) at the smallest measured size, by dimension (from the same results)."""
 
 
 @dataclass(frozen=True)
@@ -171,11 +178,19 @@ class Choice:
 def choose_factory(n: int, dim: int) -> Choice:
     """The index for ``n`` vectors of dimension ``dim``: the benchmark's winner at the smallest measured size ≥ n
     (its search knob was tuned there, so it keeps the recall target at n) for the smallest measured dimension
-    ≥ dim; beyond the measured range, the largest one's, said in ``why``."""
+    ≥ dim; beyond the measured range, the largest one's, said in ``why``. Below the smallest measured size,
+    exact search (Flat): recall 1, no training, no knob, and the smallest index, at a cost per query that
+    shrinks with ``n`` below what the benchmark measured for Flat at that size (:data:`FLAT_SMALLEST`)."""
     _check_positive(n=n, dim=dim)
     dims = sorted({e.dim for e in EVIDENCE})
     table_dim = next((d for d in dims if d >= dim), dims[-1])
     rows = sorted((e for e in EVIDENCE if e.dim == table_dim), key=lambda e: e.n)
+    if n < rows[0].n:
+        flat = FLAT_SMALLEST[table_dim]
+        return Choice("flat", "Flat", {}, {}, 0,
+                      f"Flat for {n:,} × {dim}-d: below the smallest measured gallery ({rows[0].n:,} × "
+                      f"{table_dim}-d, where exact search took {1e3 / flat:.2f} ms per query on one core), "
+                      "exact search: recall 1, no training, the smallest index (benchmarks/index/README.md)")
     row = next((e for e in rows if e.n >= n), rows[-1])
     kind = KINDS[row.kind]
     notes = []
