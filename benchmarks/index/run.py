@@ -499,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="where galleries and indexes go (default: a temporary folder, removed)")
     ap.add_argument("--out", help="results JSON (default: results.json here; --quick: none, the table only)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, run the rest")
-    ap.add_argument("--report", action="store_true", help="print the tables of --out (slopes, winners recomputed)")
+    ap.add_argument("--report", action="store_true",
+                    help="print the tables of --out (slopes and winners recomputed and saved in it)")
     ap.add_argument("--evidence", action="store_true",
                     help="print the EVIDENCE and FLAT_SMALLEST of deepmetric/index/auto.py that --out's winners give")
     ap.add_argument("--stage", choices=list(STAGES), help=argparse.SUPPRESS)
@@ -513,6 +514,8 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(a.out or Path(__file__).with_name("results.json"))
         result = json.loads(out.read_text())
         result["slopes"], result["winners"] = slopes(result["rows"]), winners(result["rows"])
+        if a.report:
+            save(out, result)  # an interrupted run's file gets its slopes and winners
         print(evidence(result) if a.evidence else table(result))
         return 0
     if a.quick:
