@@ -212,3 +212,82 @@ def test_query_expansion_is_the_evaluations_and_keeps_the_cosine(deploy_data, tm
     assert len(b.search(q, 1, rerank="qe")[0]) == 1  # k below the expansion's n: the first search takes n
     with pytest.raises(ValueError, match=r"rerank must be one of \['qe'\], got 'dba'"):
         b.search(q, 3, rerank="dba")
+
+
+def _mapped(path) -> bool:
+    """Whether this process maps ``path`` (a line of /proc/self/maps names it)."""
+    return str(path.resolve()) in open("/proc/self/maps").read()
+
+
+def test_the_index_is_memory_mapped_and_searches_as_the_copied_one(built, tmp_path):
+    *_, bundle_dir = built
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    mapped, copied = load_bundle(copy), load_bundle(copy, mmap=False)
+    assert _mapped(copy / "index.faiss")
+    q = copied.index.reconstruct_n(0, 5)
+    assert (mapped.index.search(q, 5)[1] == copied.index.search(q, 5)[1]).all()
+    del mapped, copied
+    import gc
+
+    gc.collect()
+    copied = load_bundle(copy, mmap=False)
+    assert not _mapped(copy / "index.faiss") and copied.gallery_size == 36
+
+
+def _age(folder, seconds=60):
+    """Set every file's mtime ``seconds`` in the past (a bundle as it sits on a host, not one just written)."""
+    import os
+    import time
+
+    for p in folder.iterdir():
+        os.utime(p, (time.time() - seconds, time.time() - seconds))
+
+
+def test_a_reload_hashes_only_files_changed_since_the_last_check(built, tmp_path):
+    from deepmetric.bundle.reader import verify_file
+
+    *_, bundle_dir = built
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    want = read_manifest(copy)["files"]["index.faiss"]
+    _age(copy, 0)
+    assert verify_file(copy, "index.faiss", want)  # just written (racy): checked, not remembered
+    assert verify_file(copy, "index.faiss", want)
+    _age(copy)
+    load_bundle(copy)
+    assert not verify_file(copy, "index.faiss", want)  # unchanged since the load's check: not hashed again
+    with pytest.raises(BundleError, match="index.faiss: sha256 .* does not match"):
+        verify_file(copy, "index.faiss", "0" * 64)  # remembered with its hash: another hash is checked
+
+
+@pytest.mark.parametrize("name", ["index.faiss", "ids.parquet", "model.onnx"])
+def test_a_file_altered_after_a_remembered_check_is_refused_on_reload(built, tmp_path, name):
+    """Same size, mtime put back: the inode's ctime still moves, so the reload hashes it again and refuses it."""
+    import os
+
+    *_, bundle_dir = built
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    _age(copy)
+    load_bundle(copy)
+    st = (copy / name).stat()
+    data = bytearray((copy / name).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / name).write_bytes(bytes(data))
+    os.utime(copy / name, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert (copy / name).stat().st_size == st.st_size and (copy / name).stat().st_mtime_ns == st.st_mtime_ns
+    with pytest.raises(BundleError) as err:
+        load_bundle(copy)
+    assert err.value.file == name and "does not match the manifest" in err.value.reason
+
+
+def test_a_file_missing_on_reload_is_refused_naming_it(built, tmp_path):
+    *_, bundle_dir = built
+    copy = tmp_path / "b"
+    shutil.copytree(bundle_dir, copy)
+    _age(copy)
+    load_bundle(copy)
+    (copy / "ids.parquet").unlink()
+    with pytest.raises(BundleError, match=r"ids.parquet: missing in"):
+        load_bundle(copy)

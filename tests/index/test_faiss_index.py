@@ -115,3 +115,36 @@ def test_gallery_roles_exclude_query_only_rows(gallery):
     with pytest.raises(ValueError, match="no test-split rows"):
         build_gallery_index(onnx_bytes, m[m["split"] != "test"], root, IndexParams())
     assert isinstance(ids, pd.DataFrame)
+
+
+def test_training_on_an_evenly_spaced_sample_and_polysemous_switch():
+    import faiss
+
+    x = _unit(2000, 8, seed=3)
+    index = build_index(x, "IVF16,PQ2", train_size=700, polysemous_training=False)
+    ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    assert not ivf.do_polysemous_training and index.ntotal == 2000
+    same = faiss.index_factory(8, "IVF16,PQ2", faiss.METRIC_INNER_PRODUCT)
+    faiss.extract_index_ivf(same).cp.seed = 0
+    faiss.downcast_index(faiss.extract_index_ivf(same)).do_polysemous_training = False
+    same.train(x[np.linspace(0, 1999, 700).astype(np.int64)])
+    whole = build_index(x, "IVF16,PQ2", polysemous_training=False)  # trained on all 2000
+    centroids = [faiss.rev_swig_ptr(faiss.downcast_index(faiss.extract_index_ivf(i).quantizer).get_xb(), 16 * 8)
+                 for i in (index, same, whole)]
+    np.testing.assert_array_equal(centroids[0], centroids[1])
+    assert not np.array_equal(centroids[0], centroids[2])
+
+
+def test_read_index_file_maps_or_refuses_naming_the_problem(tmp_path):
+    import faiss
+
+    from deepmetric.index.build import read_index_file
+
+    index = build_index(_unit(300, 8), "HNSW8", {"efSearch": 16})
+    faiss.write_index(index, str(tmp_path / "i.faiss"))
+    for mmap in (True, False):
+        back = read_index_file(str(tmp_path / "i.faiss"), mmap=mmap)
+        assert back.ntotal == 300 and (back.search(_unit(4, 8, 1), 3)[1] == index.search(_unit(4, 8, 1), 3)[1]).all()
+    (tmp_path / "bad.faiss").write_bytes(b"not an index")
+    with pytest.raises(IndexBuildError, match="not a readable faiss index"):
+        read_index_file(str(tmp_path / "bad.faiss"))

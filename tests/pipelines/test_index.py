@@ -69,7 +69,19 @@ def test_default_parameter_file_is_valid():
     from deepmetric.data.config import parse_params
     from deepmetric.index.config import IndexParams
 
-    assert parse_params(IndexParams, load_params("index")["index"], "index").factory == "Flat"
+    assert parse_params(IndexParams, load_params("index")["index"], "index").factory == "auto"
+
+
+def test_the_default_auto_factory_builds_exact_search_for_a_small_gallery(work):
+    """`index.factory: auto` (the default) resolves by gallery size and dimension: a gallery this small gets
+    Flat, and the report (then the bundle manifest) records the factory built and why."""
+    tmp, root, manifest = work
+    run_stage("index", tmp, _params(root))
+    report = json.loads((tmp / "data/08_reporting/index.json").read_text())
+    index = deserialize_index((tmp / "data/07_model_output/index.faiss").read_bytes())
+    assert report["factory_requested"] == "auto" and report["factory"] == "Flat" and report["search_params"] == {}
+    assert report["auto"]["kind"] == "flat" and "Flat for" in report["auto"]["why"]
+    assert type(index).__name__ == "IndexFlatIP" and report["recall@10_vs_exact"] == 1.0
 
 
 def test_bad_parameters_fail_naming_them(work, tmp_path):

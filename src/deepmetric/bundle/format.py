@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -27,7 +28,7 @@ SHARD_PATTERN = re.compile(r"^thumbnails-\d{5}\.parquet$")
 
 __all__ = ["FORMAT", "ID_COLUMNS", "IDS_FILE", "INDEX_FILE", "MANIFEST_FILE", "MODEL_FILE", "PAYLOAD_FILES",
            "SHARD_PATTERN", "THRESHOLDS_FILE", "BundleError", "declared_files", "json_document", "manifest_bytes", "manifest_sha256", "sha256",
-           "shard_name", "short", "timestamp"]
+           "sha256_file", "shard_name", "short", "timestamp"]
 
 
 class BundleError(ValueError):
@@ -40,6 +41,15 @@ class BundleError(ValueError):
 
 def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes, read ``chunk`` bytes at a time (memory bounded by ``chunk``, whatever its size)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def short(digest: Any) -> str:

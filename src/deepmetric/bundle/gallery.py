@@ -250,7 +250,7 @@ def update_gallery(
     src = Path(src)
     dest = Path(dest) if dest is not None else src
     link = _check_destination(src, dest, replace)
-    bundle = load_bundle(src)
+    bundle = load_bundle(src, mmap=False)  # its index is cloned and added to: a mapped one cannot be
     manifest = bundle.manifest
     ids = bundle.ids[list(ID_COLUMNS)].reset_index(drop=True)
     id_values = ids["id"].to_numpy()

@@ -8,8 +8,10 @@ built by this model, ``accepted_on`` holds this model's metrics). Any failure is
 
 from __future__ import annotations
 
-import io
+import os
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +32,14 @@ from deepmetric.bundle.format import (
     declared_files,
     json_document,
     manifest_sha256,
-    sha256,
+    sha256_file,
     short,
 )
 from deepmetric.bundle.thresholds import NO_THRESHOLDS, Thresholds, mark_matches, parse_thresholds
 from deepmetric.bundle.thumbnails import ThumbnailError, Thumbnails
 
-__all__ = ["QE_ALPHA", "QE_N", "RERANKINGS", "Bundle", "load_bundle", "read_manifest", "verify_lineage"]
+__all__ = ["QE_ALPHA", "QE_N", "RERANKINGS", "Bundle", "load_bundle", "read_manifest", "verify_file",
+           "verify_lineage"]
 
 #: The serving-time re-rankings (`/v1/search?rerank=`, `deepmetric search --rerank`; none by default).
 RERANKINGS = ("qe",)
@@ -231,35 +234,70 @@ def verify_lineage(manifest: Mapping[str, Any], weights: str | None) -> None:
                           f"{short(lin.get('metrics_weights_sha256'))}, not of this model ({short(weights)})")
 
 
-def load_bundle(root: str | Path, threads: int = 0) -> Bundle:
-    """Read and verify a bundle: manifest integrity, every file's sha256, the model runs, model output
-    dimension = index dimension = manifest dimension, ids match the index. Raises `BundleError`."""
-    from deepmetric.index.build import IndexBuildError, deserialize_index
+_VERIFIED: OrderedDict[str, tuple[int, ...]] = OrderedDict()
+"""Files whose sha256 was checked in this process: real path → (device, inode, size, mtime, ctime) and the hash.
+A reload skips hashing a file whose stat is the same as when its hash was checked."""
+_VERIFIED_MAX = 4096
+RACY_NS = 2_000_000_000
+"""A file modified (mtime) less than this long before its hash was checked is not remembered (git's racy-clean
+rule): a write within the file system's timestamp granularity after the check could keep its size and mtime."""
+
+
+def _stamp(path: Path) -> tuple[int, ...]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns
+
+
+def verify_file(root: Path, name: str, want: str) -> bool:
+    """Check ``root / name`` against its manifest sha256 ``want``, streamed (memory bounded, whatever the size);
+    skipped when this process already checked the same file (same device, inode, size, mtime, ctime) against the
+    same hash. Raises `BundleError` naming the file; returns whether the hash was computed."""
+    path = root / name
+    if not path.is_file():
+        raise BundleError(name, f"missing in {root}")
+    key = os.path.realpath(path)
+    stamp = _stamp(path)
+    if _VERIFIED.get(key) == (*stamp, want):
+        _VERIFIED.move_to_end(key)
+        return False
+    checked_at = time.time_ns()
+    got = sha256_file(path)
+    if got != want:
+        _VERIFIED.pop(key, None)
+        raise BundleError(name, f"sha256 {got[:16]}… does not match the manifest's {str(want)[:16]}… "
+                          "(file changed after the bundle was built)")
+    if _stamp(path) == stamp and checked_at - stamp[3] > RACY_NS:
+        _VERIFIED[key] = (*stamp, want)
+        while len(_VERIFIED) > _VERIFIED_MAX:
+            _VERIFIED.popitem(last=False)
+    return True
+
+
+def load_bundle(root: str | Path, threads: int = 0, mmap: bool = True) -> Bundle:
+    """Read and verify a bundle: manifest integrity, every file's sha256 (streamed, and not again for a file
+    this process checked unchanged), the model runs, model output dimension = index dimension = manifest
+    dimension, ids match the index. With ``mmap`` the faiss index is memory-mapped from ``index.faiss`` (read-only:
+    what updates the gallery loads with ``mmap=False``). Raises `BundleError`."""
+    from deepmetric.index.build import IndexBuildError, read_index_file
     from deepmetric.index.embedder import OnnxEmbedder
 
     root = Path(root)
     manifest = read_manifest(root)
-    blobs: dict[str, bytes] = {}
-    for name in declared_files(manifest):
-        path = root / name
-        if not path.is_file():
-            raise BundleError(name, f"missing in {root}")
-        data = path.read_bytes()
-        got = sha256(data)
-        if got != manifest["files"][name]:
-            raise BundleError(name, f"sha256 {got[:16]}… does not match the manifest's {str(manifest['files'][name])[:16]}… "
-                              "(file changed after the bundle was built)")
-        blobs[name] = data
+    names = declared_files(manifest)
+    for name in names:
+        verify_file(root, name, manifest["files"][name])
+    # the model, thresholds and thumbnail shards are used as bytes; the index is mapped, the ids read from their file
+    blobs = {name: (root / name).read_bytes() for name in names if name not in (INDEX_FILE, IDS_FILE)}
     try:
         embedder = OnnxEmbedder(blobs[MODEL_FILE], threads=threads)
     except ValueError as e:
         raise BundleError(MODEL_FILE, str(e)) from None
     try:
-        index = deserialize_index(blobs[INDEX_FILE])
+        index = read_index_file(str(root / INDEX_FILE), mmap=mmap)
     except IndexBuildError as e:
         raise BundleError(INDEX_FILE, str(e)) from None
     try:
-        ids = pd.read_parquet(io.BytesIO(blobs[IDS_FILE]))
+        ids = pd.read_parquet(root / IDS_FILE)
     except Exception as e:  # pyarrow raises several types
         raise BundleError(IDS_FILE, f"not a readable parquet table ({e})") from None
     dim = manifest.get("embedding_dim")

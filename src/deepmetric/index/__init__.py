@@ -6,6 +6,7 @@ from deepmetric.index.build import (
     build_index,
     deserialize_index,
     evaluate_index,
+    read_index_file,
     serialize_index,
 )
 from deepmetric.index.config import IndexParams
@@ -19,5 +20,6 @@ __all__ = [
     "build_index",
     "deserialize_index",
     "evaluate_index",
+    "read_index_file",
     "serialize_index",
 ]

@@ -25,9 +25,12 @@ def build_index(
     search_params: Mapping[str, int] | None = None,
     ef_construction: int | None = None,
     seed: int = 0,
+    train_size: int | None = None,
+    polysemous_training: bool | None = None,
 ):
-    """``faiss.index_factory(dim, factory, METRIC_INNER_PRODUCT)``, trained on the gallery when needed (IVF,
-    PQ), then every embedding added in order (faiss id = row number)."""
+    """``faiss.index_factory(dim, factory, METRIC_INNER_PRODUCT)``, trained when needed (IVF, PQ) on the gallery
+    or, with ``train_size``, on that many of its rows evenly spaced, then every embedding added in order (faiss id
+    = row number). ``polysemous_training`` switches faiss' polysemous codes of an IVF-PQ on or off (faiss: on)."""
     faiss = _faiss()
     x = np.ascontiguousarray(embeddings, dtype=np.float32)
     if x.ndim != 2 or len(x) == 0:
@@ -50,8 +53,15 @@ def build_index(
                 "use fewer IVF lists / PQ bits, or Flat / HNSW"
             )
         _seed_clustering(index, seed)
+        if polysemous_training is not None and _ivf(index) is not None:
+            inner = faiss.downcast_index(_ivf(index))
+            if hasattr(inner, "do_polysemous_training"):
+                inner.do_polysemous_training = bool(polysemous_training)
+        xt = x
+        if train_size and max(train_size, needed) < n:
+            xt = x[np.linspace(0, n - 1, max(train_size, needed)).astype(np.int64)]
         try:
-            index.train(x)
+            index.train(xt)
         except RuntimeError as e:
             raise IndexBuildError(f"training {factory!r} on {n} gallery vectors failed: {_first_line(e)}") from None
     index.add(x)
@@ -136,6 +146,23 @@ def deserialize_index(data: bytes):
     faiss = _faiss()
     try:
         return faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8).copy())
+    except RuntimeError as e:
+        raise IndexBuildError(f"not a readable faiss index: {_first_line(e)}") from None
+
+
+def read_index_file(path: str, mmap: bool = True):
+    """The faiss index in file ``path``; with ``mmap``, its vectors, codes, graph and inverted lists mapped from
+    the file (``faiss.IO_FLAG_MMAP_IFC``: Flat, HNSW, IVF-Flat/SQ/PQ in faiss 1.15), not copied into memory, so
+    the page cache holds them once for every process serving the same file. A mapped index is read-only: adding
+    to it (or to a clone of it) aborts the process, so a gallery update reads with ``mmap=False``."""
+    faiss = _faiss()
+    try:
+        if mmap:
+            try:
+                return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+            except RuntimeError:
+                pass  # a type faiss cannot map: read it whole
+        return faiss.read_index(str(path))
     except RuntimeError as e:
         raise IndexBuildError(f"not a readable faiss index: {_first_line(e)}") from None
 

@@ -22,9 +22,10 @@ class IndexParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # `auto` (deepmetric.index.auto.choose_factory: by gallery size and dimension, from benchmarks/index) or a
     # faiss index_factory string, inner-product metric on L2-normalised embeddings:
     # Flat | HNSW32 | IVF64,Flat | IVF64,PQ16 | OPQ16,IVF64,PQ16 | …
-    factory: str = "Flat"
+    factory: str = "auto"
     search: SearchParams = Field(default_factory=SearchParams)
     # Build-time HNSW parameter (efConstruction), when the factory is an HNSW index.
     ef_construction: int | None = Field(None, gt=0)

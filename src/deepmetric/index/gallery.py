@@ -15,6 +15,7 @@ from deepmetric.data.batches import row_batches
 from deepmetric.data.contract import BBOX_COLUMNS, boxes_of
 from deepmetric.data.images import ImageLimits
 from deepmetric.export.images import spaced_subset, test_rows
+from deepmetric.index.auto import AUTO, choose_factory
 from deepmetric.index.build import build_index, evaluate_index, serialize_index
 from deepmetric.index.config import IndexParams
 from deepmetric.index.embedder import OnnxEmbedder, embed_shard, init_shard_worker
@@ -62,6 +63,25 @@ def data_version(manifest: pd.DataFrame) -> str:
     return hashlib.sha256(("\n".join([",".join(cols), *rows])).encode()).hexdigest()
 
 
+def resolve_index(params: IndexParams, n: int, dim: int) -> dict[str, Any]:
+    """The index to build for ``n`` gallery vectors of dimension ``dim``: ``params.factory``, or with ``auto``
+    the one :func:`deepmetric.index.auto.choose_factory` picks, with its tuned search parameter (a value set in
+    ``index.search`` wins), its build settings (``index.ef_construction`` wins) and its training sample."""
+    resolved: dict[str, Any] = {"factory": params.factory, "search_params": params.search.as_dict(),
+                                "ef_construction": params.ef_construction, "auto": None}
+    if params.factory != AUTO or n < 1 or dim < 1:  # an empty gallery: build_index says so
+        return resolved
+    choice = choose_factory(n, dim)
+    return {
+        "factory": choice.factory,
+        "search_params": {**choice.search, **params.search.as_dict()},
+        "ef_construction": params.ef_construction if params.ef_construction is not None
+        else choice.build.get("ef_construction"),
+        "auto": {"kind": choice.kind, "search_params": choice.search, "train_size": choice.train_size,
+                 "polysemous_training": choice.build.get("polysemous_training"), "why": choice.why},
+    }
+
+
 def build_gallery_index(
     onnx_bytes: bytes, manifest: pd.DataFrame, root: str | os.PathLike[str], params: IndexParams,
     limits: ImageLimits = ImageLimits(),
@@ -76,7 +96,11 @@ def build_gallery_index(
     x = embed_gallery(onnx_bytes, embedder, gallery_rows, root, params, limits)
     embed_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    index = build_index(x, params.factory, params.search.as_dict(), params.ef_construction, params.seed)
+    chosen = resolve_index(params, len(x), x.shape[1] if x.ndim == 2 else 0)
+    auto = chosen["auto"] or {}
+    poly = auto.get("polysemous_training")
+    index = build_index(x, chosen["factory"], chosen["search_params"], chosen["ef_construction"], params.seed,
+                        train_size=auto.get("train_size"), polysemous_training=None if poly is None else bool(poly))
     build_s = time.perf_counter() - t0
 
     ids = pd.DataFrame({
@@ -98,10 +122,12 @@ def build_gallery_index(
                                 params.latency_queries)
     data = serialize_index(index)
     report = {
-        "factory": params.factory,
+        "factory": chosen["factory"],  # with `index.factory: auto`, the one chosen (`auto` says why)
+        "factory_requested": params.factory,
+        "auto": chosen["auto"],
         "metric": "inner_product",
-        "search_params": params.search.as_dict(),
-        "ef_construction": params.ef_construction,
+        "search_params": chosen["search_params"],
+        "ef_construction": chosen["ef_construction"],
         "index_type": type(faiss.downcast_index(index)).__name__,
         "gallery_size": int(index.ntotal),
         "embedding_dim": int(index.d),
@@ -125,4 +151,4 @@ def build_gallery_index(
 
 
 __all__ = ["GALLERY_ROLES", "ID_COLUMNS", "build_gallery_index", "data_version", "embed_gallery", "embed_rows",
-           "ids_digest", "spaced_subset"]
+           "ids_digest", "resolve_index", "spaced_subset"]
