@@ -16,7 +16,6 @@ PENDING = {
     "cli/__main__.py",  # `python -m deepmetric.cli`: run by tests/cli/test_main.py
     "data/readers/base.py", "data/readers/cars196.py", "data/readers/common.py", "data/readers/cub.py",
     "data/readers/glyphs.py", "data/readers/inshop.py", "data/readers/sop.py",  # tests/data/test_readers.py
-    "index/build.py", "index/config.py", "index/embedder.py", "index/gallery.py",  # tests/index/test_faiss_index.py
 }
 
 

@@ -1,13 +1,11 @@
-"""faiss index from a factory string: Flat / HNSW / IVF / IVF+PQ, search parameters, report vs exact search."""
+"""deepmetric.index.build: a faiss index from a factory string (Flat / HNSW / IVF / IVF+PQ), search parameters,
+serialization, the report against exact search."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 
-from deepmetric.data.config import parse_params
-from deepmetric.data.images import ImageLimits
 from deepmetric.index.build import (
     IndexBuildError,
     build_index,
@@ -15,10 +13,6 @@ from deepmetric.index.build import (
     evaluate_index,
     serialize_index,
 )
-from deepmetric.index.config import IndexParams
-from deepmetric.index.embedder import OnnxEmbedder
-from deepmetric.index.gallery import build_gallery_index
-from tests.deploy_fixtures import EMBED_DIM, make_dataset, onnx_model
 
 
 def _unit(n: int, d: int, seed: int = 0) -> np.ndarray:
@@ -66,55 +60,6 @@ def test_nprobe_changes_recall_of_ivf():
 def test_bad_factory_or_parameters_name_the_problem(factory, search, message):
     with pytest.raises(IndexBuildError, match=message.replace("(", r"\(").replace(")", r"\)")):
         build_index(_unit(300, 32), factory, search)
-
-
-def test_params_reject_unknown_keys():
-    with pytest.raises(ValueError, match="index.nprobe"):
-        parse_params(IndexParams, {"factory": "Flat", "nprobe": 3}, "index")
-    with pytest.raises(ValueError, match="efsearch"):
-        parse_params(IndexParams, {"search": {"efsearch": 3}}, "index")
-
-
-@pytest.fixture(scope="module")
-def gallery(tmp_path_factory):
-    root = tmp_path_factory.mktemp("index_data")
-    manifest = make_dataset(root)
-    return root, manifest, onnx_model()
-
-
-def test_gallery_index_uses_the_onnx_model(gallery):
-    root, manifest, onnx_bytes = gallery
-    data, ids, report = build_gallery_index(onnx_bytes, manifest, root, IndexParams(factory="HNSW8",
-                                            search={"efSearch": 32}, recall_ks=[1, 5]))
-    test = manifest[(manifest["split"] == "test") & manifest["role"].isin(["gallery", "both"])]
-    assert list(ids.columns) == ["id", "label", "class_name", "path"]
-    assert ids["path"].tolist() == test["path"].tolist() and ids["id"].tolist() == list(range(len(test)))
-    index = deserialize_index(data)
-    assert index.ntotal == len(test) and index.d == EMBED_DIM
-    assert report["gallery_size"] == len(test) and report["factory"] == "HNSW8"
-    assert report["search_params"] == {"efSearch": 32}
-    assert 0.0 <= report["recall@5_vs_exact"] <= 1.0 and report["recall@1_vs_exact"] > 0.9
-    assert set(report["latency"]["index"]) == {"k", "single_query", "batch"}
-    # The stored vectors are the ONNX model's embeddings of eval_image(open_image(file)).
-    from deepmetric.export.images import load_batch
-
-    emb = OnnxEmbedder(onnx_bytes)
-    first = emb.embed(load_batch(root, [ids["path"][0]], emb.spec, ImageLimits(max_pixels=10**7)))
-    _, nn = index.search(first, 1)
-    assert nn[0, 0] == 0
-
-
-def test_gallery_roles_exclude_query_only_rows(gallery):
-    root, manifest, onnx_bytes = gallery
-    m = manifest.copy()
-    test_idx = m.index[m["split"] == "test"]
-    m.loc[test_idx[:4], "role"] = "query"
-    _, ids, report = build_gallery_index(onnx_bytes, m, root, IndexParams())
-    assert report["gallery_size"] == len(test_idx) - 4
-    assert not set(m.loc[test_idx[:4], "path"]) & set(ids["path"])
-    with pytest.raises(ValueError, match="no test-split rows"):
-        build_gallery_index(onnx_bytes, m[m["split"] != "test"], root, IndexParams())
-    assert isinstance(ids, pd.DataFrame)
 
 
 def test_training_on_an_evenly_spaced_sample_and_polysemous_switch():
