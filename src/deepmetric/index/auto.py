@@ -78,7 +78,7 @@ class IndexKind:
 
 
 def _steps(lo: int, hi: int) -> tuple[int, ...]:
-    """lo, then ×√2 (rounded: 1, 2, 3, 4, 6, 8, 12, 16, …) up to hi: fine enough that the value chosen to reach
+    """lo, then ×√2 (rounded: 1, 2, 3, 4, 6, 8, 11, 16, …) up to hi: fine enough that the value chosen to reach
     the recall target overshoots it by at most one half-octave of cost."""
     out: list[int] = []
     i = 0
@@ -94,7 +94,7 @@ _NO_POLYSEMOUS = {"polysemous_training": 0}
 only Hamming-threshold filtering (``polysemous_ht``), which these searches do not use."""
 KINDS: dict[str, IndexKind] = {k.name: k for k in (
     IndexKind("flat", "Flat", _factory="Flat"),
-    IndexKind("hnsw", "HNSW", "efSearch", _steps(16, 4096),
+    IndexKind("hnsw", "HNSW", "efSearch", _steps(10, 4096),
               build={"ef_construction": HNSW_EF_CONSTRUCTION}, _factory="HNSW{M}"),
     IndexKind("ivf_flat", "IVF-Flat", "nprobe", _steps(1, 2 ** 14), trains=True, _factory="IVF{nlist},Flat"),
     IndexKind("ivf_sq8", "IVF-SQ8", "nprobe", _steps(1, 2 ** 14), trains=True, _factory="IVF{nlist},SQ8"),
