@@ -14,11 +14,13 @@ import numpy as np
 import pytest
 
 from deepmetric.index.auto import (
+    EVIDENCE,
     IVF_MIN_POINTS_PER_LIST,
     KINDS,
     RECALL_TARGET,
     Measured,
     best_index,
+    choose_factory,
     ivf_nlist,
     pq_m,
 )
@@ -147,3 +149,68 @@ def test_quick_benchmark_runs_every_stage_and_flat_is_exact(tmp_path):
     assert [s["value"] for s in sweep] == list(KINDS["ivf_flat"].sweep[:len(sweep)])
     assert sweep[-1]["recall@10"] >= RECALL_TARGET > sweep[-2]["recall@10"]
     assert result["winners"][0]["kind"] in rows and "| 128 | 10^4 | Flat | `Flat` |" in p.stdout
+
+
+RESULTS = ROOT / "benchmarks" / "index" / "results.json"
+
+
+def test_the_rule_encodes_the_committed_benchmark_winners():
+    """EVIDENCE is the benchmark's `winners` (best_index applied to each measured size and dimension): rerunning
+    the benchmark with other results fails here until the rule follows."""
+    result = json.loads(RESULTS.read_text())
+    rows = [r for r in result["rows"] if "recall@10" in r]
+    for w in result["winners"]:
+        ms = [Measured(r["kind"], r["recall@10"], r["qps_batch1"], r["index_bytes"], r["search"])
+              for r in rows if (r["n"], r["dim"]) == (w["n"], w["dim"])]
+        best = best_index(ms)
+        assert best is not None and best.kind == w["kind"] and dict(best.search) == w["search"]
+    assert {(e.dim, e.n, e.kind, tuple(e.search.items())) for e in EVIDENCE} == {
+        (w["dim"], w["n"], w["kind"], tuple(w["search"].items())) for w in result["winners"]}
+    for e in EVIDENCE:
+        r = next(r for r in rows if (r["n"], r["dim"], r["kind"]) == (e.n, e.dim, e.kind))
+        assert (e.recall_at_10, e.qps_batch1) == (r["recall@10"], r["qps_batch1"])
+
+
+@pytest.mark.parametrize("e", EVIDENCE, ids=lambda e: f"{e.dim}d-{e.n}")
+def test_choose_factory_at_a_measured_size_is_that_sizes_winner(e):
+    choice = choose_factory(e.n, e.dim)
+    assert choice.kind == e.kind and choice.search == dict(e.search)
+    assert choice.factory == KINDS[e.kind].factory(e.n, e.dim) and choice.train_size == KINDS[e.kind].train_size(e.n)
+    assert f"{e.n:,} × {e.dim}-d" in choice.why and "above the largest" not in choice.why
+
+
+def test_between_sizes_the_next_measured_size_decides_and_its_knob_is_kept():
+    sizes = sorted({e.n for e in EVIDENCE if e.dim == 128})
+    for small, large in zip(sizes, sizes[1:]):
+        e = next(e for e in EVIDENCE if (e.dim, e.n) == (128, large))
+        choice = choose_factory(3 * small, 100)  # 100-d: the 128-d figures
+        assert choice.kind == e.kind
+        assert all(choice.search[k] == min(v, ivf_nlist(3 * small)) for k, v in e.search.items())
+
+
+def test_beyond_the_measured_range_the_largest_decides_and_says_so():
+    top = max((e for e in EVIDENCE if e.dim == max(x.dim for x in EVIDENCE)), key=lambda e: e.n)
+    choice = choose_factory(10 * top.n, 4 * top.dim)
+    assert choice.kind == top.kind
+    assert f"dim {4 * top.dim} is above the largest measured ({top.dim})" in choice.why
+    assert "n is above the largest measured" in choice.why
+
+
+@pytest.mark.parametrize("n", [1, 50, 623, 624, 5_000, 123_456, 10 ** 6, 3 * 10 ** 7])
+@pytest.mark.parametrize("dim", [16, 128, 384, 1024])
+def test_every_choice_is_a_buildable_faiss_index_with_a_knob_it_has(n, dim):
+    choice = choose_factory(n, dim)
+    index = faiss.index_factory(dim, choice.factory, faiss.METRIC_INNER_PRODUCT)
+    kind = KINDS[choice.kind]
+    assert set(choice.search) == ({kind.search_param} if kind.search_param else set())
+    if "nprobe" in choice.search:
+        assert 1 <= choice.search["nprobe"] <= faiss.extract_index_ivf(index).nlist
+        assert n >= IVF_MIN_POINTS_PER_LIST * faiss.extract_index_ivf(index).nlist
+    assert choice.train_size <= n
+
+
+def test_choose_factory_refuses_what_is_not_a_size():
+    with pytest.raises(ValueError, match=r"n must be a positive integer, got 0"):
+        choose_factory(0, 128)
+    with pytest.raises(ValueError, match=r"dim must be a positive integer, got -1"):
+        choose_factory(1000, -1)

@@ -138,3 +138,59 @@ def best_index(measured: Iterable[Measured]) -> Measured | None:
 def as_dict(m: Measured) -> dict[str, Any]:
     return {"kind": m.kind, "recall@10": m.recall_at_10, "qps_batch1": m.qps_batch1, "index_bytes": m.index_bytes,
             "search": dict(m.search)}
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """The rule's winner at one measured (n, dim) of benchmarks/index/results.json, with its tuned knob."""
+
+    dim: int
+    n: int
+    kind: str
+    search: Mapping[str, int]
+    recall_at_10: float
+    qps_batch1: float
+
+
+EVIDENCE: tuple[Evidence, ...] = ()
+"""Filled from the benchmark's ``winners`` (tests/index/test_auto.py checks the two agree)."""
+
+
+@dataclass(frozen=True)
+class Choice:
+    """What ``index.factory: auto`` builds for a gallery, and why."""
+
+    kind: str
+    factory: str
+    search: dict[str, int]
+    build: dict[str, int]
+    train_size: int
+    why: str
+
+
+def choose_factory(n: int, dim: int) -> Choice:
+    """The index for ``n`` vectors of dimension ``dim``: the benchmark's winner at the smallest measured size ≥ n
+    (its search knob was tuned there, so it keeps the recall target at n) for the smallest measured dimension
+    ≥ dim; beyond the measured range, the largest one's, said in ``why``."""
+    _check_positive(n=n, dim=dim)
+    dims = sorted({e.dim for e in EVIDENCE})
+    table_dim = next((d for d in dims if d >= dim), dims[-1])
+    rows = sorted((e for e in EVIDENCE if e.dim == table_dim), key=lambda e: e.n)
+    row = next((e for e in rows if e.n >= n), rows[-1])
+    kind = KINDS[row.kind]
+    notes = []
+    if dim > table_dim:
+        notes.append(f"dim {dim} is above the largest measured ({table_dim})")
+    if n > row.n:
+        notes.append(f"n is above the largest measured ({row.n:,}): check recall@10 in the index report")
+    if kind.trains and not ivf_nlist(n):
+        kind, search = KINDS["flat"], {}
+        notes.append(f"too few vectors for {KINDS[row.kind].label} (16 lists × {IVF_MIN_POINTS_PER_LIST}); exact search")
+    else:
+        search = {k: min(v, ivf_nlist(n)) if k == "nprobe" else v for k, v in row.search.items()}
+    why = (f"{kind.label} for {n:,} × {dim}-d: at {row.n:,} × {table_dim}-d, {KINDS[row.kind].label} kept "
+           f"recall@10 {row.recall_at_10:.3f} of exact at {row.qps_batch1:,.0f} queries/s (batch 1, one core), "
+           f"the most of the indexes reaching {RECALL_TARGET} (benchmarks/index/README.md)")
+    if notes:
+        why += "; " + "; ".join(notes)
+    return Choice(kind.name, kind.factory(n, dim), search, dict(kind.build), kind.train_size(n), why)
