@@ -67,3 +67,52 @@ def test_admin_token_file_must_be_readable_and_long_enough(tmp_path, monkeypatch
     (tmp_path / "good").write_text("0123456789abcdef\n")
     proc = deepmetric_here("serve", "--bundle", str(tmp_path / "none"), "--admin-token-file", str(tmp_path / "good"))
     assert proc.returncode == 2 and "bundle refused" in proc.stderr and "not a directory" in proc.stderr
+
+
+def test_serve_store_answers_like_the_bundle_and_503s_while_the_store_is_away(env, deploy_bundle, tmp_path):
+    """`serve --store` over a real socket: the same neighbours as the faiss server for the same images; the
+    store stopped → 503 store_unavailable, restarted → answers again; refusals at start (exit 2, 5)."""
+    from deepmetric.bundle import load_bundle
+    from deepmetric.store.milvus import export_gallery
+    from tests.server_fixtures import post_images, start_server, stop
+    from tests.store_fixtures import MilvusLiteServer
+
+    _, root, manifest, bundle = env
+    milvus = MilvusLiteServer(tmp_path / "m.db").start()
+    procs = []
+    try:
+        export_gallery(load_bundle(bundle), milvus.uri)
+        proc = cli("serve", "--bundle", str(deploy_bundle[0]), "--port", str(free_port()), "--store", milvus.uri)
+        assert proc.returncode == 2 and "exported from bundle manifest" in proc.stderr, proc.stderr
+        proc = cli("serve", "--bundle", str(bundle), "--port", str(free_port()), "--store",
+                   f"http://127.0.0.1:{free_port()}")
+        assert proc.returncode == 5 and "cannot reach Milvus" in proc.stderr and "Traceback" not in proc.stderr
+        proc = cli("serve", "--bundle", str(bundle), "--port", str(free_port()), "--store", milvus.uri,
+                   "--collection", "other")
+        assert proc.returncode == 3 and "no collection 'other'" in proc.stderr, proc.stderr
+
+        faiss_proc, faiss_base = start_server(bundle)
+        procs.append(faiss_proc)
+        store_proc, store_base = start_server(bundle, "--store", milvus.uri)
+        procs.append(store_proc)
+        files = [("image", p, (root / p).read_bytes()) for p in manifest["path"].iloc[[12, 20, 33, 47]]]
+        want = post_images(faiss_base, "/v1/search?k=6", files)
+        got = post_images(store_base, "/v1/search?k=6", files)
+        assert want[0] == got[0] == 200
+        ids = [[(h["id"], h["label"], h["path"]) for h in r["neighbors"]] for r in want[1]["results"]]
+        assert [[(h["id"], h["label"], h["path"]) for h in r["neighbors"]] for r in got[1]["results"]] == ids
+        assert {k for k in got[1]} == {k for k in want[1]} and got[1]["k"] == 6
+        assert post_images(store_base, "/v1/search?k=37", files[:1])[1]["error"] == "invalid_k"
+
+        milvus.stop()
+        status, body = post_images(store_base, "/v1/search?k=6", files)
+        assert status == 503 and body["error"] == "store_unavailable" and milvus.uri in body["message"], body
+        assert post_images(store_base, "/v1/embed", files[:1])[0] == 200  # the model still answers
+        milvus.start()
+        status, body = post_images(store_base, "/v1/search?k=6", files)
+        assert status == 200 and [[(h["id"], h["label"], h["path"]) for h in r["neighbors"]]
+                                  for r in body["results"]] == ids
+    finally:
+        for p in procs:
+            stop(p)
+        milvus.stop()

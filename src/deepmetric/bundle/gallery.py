@@ -45,7 +45,7 @@ from deepmetric.bundle.reader import Bundle, load_bundle
 from deepmetric.bundle.writer import point_link, seal, write_bundle
 from deepmetric.data.images import ImageLimits
 
-__all__ = ["GalleryError", "NewItem", "describe", "update_gallery"]
+__all__ = ["GalleryError", "NewItem", "describe", "embed_items", "update_gallery"]
 
 
 class GalleryError(ValueError):
@@ -91,7 +91,8 @@ def _emptied(index):
     return fresh
 
 
-def _embed(bundle: Bundle, items: Sequence[NewItem], limits: ImageLimits, batch_size: int) -> np.ndarray:
+def embed_items(bundle: Bundle, items: Sequence[NewItem], limits: ImageLimits, batch_size: int = 32) -> np.ndarray:
+    """The embeddings of ``items`` by the bundle's model (evaluation transform, under ``limits``), in order."""
     from deepmetric.data.images import ImageDecodeError
     from deepmetric.data.transforms import load_eval_image
 
@@ -264,7 +265,7 @@ def update_gallery(
     if not keep.any() and not add:
         raise GalleryError("removing these ids would leave an empty gallery")
 
-    new_vectors = _embed(bundle, add, limits, batch_size) if add else None
+    new_vectors = embed_items(bundle, add, limits, batch_size) if add else None
     duplicates = _duplicates(bundle, add, new_vectors, set(gone)) if add else []
     if duplicates and not allow_duplicates:
         raise GalleryError(f"{describe(duplicates)}: nothing was added; pass --allow-duplicates "
