@@ -72,7 +72,7 @@ def test_re_export_is_refused_without_replace_and_switches_atomically_with_it(bu
         second = export_gallery(hnsw, milvus.uri, "g_swap", replace=True)
         assert second["replaced"] == first["physical_collection"]
         # the old collection is gone, the alias now names the new one, built for the other bundle
-        assert first["physical_collection"] not in store._client.list_collections()
+        assert first["physical_collection"] not in store.client.list_collections()
         with pytest.raises(StoreError, match="exported from bundle manifest") as e:
             store.check(flat.manifest)
         assert e.value.exit_code == 2

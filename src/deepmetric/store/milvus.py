@@ -23,10 +23,12 @@ from the command line. Every call has a deadline (``timeout``); any failure to r
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -82,7 +84,9 @@ def _connect(uri: str, timeout: float) -> Any:
     if uri.endswith(".db") and not os.path.isdir(os.path.dirname(os.path.abspath(uri))):
         raise StoreError("unreachable", f"milvus-lite {uri}: its parent folder does not exist")
     try:
-        return MilvusClient(uri=uri, token=token, timeout=timeout)
+        # dedicated: a connection of its own, so that dropping it after a failure (GalleryStore) and connecting
+        # again does not hand back a shared channel that pymilvus closed while Milvus was away
+        return MilvusClient(uri=uri, token=token, timeout=timeout, dedicated=True)
     except Exception as e:  # pymilvus raises MilvusException, ConnectionConfigException, grpc errors
         hint = (" (a milvus-lite folder is opened by one process at a time: serve it with `milvus-lite server "
                 "--data-dir ...` and use its http:// URI from several)" if uri.endswith(".db") else "")
@@ -235,26 +239,39 @@ class GalleryStore:
         self.uri = uri
         self.collection = _check_name(collection)
         self.timeout = timeout
-        self._client = _connect(uri, timeout)
+        self._client: Any = _connect(uri, timeout)
+        self._lock = threading.Lock()  # the server's threads share one store: one reconnection at a time
         self._search: dict[str, Any] = {}
 
-    def _call(self, what: str, fn, *args, **kwargs) -> Any:
+    @property
+    def client(self) -> Any:
+        """The Milvus client, connected again after a failure (Milvus came back, or its address answers again)."""
+        with self._lock:
+            if self._client is None:
+                self._client = _connect(self.uri, self.timeout)
+            return self._client
+
+    def _call(self, what: str, method: Any, *args, **kwargs) -> Any:
+        """``client.<method>(*args, timeout=…, **kwargs)`` (``method``: a client method's name, or a function of
+        the client and those arguments); any failure is a StoreError (``unreachable``) and drops the connection, so
+        that the next call connects afresh."""
+        fn = getattr(self.client, method) if isinstance(method, str) else functools.partial(method, self.client)
         try:
             return fn(*args, timeout=self.timeout, **kwargs)
         except StoreError:
             raise
         except Exception as e:
+            self.close()
             raise StoreError("unreachable", f"Milvus at {self.uri}, collection {self.collection!r}: {what} "
                              f"failed: {_reason(e)}") from None
 
     def properties(self) -> dict[str, str]:
         """The collection's ``deepmetric.*`` properties (StoreError ``bad_input`` when there is no such
         collection)."""
-        c = self._client
-        if not self._call("has_collection", c.has_collection, self.collection):
+        if not self._call("has_collection", "has_collection", self.collection):
             raise StoreError("bad_input", f"no collection {self.collection!r} at {self.uri}: write it first with "
                              "`deepmetric gallery export --bundle B --to URI`")
-        props = self._call("describe_collection", c.describe_collection, self.collection).get("properties", {})
+        props = self._call("describe_collection", "describe_collection", self.collection).get("properties", {})
         if props.get(_P + "format") != FORMAT:
             raise StoreError("refused", f"collection {self.collection!r} at {self.uri} was not written by "
                              f"`deepmetric gallery export` (no {_P}format = {FORMAT})")
@@ -274,17 +291,17 @@ class GalleryStore:
                              f"not from this bundle ({str(m.get('manifest_sha256'))[:12]}, model "
                              f"{m.get('model_version')}): export this bundle's gallery to it "
                              "(`deepmetric gallery export --replace`)")
-        self._call("load_collection", self._client.load_collection, self.collection)
+        self._call("load_collection", "load_collection", self.collection)
         self._search = json.loads(props.get("index", "{}")).get("search", {})
         return {**props, "items": self.count()}
 
     def count(self) -> int:
-        return self._call("count", lambda **kw: _count(self._client, self.collection, kw["timeout"]))
+        return self._call("count", _count, self.collection)
 
     def search(self, embeddings: np.ndarray, k: int) -> list[list[dict[str, Any]]]:
         """Per query, the ``k`` nearest items as the faiss path gives them (id, label, class_name, path,
         score = inner product)."""
-        hits = self._call("search", self._client.search, self.collection,
+        hits = self._call("search", "search", self.collection,
                           data=np.ascontiguousarray(embeddings, dtype=np.float32), limit=k,
                           output_fields=["label", "class_name", "path"],
                           search_params={"metric_type": "IP", "params": self._search},
@@ -294,7 +311,7 @@ class GalleryStore:
 
     def existing(self, ids: Sequence[int]) -> set[int]:
         """The ``ids`` the collection holds."""
-        rows = self._call("get", self._client.get, self.collection, ids=[int(i) for i in ids], output_fields=["id"],
+        rows = self._call("get", "get", self.collection, ids=[int(i) for i in ids], output_fields=["id"],
                           consistency_level=CONSISTENCY)
         return {int(r["id"]) for r in rows}
 
@@ -304,13 +321,13 @@ class GalleryStore:
         start = int(self.properties()["next_id"])
         new_ids = list(range(start, start + len(vectors)))
         # Reserve the ids first: an add that fails half-way has used them, and none is ever given out twice.
-        self._call("alter_collection_properties", self._client.alter_collection_properties, self.collection,
+        self._call("alter_collection_properties", "alter_collection_properties", self.collection,
                    properties={_P + "next_id": str(start + len(vectors))})
         rows = [{"id": i, "label": int(lab), "class_name": str(c), "path": str(p), "vector": v}
                 for i, lab, c, p, v in zip(new_ids, labels, class_names, paths,
                                            np.asarray(vectors, dtype=np.float32))]
         for s in range(0, len(rows), INSERT_BATCH):
-            self._call("upsert", self._client.upsert, self.collection, rows[s : s + INSERT_BATCH])
+            self._call("upsert", "upsert", self.collection, rows[s : s + INSERT_BATCH])
         return new_ids
 
     def remove(self, ids: Sequence[int]) -> list[int]:
@@ -321,11 +338,14 @@ class GalleryStore:
         if missing:
             raise StoreError("bad_input", f"collection {self.collection!r} at {self.uri} holds no item with id "
                              f"{', '.join(map(str, missing))} (never added, or removed already); nothing removed")
-        self._call("delete", self._client.delete, self.collection, ids=wanted)
+        self._call("delete", "delete", self.collection, ids=wanted)
         return wanted
 
     def close(self) -> None:
-        try:
-            self._client.close()
-        except Exception:
-            pass
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:
+                pass
