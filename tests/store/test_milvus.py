@@ -81,6 +81,23 @@ def test_re_export_is_refused_without_replace_and_switches_atomically_with_it(bu
         store.close()
 
 
+def test_export_leaves_what_it_did_not_write_alone(bundles, milvus):
+    store = GalleryStore(milvus.uri, "g_probe")
+    try:
+        c = store.client
+        c.create_collection("foreign", dimension=4)
+        c.create_collection("foreign_two", dimension=4)
+        c.create_alias("foreign_two", "foreign_alias")
+        for name, words in [("foreign", "did not export \\(not an alias\\)"),
+                            ("foreign_alias", "names collection 'foreign_two', which deepmetric did not export")]:
+            with pytest.raises(StoreError, match=words):
+                export_gallery(bundles["flat"], milvus.uri, name, replace=True)
+        assert {"foreign", "foreign_two"} <= set(c.list_collections())
+        assert c.describe_alias("foreign_alias")["collection_name"] == "foreign_two"
+    finally:
+        store.close()
+
+
 def test_a_collection_of_another_bundle_or_dimension_is_refused(bundles, milvus):
     bundle = bundles["flat"]
     export_gallery(bundle, milvus.uri, "g_check")

@@ -178,8 +178,11 @@ def _export(client: Any, bundle: Any, uri: str, collection: str, index: MilvusIn
                          "(not an alias): choose another --collection")
     if collection in aliases:
         previous = client.describe_alias(collection, timeout=timeout)["collection_name"]
+        props = client.describe_collection(collection, timeout=timeout).get("properties", {})
+        if props.get(_P + "format") != FORMAT:
+            raise StoreError("bad_input", f"the alias {collection!r} at {uri} names collection {previous!r}, which "
+                             "deepmetric did not export: choose another --collection")
         if not replace:
-            props = client.describe_collection(collection, timeout=timeout).get("properties", {})
             raise StoreError("bad_input", f"collection {collection!r} already exists at {uri} (bundle manifest "
                              f"{str(props.get(_P + 'manifest_sha256'))[:12]}, model "
                              f"{props.get(_P + 'model_version')}): give --replace to replace it")
