@@ -198,7 +198,7 @@ def test_gallery_export_then_add_and_remove_in_the_store(env, new, deploy_bundle
     assert proc.returncode == 2 and "exported from bundle manifest" in proc.stderr
     assert (src / "manifest.json").read_bytes() == before
     proc = deepmetric_here("gallery", "remove", *store, "--id", "1")  # nothing above changed the collection
-    assert proc.returncode == 0 and json.loads(proc.stdout)["items"] == 36, proc.stderr
+    assert proc.returncode == 0 and json.loads(proc.stdout)["items"] == 35, proc.stderr
 
 
 def test_gallery_export_to_an_unreachable_store_exits_5(env):

@@ -244,6 +244,7 @@ class GalleryStore:
         self.timeout = timeout
         self._client: Any = _connect(uri, timeout)
         self._lock = threading.Lock()  # the server's threads share one store: one reconnection at a time
+        self._loaded = False  # loaded for search (by check): loaded again after a reconnection
         self._search: dict[str, Any] = {}
 
     @property
@@ -251,15 +252,23 @@ class GalleryStore:
         """The Milvus client, connected again after a failure (Milvus came back, or its address answers again)."""
         with self._lock:
             if self._client is None:
-                self._client = _connect(self.uri, self.timeout)
+                client = _connect(self.uri, self.timeout)
+                if self._loaded:  # a restarted Milvus (milvus-lite, a standalone) may come back with it released
+                    try:
+                        client.load_collection(self.collection, timeout=self.timeout)
+                    except Exception:
+                        client.close()
+                        raise
+                self._client = client
             return self._client
 
     def _call(self, what: str, method: Any, *args, **kwargs) -> Any:
         """``client.<method>(*args, timeout=…, **kwargs)`` (``method``: a client method's name, or a function of
         the client and those arguments); any failure is a StoreError (``unreachable``) and drops the connection, so
         that the next call connects afresh."""
-        fn = getattr(self.client, method) if isinstance(method, str) else functools.partial(method, self.client)
         try:
+            client = self.client
+            fn = getattr(client, method) if isinstance(method, str) else functools.partial(method, client)
             return fn(*args, timeout=self.timeout, **kwargs)
         except StoreError:
             raise
@@ -295,6 +304,7 @@ class GalleryStore:
                              f"{m.get('model_version')}): export this bundle's gallery to it "
                              "(`deepmetric gallery export --replace`)")
         self._call("load_collection", "load_collection", self.collection)
+        self._loaded = True
         self._search = json.loads(props.get("index", "{}")).get("search", {})
         return {**props, "items": self.count()}
 
