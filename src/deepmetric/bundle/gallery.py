@@ -69,12 +69,9 @@ def _vectors(index) -> np.ndarray:
     n = int(index.ntotal)
     if n == 0:
         return np.zeros((0, index.d), dtype=np.float32)
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        ivf = None
-    if ivf is not None:
-        ivf.make_direct_map()
+    from deepmetric.index.build import make_reconstructible
+
+    make_reconstructible(index)
     try:
         return np.ascontiguousarray(index.reconstruct_n(0, n), dtype=np.float32)
     except RuntimeError as e:

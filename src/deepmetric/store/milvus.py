@@ -112,15 +112,10 @@ def bundle_properties(bundle: Any, index: MilvusIndex, next_id: int) -> dict[str
 def _chunks(bundle: Any, batch: int) -> Iterator[list[dict[str, Any]]]:
     """The bundle's gallery as insert rows, ``batch`` at a time (vectors read back from the faiss index one batch
     at a time: bounded memory for any gallery size)."""
-    import faiss
+    from deepmetric.index.build import make_reconstructible
 
     index = bundle.index
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        ivf = None
-    if ivf is not None:
-        ivf.make_direct_map()
+    make_reconstructible(index)
     ids = bundle.ids
     for start in range(0, int(index.ntotal), batch):
         n = min(batch, int(index.ntotal) - start)
