@@ -1,13 +1,16 @@
 """`deepmetric serve`: the refusals before anything is served (flags, admin token, bundle, port) name the problem
-and exit 3 (bad input) or 2 (bundle refused), with no traceback. Serving itself: tests/serving/test_server.py."""
+and exit 3 (bad input) or 2 (bundle refused), with no traceback. Serving itself: tests/serving/test_server.py;
+`serve --store` (a gallery in Milvus) end to end, with its refusals and an outage: here, at the end."""
 
 from __future__ import annotations
 
 import shutil
 import socket
 
+import numpy as np
 import pytest
 
+from deepmetric.data.transforms import load_eval_image
 from tests.fixtures import free_port
 from tests.server_fixtures import deepmetric as cli
 from tests.server_fixtures import deepmetric_here
@@ -115,4 +118,32 @@ def test_serve_store_answers_like_the_bundle_and_503s_while_the_store_is_away(en
     finally:
         for p in procs:
             stop(p)
+        milvus.stop()
+
+
+def test_serve_store_with_several_workers(env, tmp_path):
+    """Each worker opens its own client on a Milvus URI; a milvus-lite folder (one process at a time) is refused."""
+    from deepmetric.bundle import load_bundle
+    from deepmetric.store.milvus import export_gallery
+    from tests.server_fixtures import post_images, start_server, stop
+    from tests.store_fixtures import MilvusLiteServer
+
+    _, root, manifest, bundle = env
+    proc = cli("serve", "--bundle", str(bundle), "--port", str(free_port()), "--workers", "2", "--store",
+               str(tmp_path / "x.db"))
+    assert proc.returncode == 3 and "--workers 1" in proc.stderr, proc.stderr
+    milvus = MilvusLiteServer(tmp_path / "m.db").start()
+    server = None
+    try:
+        loaded = load_bundle(bundle)
+        export_gallery(loaded, milvus.uri)
+        server, base = start_server(bundle, "--store", milvus.uri, "--workers", "2")
+        p = manifest["path"].iloc[40]
+        status, body = post_images(base, "/v1/search?k=4", [("image", p, (root / p).read_bytes())])
+        assert status == 200, body
+        want = loaded.search(loaded.embed(np.stack([load_eval_image(str(root / p), loaded.spec)])), 4)[0]
+        assert [h["id"] for h in body["results"][0]["neighbors"]] == [h["id"] for h in want]
+    finally:
+        if server is not None:
+            stop(server)
         milvus.stop()
