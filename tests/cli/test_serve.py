@@ -77,7 +77,7 @@ def test_serve_store_answers_like_the_bundle_and_503s_while_the_store_is_away(en
     store stopped → 503 store_unavailable, restarted → answers again; refusals at start (exit 2, 5)."""
     from deepmetric.bundle import load_bundle
     from deepmetric.store.milvus import export_gallery
-    from tests.server_fixtures import post_images, start_server, stop
+    from tests.server_fixtures import post_images, request, start_server, stop
     from tests.store_fixtures import MilvusLiteServer
 
     _, root, manifest, bundle = env
@@ -110,6 +110,8 @@ def test_serve_store_answers_like_the_bundle_and_503s_while_the_store_is_away(en
         milvus.stop()
         status, body = post_images(store_base, "/v1/search?k=6", files)
         assert status == 503 and body["error"] == "store_unavailable" and milvus.uri in body["message"], body
+        status, health = request(store_base, "GET", "/healthz")  # alive, and says what it searches
+        assert status == 200 and health["store"] == {"uri": milvus.uri, "collection": "deepmetric_gallery"}
         assert post_images(store_base, "/v1/embed", files[:1])[0] == 200  # the model still answers
         milvus.start()
         status, body = post_images(store_base, "/v1/search?k=6", files)

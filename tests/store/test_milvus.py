@@ -152,6 +152,9 @@ def test_an_unreachable_store_is_a_clear_error(tmp_path):
     assert e.value.exit_code == 5
     with pytest.raises(StoreError, match="its parent folder does not exist"):
         GalleryStore(str(tmp_path / "nowhere" / "x.db"))
+    with pytest.raises(StoreError, match="'milvus:19530' is neither a milvus-lite folder ending in .db nor") as e:
+        GalleryStore("milvus:19530")
+    assert e.value.exit_code == 3
 
 
 def test_a_store_that_goes_away_fails_each_call_and_recovers_when_it_returns(bundles, tmp_path):

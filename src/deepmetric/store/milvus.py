@@ -81,6 +81,9 @@ def _connect(uri: str, timeout: float) -> Any:
 
     logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # failures are reported once, as a StoreError
     token = os.environ.get(TOKEN_ENV, "")
+    if not uri.endswith(".db") and not uri.startswith(("http://", "https://", "tcp://", "unix:")):
+        raise StoreError("bad_input", f"Milvus URI {uri!r} is neither a milvus-lite folder ending in .db nor "
+                         "http(s)://host:port")
     if uri.endswith(".db") and not os.path.isdir(os.path.dirname(os.path.abspath(uri))):
         raise StoreError("unreachable", f"milvus-lite {uri}: its parent folder does not exist")
     try:
