@@ -105,6 +105,11 @@ def test_serve_store_answers_like_the_bundle_and_503s_while_the_store_is_away(en
         ids = [[(h["id"], h["label"], h["path"]) for h in r["neighbors"]] for r in want[1]["results"]]
         assert [[(h["id"], h["label"], h["path"]) for h in r["neighbors"]] for r in got[1]["results"]] == ids
         assert {k for k in got[1]} == {k for k in want[1]} and got[1]["k"] == 6
+        assert got[1].get("operating_point") == want[1].get("operating_point")  # match flags: the same semantics
+        assert [[h.get("match") for h in r["neighbors"]] for r in got[1]["results"]] == \
+               [[h.get("match") for h in r["neighbors"]] for r in want[1]["results"]]
+        status, body = post_images(store_base, "/v1/search?k=6&rerank=qe", files[:1])
+        assert status == 422 and body["error"] == "invalid_rerank" and "--store" in body["message"]
         assert post_images(store_base, "/v1/search?k=37", files[:1])[1]["error"] == "invalid_k"
 
         milvus.stop()

@@ -136,7 +136,7 @@ def test_with_a_gallery_store_a_reload_to_another_bundle_is_refused_and_the_stor
         q = bundle.index.reconstruct_n(0, 2)
         with state.use() as served:
             assert served.gallery_size() == bundle.gallery_size
-            assert [[h["id"] for h in r] for r in served.neighbours(q, None, None, 3)] == \
+            assert [[h["id"] for h in r] for r in served.store.search(q, 3)] == \
                    [[h["id"] for h in r] for r in bundle.search(q, 3)]
         _point(current, "a")
         assert state.reload()["status"] == "unchanged"
