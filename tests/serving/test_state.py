@@ -128,7 +128,7 @@ def test_with_a_gallery_store_a_reload_to_another_bundle_is_refused_and_the_stor
     store.check(bundle.manifest)
     state = ServingState(current, ServerSettings(batching=False), bundle, store)
     try:
-        assert state.current.store is store and not state.current.index_k
+        assert state.current.store is store and not state.current.searches_index
         _point(current, "b")
         with pytest.raises(BundleError, match="collection deepmetric_gallery: .*exported from bundle manifest"):
             state.reload()

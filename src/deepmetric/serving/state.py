@@ -78,8 +78,9 @@ class Served:
         return self.bundle.gallery_size if self.store is None else self.store.count()
 
     @property
-    def index_k(self) -> bool:
-        """Whether the search runs with the embedding (the bundle's index) rather than after it (a store)."""
+    def searches_index(self) -> bool:
+        """Whether the gallery is the bundle's index (searched with the embedding, in the batch) rather than a
+        store (asked after the embedding)."""
         return self.store is None
 
     def close(self) -> None:

@@ -200,11 +200,11 @@ async def search(request: Request, state: State, settings: Settings) -> Response
         k = await _k(request, served, settings)
         point = _operating_point(request, bundle)
         rerank = _rerank(request)
-        if rerank is not None and not served.index_k:
+        if rerank is not None and not served.searches_index:
             raise ApiError(422, "invalid_rerank", "rerank needs the bundle's own index; this server searches a "
                            "gallery store (serve --store)")
         files = await request_images(request, settings)
-        if not served.index_k:  # the gallery searcher is a store: embed in the batch, then ask the store
+        if not served.searches_index:  # the gallery searcher is a store: embed in the batch, then ask the store
             emb, _, _ = await _run(state, served, files, 0, settings.limits)
             hits = await _store_call(served.store.search, emb, k)
         else:
