@@ -162,3 +162,49 @@ def test_the_same_image_twice_is_refused_unless_allowed(env, new, tmp_path):
             in proc.stderr)
     assert json.loads(proc.stdout)["duplicates"] == [{"image": str(copy), "same_as_id": 36}]
     assert load_bundle(dest).gallery_size == 38
+
+
+def test_gallery_export_then_add_and_remove_in_the_store(env, new, deploy_bundle, tmp_path):
+    """`gallery export --to x.db`, then `add|remove --store`: the collection changes, the bundle does not."""
+    _, _, _, src = env
+    uri = str(tmp_path / "store.db")
+    before = (src / "manifest.json").read_bytes()
+    proc = deepmetric_here("gallery", "export", "--bundle", str(src), "--to", uri)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["items"] == 36 and out["index"]["index_type"] == "HNSW" and out["consistency_level"] == "Strong"
+    proc = deepmetric_here("gallery", "export", "--bundle", str(src), "--to", uri)
+    assert proc.returncode == 3 and "already exists" in proc.stderr and "--replace" in proc.stderr
+    proc = deepmetric_here("gallery", "export", "--bundle", str(src), "--to", uri, "--replace")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["replaced"] == out["physical_collection"], proc.stderr
+
+    store = ("--bundle", str(src), "--store", uri)
+    proc = deepmetric_here("gallery", "add", *store, "--label", "7", str(new / "n0.png"), str(new / "n1.png"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"uri": uri, "collection": "deepmetric_gallery", "added": [36, 37],
+                                       "items": 38}
+    proc = deepmetric_here("gallery", "remove", *store, "--id", "36", "--id", "0")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["removed"] == [0, 36], proc.stderr
+    proc = deepmetric_here("gallery", "remove", *store, "--id", "0")
+    assert proc.returncode == 3 and "no item with id 0" in proc.stderr and "removed already" in proc.stderr
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    proc = deepmetric_here("gallery", "add", *store, "--label", "7", str(bad))
+    assert proc.returncode == 3 and "gallery not changed" in proc.stderr and "bad.png" in proc.stderr
+    proc = deepmetric_here("gallery", "add", *store, "--out", str(tmp_path / "o"), "--label", "7", str(bad))
+    assert proc.returncode == 3 and "--out writes a bundle" in proc.stderr
+    # a collection exported from this bundle is refused with another bundle's model
+    proc = deepmetric_here("gallery", "remove", "--bundle", str(deploy_bundle[0]), "--store", uri, "--id", "1")
+    assert proc.returncode == 2 and "exported from bundle manifest" in proc.stderr
+    assert (src / "manifest.json").read_bytes() == before
+    proc = deepmetric_here("gallery", "remove", *store, "--id", "1")  # nothing above changed the collection
+    assert proc.returncode == 0 and json.loads(proc.stdout)["items"] == 35, proc.stderr
+
+
+def test_gallery_export_to_an_unreachable_store_exits_5(env):
+    from tests.fixtures import free_port
+
+    _, _, _, src = env
+    proc = deepmetric_here("gallery", "export", "--bundle", str(src), "--to", f"http://127.0.0.1:{free_port()}")
+    assert proc.returncode == 5 and "cannot reach Milvus at http://127.0.0.1:" in proc.stderr
+    assert "Traceback" not in proc.stderr

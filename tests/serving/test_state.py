@@ -113,3 +113,32 @@ def test_every_reload_is_logged_and_the_last_one_kept(versions, caplog):
         assert state.refused_reloads == 2 and state.current.bundle.gallery_size == 35
     finally:
         state.close()
+
+
+def test_with_a_gallery_store_a_reload_to_another_bundle_is_refused_and_the_store_still_serves(versions, tmp_path):
+    """`serve --store`: the collection belongs to one bundle; a reload to another (here: b, one item removed, so
+    another manifest) is refused naming the collection, and searches keep going to the store."""
+    from deepmetric.store.milvus import GalleryStore, export_gallery
+
+    current, a, _ = versions
+    bundle = load_bundle(current)
+    uri = str(tmp_path / "store.db")
+    export_gallery(bundle, uri)
+    store = GalleryStore(uri)
+    store.check(bundle.manifest)
+    state = ServingState(current, ServerSettings(batching=False), bundle, store)
+    try:
+        assert state.current.store is store and not state.current.searches_index
+        _point(current, "b")
+        with pytest.raises(BundleError, match="collection deepmetric_gallery: .*exported from bundle manifest"):
+            state.reload()
+        assert state.current.bundle is bundle and state.last_reload["status"] == "refused"
+        q = bundle.index.reconstruct_n(0, 2)
+        with state.use() as served:
+            assert served.gallery_size() == bundle.gallery_size
+            assert [[h["id"] for h in r] for r in served.store.search(q, 3)] == \
+                   [[h["id"] for h in r] for r in bundle.search(q, 3)]
+        _point(current, "a")
+        assert state.reload()["status"] == "unchanged"
+    finally:
+        state.close()

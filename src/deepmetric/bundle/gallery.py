@@ -45,7 +45,7 @@ from deepmetric.bundle.reader import Bundle, load_bundle
 from deepmetric.bundle.writer import point_link, seal, write_bundle
 from deepmetric.data.images import ImageLimits
 
-__all__ = ["GalleryError", "NewItem", "describe", "update_gallery"]
+__all__ = ["GalleryError", "NewItem", "describe", "embed_items", "update_gallery"]
 
 
 class GalleryError(ValueError):
@@ -69,12 +69,9 @@ def _vectors(index) -> np.ndarray:
     n = int(index.ntotal)
     if n == 0:
         return np.zeros((0, index.d), dtype=np.float32)
-    try:
-        ivf = faiss.extract_index_ivf(index)
-    except RuntimeError:
-        ivf = None
-    if ivf is not None:
-        ivf.make_direct_map()
+    from deepmetric.index.build import make_reconstructible
+
+    make_reconstructible(index)
     try:
         return np.ascontiguousarray(index.reconstruct_n(0, n), dtype=np.float32)
     except RuntimeError as e:
@@ -91,7 +88,8 @@ def _emptied(index):
     return fresh
 
 
-def _embed(bundle: Bundle, items: Sequence[NewItem], limits: ImageLimits, batch_size: int) -> np.ndarray:
+def embed_items(bundle: Bundle, items: Sequence[NewItem], limits: ImageLimits, batch_size: int = 32) -> np.ndarray:
+    """The embeddings of ``items`` by the bundle's model (evaluation transform, under ``limits``), in order."""
     from deepmetric.data.images import ImageDecodeError
     from deepmetric.data.transforms import load_eval_image
 
@@ -264,7 +262,7 @@ def update_gallery(
     if not keep.any() and not add:
         raise GalleryError("removing these ids would leave an empty gallery")
 
-    new_vectors = _embed(bundle, add, limits, batch_size) if add else None
+    new_vectors = embed_items(bundle, add, limits, batch_size) if add else None
     duplicates = _duplicates(bundle, add, new_vectors, set(gone)) if add else []
     if duplicates and not allow_duplicates:
         raise GalleryError(f"{describe(duplicates)}: nothing was added; pass --allow-duplicates "

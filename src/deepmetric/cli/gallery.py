@@ -1,9 +1,16 @@
 """`deepmetric gallery add|remove`: a new bundle version with images added to its gallery or items removed
-(:func:`deepmetric.bundle.gallery.update_gallery`), without retraining.
+(:func:`deepmetric.bundle.gallery.update_gallery`), without retraining; `deepmetric gallery export`: the bundle's
+gallery into a Milvus collection, which `add|remove --store` then change in place (:mod:`deepmetric.store`).
 
     deepmetric gallery add    --bundle DIR [--out DIR [--replace]] [--allow-duplicates]
                               --label N [--class-name NAME] IMAGE...   (or --list FILE.csv)
     deepmetric gallery remove --bundle DIR [--out DIR [--replace]] --id N [--id N ...]
+    deepmetric gallery export --bundle DIR --to URI [--collection NAME] [--replace]
+    deepmetric gallery add|remove --bundle DIR --store URI [--collection NAME] …   (upserts / deletes in Milvus)
+
+URI: a milvus-lite folder ``x.db`` or ``http://host:19530`` (token in $DEEPMETRIC_MILVUS_TOKEN). Store exit
+statuses: 2 a collection of another bundle, 3 bad input (an existing collection without --replace, unknown or
+already removed ids), 5 Milvus unreachable.
 
 Without --out the bundle is updated in place (a symlink such as releases/current is repointed at a new folder
 beside its target). ``--out`` must not exist, or be a bundle folder and --replace given: anything else there is
@@ -36,6 +43,22 @@ def register(sub) -> None:
     rm = gsub.add_parser("remove", help="take items out of a bundle's gallery (by id)")
     _destination_flags(rm)
     rm.add_argument("--id", type=int, action="append", required=True, dest="ids", help="an id to remove (repeat)")
+    export = gsub.add_parser("export", help="write the bundle's gallery into a Milvus collection (for serve --store)")
+    export.add_argument("--bundle", required=True)
+    export.add_argument("--to", required=True, metavar="URI", help="milvus-lite folder x.db or http://host:19530")
+    _collection_flag(export)
+    export.add_argument("--replace", action="store_true", help="replace an existing collection of that name "
+                        "(switched atomically once the new one is complete)")
+    for p in (add, rm):
+        p.add_argument("--store", default=None, metavar="URI",
+                       help="change the Milvus collection written by `gallery export` instead of the bundle")
+        _collection_flag(p)
+
+
+def _collection_flag(p) -> None:
+    from deepmetric.store.milvus import DEFAULT_COLLECTION
+
+    p.add_argument("--collection", default=DEFAULT_COLLECTION, help=f"collection name (default {DEFAULT_COLLECTION})")
 
 
 def _destination_flags(p) -> None:
@@ -81,6 +104,8 @@ def run(args: argparse.Namespace) -> int:
     from deepmetric.bundle import BundleError
     from deepmetric.bundle.gallery import GalleryError, describe, update_gallery
 
+    if args.gallery_command == "export" or args.store:
+        return _run_store(args)
     if args.gallery_command == "add":
         items = _items(args)
         if items is None:
@@ -106,3 +131,63 @@ def run(args: argparse.Namespace) -> int:
         say(f"new version written to {summary['folder']}; {summary['bundle']} now points at it")
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _run_store(args: argparse.Namespace) -> int:
+    """`gallery export`, and `gallery add|remove --store`: the collection changes, the bundle does not."""
+    from deepmetric.cli.common import load_bundle_or_exit
+    from deepmetric.store.milvus import GalleryStore, StoreError, export_gallery
+
+    if getattr(args, "out", None):
+        say("--out writes a bundle; with --store the collection is changed instead: give one of them")
+        return EXIT_BAD_INPUT
+    items = None
+    if args.gallery_command == "add":
+        items = _items(args)
+        limits = image_limits(args)
+        if items is None or limits is None:
+            return EXIT_BAD_INPUT
+        if not items:
+            say("gallery add: no images given (IMAGE... with --label, or --list)")
+            return EXIT_BAD_INPUT
+    bundle = load_bundle_or_exit(args.bundle)
+    store = None
+    try:
+        if args.gallery_command == "export":
+            summary = export_gallery(bundle, args.to, args.collection, replace=args.replace)
+        else:
+            store = GalleryStore(args.store, args.collection)
+            store.check(bundle.manifest)
+            if args.gallery_command == "remove":
+                summary = {"removed": store.remove(args.ids)}
+            else:
+                summary = {"added": _add_to_store(store, bundle, items, limits)}
+            summary = {"uri": args.store, "collection": args.collection, **summary, "items": store.count()}
+    except StoreError as e:
+        say(str(e))
+        return e.exit_code
+    except _NotAdded as e:
+        say(f"gallery not changed: {e}")
+        return EXIT_BAD_INPUT
+    finally:
+        if store is not None:
+            store.close()
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+class _NotAdded(Exception):
+    pass
+
+
+def _add_to_store(store, bundle, items: list, limits) -> list[int]:
+    """Embed ``items`` with the bundle's model (the evaluation transform, as every other path) and upsert them."""
+    from deepmetric.bundle.gallery import GalleryError, embed_items
+
+    try:
+        vectors = embed_items(bundle, items, limits)
+    except GalleryError as e:
+        raise _NotAdded(str(e)) from None
+    names = bundle.ids.drop_duplicates("label").set_index("label")["class_name"].astype(str)
+    class_names = [it.class_name or names.get(it.label, str(it.label)) for it in items]
+    return store.add([it.label for it in items], class_names, [it.path or it.file for it in items], vectors)

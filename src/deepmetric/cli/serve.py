@@ -4,6 +4,11 @@ service over a bundle (FastAPI on uvicorn; :mod:`deepmetric.serving`).
 The bundle is verified before the port is bound (in this process for one worker, which then serves this copy; in a
 child process for several, so that the supervisor holds no copy of the model): a refused bundle exits 2 with the
 file and the reason, a bad flag or a port that cannot be bound exits 3.
+
+``--store URI [--collection NAME]``: the gallery is searched in a Milvus collection written by `deepmetric gallery
+export` (:mod:`deepmetric.store.milvus`) instead of the bundle's index; the model still comes from the bundle. The
+collection is checked before the port is bound: one exported from another bundle (manifest, dimension) exits 2, an
+unreachable URI 5.
 """
 
 from __future__ import annotations
@@ -41,6 +46,10 @@ def register(sub) -> None:
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="images per onnxruntime batch")
     p.add_argument("--prep-threads", type=int, default=d.prep_threads,
                    help="decode threads per worker (0: the cores divided among the workers)")
+    p.add_argument("--store", default=None, metavar="URI",
+                   help="search the gallery in this Milvus collection (written by `deepmetric gallery export`) "
+                        "instead of the bundle's index: a milvus-lite folder x.db or http://host:19530")
+    p.add_argument("--collection", default=None, help="the --store collection (default deepmetric_gallery)")
     p.add_argument("--admin-token-file", default=None,
                    help="file holding the token that enables POST /v1/admin/reload (or $DEEPMETRIC_ADMIN_TOKEN)")
     p.set_defaults(handler=serve)
@@ -72,9 +81,36 @@ def _admin_token(path: str | None) -> str | None:
     return token
 
 
+def _open_store(args: argparse.Namespace, bundle) -> tuple:
+    """(the gallery store of ``--store``, checked against the bundle, or None; the exit status when refused).
+    With several workers (``bundle`` None, verified in a child) the check reads the bundle's manifest, and each
+    worker opens its own client."""
+    from deepmetric.bundle import read_manifest
+    from deepmetric.store.milvus import DEFAULT_COLLECTION, GalleryStore, StoreError
+
+    if args.workers > 1 and args.store.endswith(".db"):
+        say("a milvus-lite folder (.db) is opened by one process at a time: serve it with --workers 1, or run it as "
+            "a server (`milvus-lite server --data-dir ...`) and give its http:// URI")
+        return None, EXIT_BAD_INPUT
+    store = None
+    try:
+        store = GalleryStore(args.store, args.collection or DEFAULT_COLLECTION)
+        info = store.check(bundle.manifest if bundle is not None else read_manifest(args.bundle))
+    except StoreError as e:
+        if store is not None:
+            store.close()
+        say(str(e))
+        return None, e.exit_code
+    say(f"gallery store {args.store}, collection {store.collection}: {info['items']} items, dim {info['dim']}, "
+        f"index {info.get('index')}")
+    if bundle is None:
+        store.close()  # each worker opens its own
+    return store, 0
+
+
 def serve(args: argparse.Namespace) -> int:
-    from deepmetric.serving.config import (ADMIN_TOKEN_ENV, BUNDLE_ENV, BUNDLE_SOURCE_ENV, SUPERVISED_ENV,
-                                           ServerSettings)
+    from deepmetric.serving.config import (ADMIN_TOKEN_ENV, BUNDLE_ENV, BUNDLE_SOURCE_ENV, STORE_COLLECTION_ENV,
+                                           STORE_ENV, SUPERVISED_ENV, ServerSettings)
     from deepmetric.serving.http import bind_tcp_socket
     from deepmetric.serving.runner import describe, serve_single, serve_workers, verify_in_child
 
@@ -116,6 +152,11 @@ def serve(args: argparse.Namespace) -> int:
             return EXIT_BAD_BUNDLE
     say(f"bundle {os.path.abspath(args.bundle)} verified: model {info['model_version']}, index "
         f"{info['index_version']} ({info['index_factory']}, {info['gallery_size']} items, dim {info['dim']})")
+    store = None
+    if args.store:
+        store, code = _open_store(args, bundle if args.workers == 1 else None)
+        if store is None:
+            return code
     try:
         sock = bind_tcp_socket(args.host, args.port)
     except OSError as e:
@@ -126,8 +167,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers == 1:
         from deepmetric.serving.app import create_app
 
-        serve_single(create_app(bundle, settings, root=os.path.abspath(args.bundle), admin_token=admin_token), sock,
-                     args.log_level)
+        serve_single(create_app(bundle, settings, root=os.path.abspath(args.bundle), admin_token=admin_token,
+                                store=store), sock, args.log_level)
     else:
         # Workers load the resolved folder (a `pull` that swaps releases/current must not change what a respawned
         # worker loads); a reload reads the path as given: on SIGHUP the supervisor verifies it, records its
@@ -136,5 +177,7 @@ def serve(args: argparse.Namespace) -> int:
                SUPERVISED_ENV: "1", **settings.to_env()}
         if admin_token:
             env[ADMIN_TOKEN_ENV] = admin_token
+        if args.store:
+            env.update({STORE_ENV: args.store, STORE_COLLECTION_ENV: store.collection})
         serve_workers(sock, args.workers, env, args.log_level)
     return 0

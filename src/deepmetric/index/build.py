@@ -138,6 +138,14 @@ def apply_search_params(index, params: Mapping[str, int]) -> None:
             raise IndexBuildError(f"cannot set search parameter {name}={value}: {_first_line(e)}") from None
 
 
+def make_reconstructible(index) -> None:
+    """Let ``reconstruct`` / ``reconstruct_n`` read the vectors of an IVF index (builds its direct map); a no-op
+    for indexes that can already give them back."""
+    ivf = _ivf(index)
+    if ivf is not None:
+        ivf.make_direct_map()
+
+
 def serialize_index(index) -> bytes:
     return _faiss().serialize_index(index).tobytes()
 

@@ -22,11 +22,13 @@ from fastapi import FastAPI
 from fastapi.staticfiles import StaticFiles
 
 from deepmetric.bundle import Bundle, BundleError, load_bundle
-from deepmetric.serving.config import ADMIN_TOKEN_ENV, BUNDLE_ENV, BUNDLE_SOURCE_ENV, ServerSettings
+from deepmetric.serving.config import (ADMIN_TOKEN_ENV, BUNDLE_ENV, BUNDLE_SOURCE_ENV, STORE_COLLECTION_ENV, STORE_ENV,
+                                       ServerSettings)
 from deepmetric.serving.errors import add_exception_handlers
 from deepmetric.serving.routers import admin, health, page, search
 from deepmetric.serving.routers.page import STATIC_DIR, docs_assets
 from deepmetric.serving.state import ServingState
+from deepmetric.store.milvus import DEFAULT_COLLECTION, GalleryStore
 
 RELOAD_SIGNALS = (signal.SIGHUP, signal.SIGUSR1)
 
@@ -65,15 +67,17 @@ async def _lifespan(app: FastAPI):
 
 
 def create_app(bundle: Bundle, settings: ServerSettings | None = None, *, root: str | os.PathLike[str] | None = None,
-               admin_token: str | None = None) -> FastAPI:
+               admin_token: str | None = None, store: GalleryStore | None = None) -> FastAPI:
     """The app over ``bundle`` (loaded from ``root``, the folder reloads read; default ``bundle.root``).
-    ``admin_token``: enables ``POST /v1/admin/reload`` for requests carrying it as a Bearer token."""
+    ``admin_token``: enables ``POST /v1/admin/reload`` for requests carrying it as a Bearer token. ``store``: a
+    gallery store already checked against ``bundle`` (:meth:`GalleryStore.check`), searched instead of the
+    bundle's index."""
     settings = settings or ServerSettings()
     app = FastAPI(title="deepmetric", version=str(bundle.manifest.get("model_version")),
                   description="Image retrieval over a deepmetric deploy bundle: embed images with the bundle's ONNX "
                               "model, search its faiss gallery. The search page is at `/`.",
                   docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=_lifespan)
-    app.state.serving = ServingState(root if root is not None else bundle.root, settings, bundle)
+    app.state.serving = ServingState(root if root is not None else bundle.root, settings, bundle, store)
     app.state.settings = settings
     app.state.admin_token = admin_token
     add_exception_handlers(app)
@@ -91,10 +95,16 @@ def create_app(bundle: Bundle, settings: ServerSettings | None = None, *, root: 
 def app_from_env() -> FastAPI:
     """uvicorn factory (``--factory deepmetric.serving.app:app_from_env``): one bundle load per worker, from
     the folder in $DEEPMETRIC_BUNDLE and the limits in DEEPMETRIC_* variables; reloads read
-    $DEEPMETRIC_BUNDLE_SOURCE (the --bundle path as given, e.g. a releases/current symlink)."""
+    $DEEPMETRIC_BUNDLE_SOURCE (the --bundle path as given, e.g. a releases/current symlink). With
+    $DEEPMETRIC_STORE (and $DEEPMETRIC_STORE_COLLECTION) the gallery is searched in that Milvus collection."""
     root = os.environ.get(BUNDLE_ENV)
     if not root:
         raise RuntimeError(f"set {BUNDLE_ENV} to the bundle folder")
     settings = ServerSettings.from_env()
-    return create_app(load_bundle(root, threads=settings.threads), settings,
-                      root=os.environ.get(BUNDLE_SOURCE_ENV, root), admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None)
+    bundle = load_bundle(root, threads=settings.threads)
+    store = None
+    if os.environ.get(STORE_ENV):
+        store = GalleryStore(os.environ[STORE_ENV], os.environ.get(STORE_COLLECTION_ENV) or DEFAULT_COLLECTION)
+        store.check(bundle.manifest)
+    return create_app(bundle, settings, root=os.environ.get(BUNDLE_SOURCE_ENV, root),
+                      admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None, store=store)

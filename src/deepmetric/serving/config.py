@@ -13,6 +13,8 @@ ENV_PREFIX = "DEEPMETRIC_"
 BUNDLE_ENV = "DEEPMETRIC_BUNDLE"  # the bundle folder a worker started by `serve --workers N` loads (resolved)
 BUNDLE_SOURCE_ENV = "DEEPMETRIC_BUNDLE_SOURCE"  # the --bundle path as given (maybe a symlink): what reloads read
 ADMIN_TOKEN_ENV = "DEEPMETRIC_ADMIN_TOKEN"  # enables POST /v1/admin/reload
+STORE_ENV = "DEEPMETRIC_STORE"  # `serve --store URI`: the Milvus gallery store searched instead of the bundle's index
+STORE_COLLECTION_ENV = "DEEPMETRIC_STORE_COLLECTION"  # … and its collection (`--collection`)
 SUPERVISED_ENV = "DEEPMETRIC_SUPERVISED"  # set in workers under the multiprocess supervisor (runner.serve_workers)
 
 

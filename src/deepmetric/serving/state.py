@@ -31,6 +31,7 @@ import numpy as np
 from deepmetric.bundle import Bundle, BundleError, load_bundle
 from deepmetric.serving.batching import DynamicBatcher
 from deepmetric.serving.config import ServerSettings
+from deepmetric.store.milvus import GalleryStore, StoreError
 
 __all__ = ["Served", "ServingState", "bundle_summary", "run_bundle"]
 
@@ -57,10 +58,12 @@ def run_bundle(bundle: Bundle, images: np.ndarray, k: int) -> tuple[np.ndarray, 
 
 @dataclass
 class Served:
-    """One bundle version being served: the bundle, its batcher (None: batching off), its in-flight requests."""
+    """One bundle version being served: the bundle, its batcher (None: batching off), its in-flight requests, and
+    the gallery store searched instead of the bundle's index (None: the bundle's faiss index)."""
 
     bundle: Bundle
     batcher: DynamicBatcher | None
+    store: GalleryStore | None = None
     loaded_at: float = field(default_factory=time.time)
     users: int = 0
     retired: bool = False
@@ -68,6 +71,17 @@ class Served:
     def run(self, images: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Embed ``images`` and, when ``k`` > 0, search the index (row numbers, not ids)."""
         return run_bundle(self.bundle, images, k)
+
+    # The gallery searcher: the bundle's index (searched in the batch, with the embedding) or the store.
+    def gallery_size(self) -> int:
+        """Items in the searched gallery (a store is asked: another process may have changed it)."""
+        return self.bundle.gallery_size if self.store is None else self.store.count()
+
+    @property
+    def searches_index(self) -> bool:
+        """Whether the gallery is the bundle's index (searched with the embedding, in the batch) rather than a
+        store (asked after the embedding)."""
+        return self.store is None
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -77,9 +91,11 @@ class Served:
 class ServingState:
     """The served bundle of this process, the decode thread pool, and reloads."""
 
-    def __init__(self, root: str | os.PathLike[str], settings: ServerSettings, bundle: Bundle) -> None:
+    def __init__(self, root: str | os.PathLike[str], settings: ServerSettings, bundle: Bundle,
+                 store: GalleryStore | None = None) -> None:
         self.root = Path(root)
         self.settings = settings
+        self.store = store  # checked against the bundle by the caller (and again on every reload)
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self.prep_pool = ThreadPoolExecutor(max_workers=settings.prep_threads or os.cpu_count() or 1,
@@ -96,7 +112,7 @@ class ServingState:
         # alive until the garbage collector happens to run (~50 MB per reload of a ResNet-18 bundle).
         batcher = (DynamicBatcher(functools.partial(run_bundle, bundle), max_batch=s.max_batch,
                                   window_s=s.batch_window_ms / 1000.0) if s.batching else None)
-        return Served(bundle, batcher)
+        return Served(bundle, batcher, self.store)
 
     def _record(self, result: dict[str, Any]) -> None:
         self.last_reload = {**result, "at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
@@ -132,6 +148,11 @@ class ServingState:
                     bundle = load_bundle(self.root, threads=self.settings.threads)
                 except OSError as e:  # unreadable (permissions, I/O): refused like a bad bundle
                     raise BundleError(str(e.filename or self.root), e.strerror or str(e)) from None
+                if self.store is not None:
+                    try:
+                        self.store.check(bundle.manifest)
+                    except StoreError as e:  # the collection belongs to another bundle, or is unreachable
+                        raise BundleError(f"collection {self.store.collection}", str(e)) from None
             except BundleError as e:
                 self.refused_reloads += 1
                 self._record({"status": "refused", "error": str(e)})
@@ -167,3 +188,5 @@ class ServingState:
     def close(self) -> None:
         self._current.close()
         self.prep_pool.shutdown(wait=False, cancel_futures=True)
+        if self.store is not None:
+            self.store.close()

@@ -22,6 +22,8 @@ async def healthz(state: State) -> dict[str, Any]:
     out = {"status": "ok", **bundle_summary(served.bundle), "pid": os.getpid(), "reloads": state.reloads,
            "refused_reloads": state.refused_reloads, "last_reload": state.last_reload,
            "batching": served.batcher is not None}
+    if served.store is not None:  # the gallery searched (not called here: /healthz answers while the store is away)
+        out["store"] = {"uri": served.store.uri, "collection": served.store.collection}
     if served.batcher is not None:  # of this worker, since this bundle version was loaded
         b = served.batcher
         out["batches"] = {"count": b.batches, "images": b.images,

@@ -30,6 +30,7 @@ from deepmetric.serving.errors import ApiError, image_error
 from deepmetric.serving.multipart import FIELD, parse_images, require_multipart
 from deepmetric.serving.responses import json_response
 from deepmetric.serving.state import Served, ServingState
+from deepmetric.store.milvus import StoreError
 
 router = APIRouter()
 
@@ -131,7 +132,16 @@ async def _run(state: ServingState, served: Served, files: list[tuple[str, bytes
     return result.embeddings, result.scores, result.rows
 
 
-def _k(request: Request, bundle: Bundle, settings: ServerSettings) -> int:
+async def _store_call(fn, *args):
+    """A gallery-store call in the thread pool; the store unreachable → 503 with the reason (the next request
+    tries again: the client reconnects when the store is back)."""
+    try:
+        return await run_in_threadpool(fn, *args)
+    except StoreError as e:
+        raise ApiError(503, "store_unavailable", str(e), headers={"Retry-After": "1"}) from None
+
+
+async def _k(request: Request, served: Served, settings: ServerSettings) -> int:
     raw = request.query_params.get("k")
     if raw is None:
         k = settings.default_k
@@ -140,8 +150,9 @@ def _k(request: Request, bundle: Bundle, settings: ServerSettings) -> int:
             k = int(raw)
         except ValueError:
             raise ApiError(422, "invalid_k", f"k must be an integer, got {raw!r}") from None
-    if not 1 <= k <= bundle.gallery_size:
-        raise ApiError(422, "invalid_k", f"k must be in [1, {bundle.gallery_size}] (the gallery size), got {k}")
+    size = served.gallery_size() if served.store is None else await _store_call(served.gallery_size)
+    if not 1 <= k <= size:
+        raise ApiError(422, "invalid_k", f"k must be in [1, {size}] (the gallery size), got {k}")
     return k
 
 
@@ -186,14 +197,21 @@ async def embed(request: Request, state: State, settings: Settings) -> Response:
 async def search(request: Request, state: State, settings: Settings) -> Response:
     with state.use() as served:
         bundle = served.bundle
-        k = _k(request, bundle, settings)
+        k = await _k(request, served, settings)
         point = _operating_point(request, bundle)
         rerank = _rerank(request)
+        if rerank is not None and not served.searches_index:
+            raise ApiError(422, "invalid_rerank", "rerank needs the bundle's own index; this server searches a "
+                           "gallery store (serve --store)")
         files = await request_images(request, settings)
-        emb, scores, rows = await _run(state, served, files, bundle.first_k(k, rerank), settings.limits)
-        if rerank is None:
-            hits = bundle.ranked(emb, scores, rows, k)
-        else:  # a second search per query: in the thread pool, off the event loop
-            hits = await run_in_threadpool(bundle.ranked, emb, scores, rows, k, rerank)
+        if not served.searches_index:  # the gallery searcher is a store: embed in the batch, then ask the store
+            emb, _, _ = await _run(state, served, files, 0, settings.limits)
+            hits = await _store_call(served.store.search, emb, k)
+        else:
+            emb, scores, rows = await _run(state, served, files, bundle.first_k(k, rerank), settings.limits)
+            if rerank is None:
+                hits = bundle.ranked(emb, scores, rows, k)
+            else:  # a second search per query: in the thread pool, off the event loop
+                hits = await run_in_threadpool(bundle.ranked, emb, scores, rows, k, rerank)
     payload = bundle.search_payload([name for name, _ in files], hits, k, point)
     return json_response({**payload, "rerank": rerank} if rerank else payload)
