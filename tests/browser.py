@@ -47,3 +47,19 @@ def chromium(viewport: tuple[int, int] = (1280, 860)) -> Iterator[object]:
             yield ctx
         finally:
             ctx.close()
+
+
+@contextlib.contextmanager
+def context_or_skip(timeout_ms: int = 30_000) -> Iterator[object]:
+    """`chromium` for a test fixture: without a browser the test skips saying how to install one, or fails when
+    $DEEPMETRIC_REQUIRE_BROWSER=1 (CI must run the browser tests)."""
+    import pytest
+
+    reason = missing()
+    if reason:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but {reason}; {HOW_TO_INSTALL}")
+        pytest.skip(f"browser tests skipped: {reason}; {HOW_TO_INSTALL}")
+    with chromium() as context:
+        context.set_default_timeout(timeout_ms)
+        yield context

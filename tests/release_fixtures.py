@@ -25,7 +25,7 @@ METRICS = {1: {"recall@1": 0.61, "map@r": 0.31, "nmi": 0.52, "best_epoch": 1},
 
 def build_outputs(project: Path, version: int) -> None:
     """Every output of the pipeline for model ``version`` (seed version-1), then `dvc commit` records them."""
-    from deepmetric.io.datasets import BytesDataset, FileTreeDataset, JSONDataset, ParquetDataset, TextDataset, TorchDataset
+    from deepmetric.io.datasets import BytesDataset, FileTreeDataset, JSONDataset, ParquetDataset, TorchDataset
 
     data = project / "data"
     root = data / "01_raw/glyphs"
@@ -38,7 +38,6 @@ def build_outputs(project: Path, version: int) -> None:
         FileTreeDataset(str(data / "08_reporting/validation_docs")).save({"index.html": b"<html></html>"})
     seed = version - 1
     TorchDataset(str(data / "06_models/model.pt")).save(make_model_payload(seed=seed))
-    TextDataset(str(data / "08_reporting/train_log.csv")).save("epoch,loss\n1,0.5\n")
     JSONDataset(str(data / "08_reporting/baselines.json")).save({"pixels": {"map@r": 0.1}})
     BytesDataset(str(data / "08_reporting/retrieval_grid.png")).save(png_bytes(draw_image(0, 0)))
     onnx = onnx_model(seed=seed)

@@ -1,7 +1,9 @@
-"""The runtime module (`deepmetric.runtime`): device choice and its errors, the seed derivations, worker counts."""
+"""The runtime module (`deepmetric.runtime`): device choice and its errors, the seed derivations, worker counts, the
+source date."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import random
 import subprocess
@@ -12,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
-from deepmetric.runtime import (MAX_AUTO_WORKERS, Purpose, available_cores, batches_seed, derive_seed, epoch_seed,
-                                eval_loader_workers, gather_seed, init_seed, load_seed, mix_seed, resolve_device,
-                                resolve_processes, resolve_workers, sample_seed, seed_everything, seed_torch,
-                                step_seed, threads_per_worker)
+from deepmetric.runtime import (MAX_AUTO_WORKERS, SOURCE_DATE_ENV, Purpose, available_cores, batches_seed,
+                                derive_seed, epoch_seed, eval_loader_workers, gather_seed, init_seed, load_seed,
+                                mix_seed, resolve_device, resolve_processes, resolve_workers, sample_seed,
+                                seed_everything, seed_torch, source_date, source_timestamp, step_seed,
+                                threads_per_worker)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,3 +154,31 @@ def test_runtime_sits_at_the_bottom_and_imports_torch_lazily():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
     assert out.stdout.split("] ")[0] + "]" == "['deepmetric', 'deepmetric.runtime']"
     assert out.stdout.strip().endswith("False")
+
+
+# --- the source date (issue 23) ---------------------------------------------------------------------------------
+def _git(cwd, *args: str) -> None:
+    subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_source_date_epoch_wins(monkeypatch, tmp_path):
+    monkeypatch.setenv(SOURCE_DATE_ENV, "1700000000")
+    assert source_date(tmp_path) == dt.datetime(2023, 11, 14, 22, 13, 20, tzinfo=dt.UTC)
+    assert source_timestamp(tmp_path) == "2023-11-14T22:13:20+00:00"
+    monkeypatch.setenv(SOURCE_DATE_ENV, "yesterday")
+    with pytest.raises(ValueError, match=r"\$SOURCE_DATE_EPOCH must be an integer.*'yesterday'"):
+        source_date(tmp_path)
+
+
+def test_the_commit_date_of_head_then_now(monkeypatch, tmp_path):
+    monkeypatch.delenv(SOURCE_DATE_ENV, raising=False)
+    before = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    assert before <= source_date(tmp_path) <= dt.datetime.now(dt.UTC), "not a git work tree: now"
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "f").write_text("x")
+    _git(tmp_path, "add", "f")
+    monkeypatch.setenv("GIT_COMMITTER_DATE", "2024-02-03T04:05:06+00:00")
+    _git(tmp_path, "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "commit", "-qm", "x")
+    monkeypatch.delenv("GIT_COMMITTER_DATE")
+    assert source_timestamp(tmp_path) == "2024-02-03T04:05:06+00:00"
+    assert source_timestamp(tmp_path) == source_timestamp(tmp_path), "the same on every call"

@@ -33,8 +33,5 @@ def evaluate(
     metrics["best_epoch"] = int(trained_model.get("best_epoch", -1))
     # Which weights these figures belong to: the bundle stage ships them only with a model exported from them.
     metrics["model_weights_sha256"] = weights_sha256(trained_model["state_dict"])
-    # Training time (the epochs' training loops, not their validation passes), so `dvc exp show` can compare it.
-    log = trained_model.get("log") or []
-    metrics["train_seconds"] = round(float(sum(row.get("seconds", 0.0) for row in log)), 1)
     png = retrieval_grid_png(grid, data_cfg.root, spec, cfg.grid, data_cfg.limits)
     return metrics, baselines, png

@@ -27,6 +27,7 @@ BLOCKS: dict[str, str] = {
     "train_checkpoint_dir": "builtins:str",
     "preset": "deepmetric.training.presets:PresetParams",
     "train_cache_dir": "builtins:str",
+    "train_live_dir": "builtins:str",
     "evaluate": "deepmetric.evaluation.protocol:EvaluateConfig",
     "export": "deepmetric.export.config:ExportParams",
     "index": "deepmetric.index.config:IndexParams",

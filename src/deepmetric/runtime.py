@@ -1,4 +1,5 @@
-"""What a run takes from the machine and from its seed: the device, the seed of every random draw, worker counts.
+"""What a run takes from the machine, its seed and its source: the device, the seed of every random draw, worker
+counts, the one date an output may carry.
 
 The bottom of the package graph: it imports nothing of deepmetric, and torch only inside the functions that
 use it (the serving path counts workers on hosts without torch).
@@ -18,14 +19,25 @@ no two purposes share a stream.
 in this process) and ``auto`` one per available core. `resolve_workers` applies it; `resolve_processes` maps the
 ``processes`` parameters (``evaluate.processes``, ``index.processes``: processes sharing the work, this one
 included, 0 for one per core) onto it.
+
+**Dates.** DVC records every stage output's hash in dvc.lock: a date read from the clock would give a new hash on
+every run, so every downstream stage would rerun and every bundle and release hash would change although nothing
+did. A date an output must carry (the bundle manifest's ``created``, the run time in great-expectations' data docs)
+is the *source date* (`source_date`), as reproducible builds define it: ``$SOURCE_DATE_EPOCH`` (seconds since
+1970, UTC) when set, else the committer date of ``HEAD`` of the git work tree the process runs in (the revision
+whose code and parameters built the output), else (no git work tree) the current time. Timings (seconds, images/s,
+latencies) are measurements of a run, not outputs: they go to the log and to files DVC does not hash
+(`deepmetric.io.datasets.ReportDataset`, the training's DVCLive folder).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import math
 import os
 import random
+import subprocess
 from enum import IntEnum
 from typing import TYPE_CHECKING, Literal
 
@@ -179,3 +191,34 @@ def threads_per_worker(workers: int) -> int:
 def eval_loader_workers(num_workers: int, n_images: int, batch_size: int) -> int:
     """DataLoader workers for a one-off evaluation pass: no more than there are batches."""
     return max(0, min(num_workers, math.ceil(n_images / max(1, batch_size)) - 1))
+
+
+# --- dates -------------------------------------------------------------------------------------------------------
+SOURCE_DATE_ENV = "SOURCE_DATE_EPOCH"
+
+
+def source_date(cwd: str | os.PathLike[str] | None = None) -> dt.datetime:
+    """The source date (see the module docstring), UTC, whole seconds. ``cwd``: the folder whose git ``HEAD``
+    counts (default: the current directory). A malformed ``$SOURCE_DATE_EPOCH`` is a ``ValueError`` naming it."""
+    raw = os.environ.get(SOURCE_DATE_ENV, "").strip()
+    if raw:
+        try:
+            seconds = int(raw)
+        except ValueError:
+            raise ValueError(f"${SOURCE_DATE_ENV} must be an integer number of seconds since 1970-01-01 UTC, "
+                             f"got {raw!r}") from None
+    else:
+        try:
+            proc = subprocess.run(["git", "log", "-1", "--format=%ct"], cwd=cwd, capture_output=True, text=True,
+                                  timeout=30)
+            seconds = int(proc.stdout.strip()) if proc.returncode == 0 else None
+        except (OSError, ValueError, subprocess.TimeoutExpired):
+            seconds = None
+        if seconds is None:
+            return dt.datetime.now(dt.UTC).replace(microsecond=0)
+    return dt.datetime.fromtimestamp(seconds, dt.UTC)
+
+
+def source_timestamp(cwd: str | os.PathLike[str] | None = None) -> str:
+    """:func:`source_date` as the manifests write dates (ISO 8601, UTC, seconds)."""
+    return source_date(cwd).isoformat()

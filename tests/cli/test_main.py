@@ -11,7 +11,7 @@ import pytest
 import deepmetric.cli as cli
 from tests.server_fixtures import deepmetric
 
-COMMANDS = ["serve", "search", "info", "embed", "gallery", "publish", "pull", "releases"]
+COMMANDS = ["serve", "search", "info", "embed", "gallery", "publish", "pull", "releases", "viz"]
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -28,7 +28,7 @@ def test_every_command_comes_from_a_registered_group_and_has_a_handler():
                 assert callable(sub.get_default("handler")) or callable(parser.get_default("handler"))
         else:
             assert callable(parser.get_default("handler")), name
-    # the commands that end with os._exit as a program (see main's docstring); serve and releases return
+    # the commands that end with os._exit as a program (see main's docstring); serve, releases and viz return
     assert {n for n, p in commands.items() if p.get_default("hard_exit")} == {"search", "info", "embed", "gallery",
                                                                                "publish", "pull"}
 
@@ -58,7 +58,7 @@ def test_as_a_program():
     proc = deepmetric()
     assert proc.returncode == 3 and "required: command" in proc.stderr
     proc = deepmetric("--help")
-    assert proc.returncode == 0 and "{serve,search,info,embed,gallery,publish,pull,releases}" in proc.stdout
+    assert proc.returncode == 0 and "{serve,search,info,embed,gallery,publish,pull,releases,viz}" in proc.stdout
     proc = deepmetric("nope")
     assert proc.returncode == 3 and "invalid choice: 'nope'" in proc.stderr
 

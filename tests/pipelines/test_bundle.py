@@ -10,7 +10,7 @@ import pytest
 from deepmetric.io.datasets import JSONDataset, ParquetDataset, TorchDataset
 from deepmetric.bundle import load_bundle
 from deepmetric.training.model_io import weights_sha256
-from deepmetric.reproducible import source_timestamp
+from deepmetric.runtime import source_timestamp
 from tests.deploy_fixtures import data_params, make_dataset, make_model_payload, model_params
 from tests.fixtures import file_tree
 from tests.pipelines.kedro_helpers import load_params, run_stage

@@ -19,6 +19,9 @@ from tests.project_fixtures import STAGES, make_project, run
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     dest = make_project(tmp_path_factory.mktemp("chain"))
+    # committed, as a clone is: the dates outputs carry are the commit's (the source date), not the clock's
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "-c", "commit.gpgsign=false", "commit", "-qm", "x"], dest)
     run(["dvc", "repro"], dest)
     return dest
 
@@ -27,7 +30,7 @@ def test_every_stage_writes_its_outputs(project):
     expected = [
         "data/01_raw/glyphs/images.txt", "data/02_intermediate/manifest.parquet",
         "data/02_intermediate/manifest_validated.parquet", "data/08_reporting/validation.json",
-        "data/06_models/model.pt", "data/06_models/checkpoints/last.pt", "data/08_reporting/train_log.csv",
+        "data/06_models/model.pt", "data/06_models/checkpoints/last.pt", "data/08_reporting/train/metrics.json",
         "data/08_reporting/metrics.json", "data/08_reporting/baselines.json", "data/08_reporting/retrieval_grid.png",
         "data/06_models/model.onnx", "data/08_reporting/export.json", "data/07_model_output/index.faiss",
         "data/07_model_output/ids.parquet", "data/08_reporting/index.json", "data/09_deploy/bundle/manifest.json",
@@ -36,11 +39,13 @@ def test_every_stage_writes_its_outputs(project):
     assert not missing
     metrics = json.loads((project / "data/08_reporting/metrics.json").read_text())
     assert {"recall@1", "recall@2", "recall@4", "recall@8", "map@r", "nmi"} <= set(metrics)
-    # training time for `dvc exp show`: the epochs' training seconds of the log
+    # training time for `dvc exp show`: the epochs' training seconds of the log, beside the outputs (issue 23)
     import pandas as pd
 
-    log = pd.read_csv(project / "data/08_reporting/train_log.csv")
-    assert metrics["train_seconds"] == pytest.approx(log["seconds"].sum(), abs=0.1) and metrics["train_seconds"] > 0
+    log = pd.read_csv(project / "data/08_reporting/train/plots/metrics/seconds.tsv", sep="\t")
+    timings = json.loads((project / "data/08_reporting/timings/train.json").read_text())
+    assert timings["train_seconds"] == pytest.approx(log["seconds"].sum(), abs=0.1) and timings["train_seconds"] > 0
+    assert "train_seconds" not in metrics
     baselines = json.loads((project / "data/08_reporting/baselines.json").read_text())
     assert {"pixels", "untrained", "trained"} <= set(baselines)
     assert (project / "data/08_reporting/retrieval_grid.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -72,8 +77,11 @@ def test_dvc_metrics_and_plots_show(project, tmp_path):
     out = run(["dvc", "metrics", "show", "--json"], project).stdout
     shown = json.loads(out)
     assert "map@r" in json.dumps(shown)
+    # the training's timings and its DVCLive summary, beside the outputs (issue 23)
+    assert "train_seconds" in json.dumps(shown) and "data/08_reporting/train/metrics.json" in json.dumps(shown)
     run(["dvc", "plots", "show", "-o", str(tmp_path / "plots")], project)
-    assert (tmp_path / "plots" / "index.html").exists()
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "validation MAP@R per epoch" in page and "training loss per epoch" in page and "val_map@r" in page
     # the short table `make repro` ends with
     table = run([sys.executable, "-m", "deepmetric.evaluation.summary", "data/08_reporting"], project).stdout
     trained = json.loads((project / "data/08_reporting/metrics.json").read_text())
@@ -123,6 +131,23 @@ def test_failing_stage_leaves_previous_artefacts_whole(project):
     assert [p.read_bytes() for p in outputs] == before
     leftovers = [p for p in (project / "data").rglob("*") if p.name.startswith(".") and p.name.endswith(".tmp")]
     assert not leftovers
+
+
+def _out_hashes(project) -> dict[str, str]:
+    lock = yaml.safe_load((project / "dvc.lock").read_text())
+    return {f"{stage}:{out['path']}": out["md5"] for stage, entry in lock["stages"].items()
+            for out in entry.get("outs", [])}
+
+
+@pytest.mark.slow
+def test_a_forced_repro_gives_the_same_lock(project):
+    """Every DVC output is a function of its inputs: `dvc repro -f` reruns every stage and dvc.lock records the same
+    hash for every out (no clock, no timing, no thread-count-dependent sum in them; issue 23)."""
+    before = _out_hashes(project)
+    assert len(before) >= 12
+    run(["dvc", "repro", "-f"], project)
+    after = _out_hashes(project)
+    assert {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v} == {}
 
 
 def test_training_parameter_reruns_train_and_downstream_only(project):

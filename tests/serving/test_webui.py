@@ -4,7 +4,6 @@ DEEPMETRIC_REQUIRE_BROWSER=1 (set by .ci/run) they fail instead, so CI cannot pa
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -21,13 +20,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::ResourceWarning")
 
 @pytest.fixture(scope="session")  # session scope, first argument: checked before the servers are built
 def ctx():
-    reason = browser.missing()
-    if reason:
-        if os.environ.get(browser.REQUIRE_ENV) == "1":
-            pytest.fail(f"{browser.REQUIRE_ENV}=1 but {reason}; {browser.HOW_TO_INSTALL}")
-        pytest.skip(f"browser tests skipped: {reason}; {browser.HOW_TO_INSTALL}")
-    with browser.chromium() as context:
-        context.set_default_timeout(30_000)
+    with browser.context_or_skip() as context:
         yield context
 
 

@@ -12,8 +12,8 @@ from deepmetric.data.transforms import augmentation
 from deepmetric.methods import METHODS
 from deepmetric.models.backbones import build_backbone
 from deepmetric.training.callbacks import (CHECKPOINT, BestEpoch, Callback, CallbackList, Checkpoint, EpochLog,
-                                           FitState, LrSchedule, MethodEpochHook, Progress, Validation, fingerprint,
-                                           state_copy)
+                                           FitState, LiveLog, LrSchedule, MethodEpochHook, Progress, Validation,
+                                           fingerprint, state_copy)
 from deepmetric.training.config import InputConfig, parse_train
 from deepmetric.training.context import LoopContext
 from deepmetric.training.data import TrainLoader
@@ -134,6 +134,56 @@ def test_validation_scores_the_validation_classes(bars):
     wrong = Validation(images, val["label"].to_numpy(), batch_size=3, num_workers=0, select_metric="nmi")
     with pytest.raises(ValueError, match=r"train\.select_metric 'nmi' is not one of \[.*'map@r'"):
         wrong.on_epoch_end(state)
+
+
+def test_live_log_writes_every_epoch_with_dvclive_a_resumed_runs_included(bars, tmp_path):
+    """A run resumed after epoch 1 (its checkpoint's log in ``state.log``) writes epoch 1 again, then its own: the
+    folder holds every epoch of the model, step = epoch; metrics.json the latest. Off rank 0: nothing."""
+    import json
+
+    import pandas as pd
+
+    state = make_state(bars)
+    state.log = [{"epoch": 1, "loss": 0.9, "lr": 0.1, "seconds": 1.5, "best_epoch": 1}]
+    live = LiveLog(tmp_path / "live")
+    live.on_fit_start(state)
+    state.row = {"epoch": 2, "loss": 0.7, "lr": 0.1, "seconds": 1.25, "val_map@r": 0.5, "best_epoch": 2}
+    state.log.append(state.row)
+    live.on_epoch_end(state)
+    live.on_fit_end(state)
+    loss = pd.read_csv(tmp_path / "live/plots/metrics/loss.tsv", sep="\t")
+    assert loss.to_dict("list") == {"step": [1, 2], "loss": [0.9, 0.7]}
+    assert pd.read_csv(tmp_path / "live/plots/metrics/val_map@r.tsv", sep="\t")["step"].tolist() == [2]
+    assert not (tmp_path / "live/plots/metrics/best_epoch.tsv").exists()
+    summary = json.loads((tmp_path / "live/metrics.json").read_text())
+    assert summary["step"] == 2 and summary["loss"] == 0.7 and summary["seconds"] == 1.25
+
+    from deepmetric.training.distributed import Distributed
+
+    state.strategy = Distributed(rank=1, world_size=2)  # main_only needs no process group
+    other = LiveLog(tmp_path / "rank1")
+    other.on_fit_start(state)
+    other.on_epoch_end(state)
+    other.on_fit_end(state)
+    assert not (tmp_path / "rank1").exists()
+
+
+def test_live_log_in_a_git_repository_without_a_commit(bars, tmp_path, monkeypatch):
+    """`git init`, `dvc init` and no commit yet (a new project): DVCLive 3.49 alone fails reading the revision; the log is
+    written all the same."""
+    import subprocess
+    import sys
+
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run([sys.executable, "-m", "dvc", "init", "-q"], cwd=tmp_path, check=True)
+    monkeypatch.chdir(tmp_path)
+    state = make_state(bars)
+    live = LiveLog(tmp_path / "live")
+    live.on_fit_start(state)
+    state.row = {"epoch": 1, "loss": 0.5}
+    live.on_epoch_end(state)
+    live.on_fit_end(state)
+    assert (tmp_path / "live/plots/metrics/loss.tsv").read_text().splitlines() == ["step\tloss", "1\t0.5"]
 
 
 def _finish_epoch(state: FitState, epoch: int, score: float | None, callback: Callback) -> None:

@@ -35,7 +35,7 @@ from deepmetric.bundle.thumbnails import build_thumbnail_shards
 from deepmetric.data.contract import boxes_of
 from deepmetric.data.images import ImageLimits
 from deepmetric.bundle.writer import bundle_files, seal
-from deepmetric.reproducible import source_timestamp
+from deepmetric.runtime import source_timestamp
 
 __all__ = ["build_bundle"]
 
@@ -138,7 +138,7 @@ def build_bundle(
     checked and copied in.
     ``image_root``: the dataset folder the ids' paths are relative to (for the thumbnails), read under
     ``limits`` (the data parameters' limits, as every other stage). ``created``: default the source date
-    (:func:`deepmetric.reproducible.source_date`), so the same inputs give the same bundle, byte for byte."""
+    (:func:`deepmetric.runtime.source_date`), so the same inputs give the same bundle, byte for byte."""
     from deepmetric.index.build import deserialize_index
     from deepmetric.index.embedder import OnnxEmbedder
 

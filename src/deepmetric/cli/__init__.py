@@ -6,6 +6,7 @@
     deepmetric embed   --bundle DIR <folder|table> --out embeddings.parquet                     (cli/embed.py)
     deepmetric gallery add|remove --bundle DIR …                                                 (cli/gallery.py)
     deepmetric publish NAME  |  pull NAME --repo URL  |  releases --repo URL                     (cli/release.py)
+    deepmetric viz [--port 4141] [--build-only]                                                  (cli/viz.py)
 
 A group module has ``register(subparsers)``, which adds its commands and sets each one's ``handler`` (``args ->
 exit status``); :data:`GROUPS` below is the one place groups are registered, so a new group is one module plus
@@ -25,11 +26,11 @@ from collections.abc import Sequence
 
 import click
 
-from deepmetric.cli import embed, gallery, release, search, serve
+from deepmetric.cli import embed, gallery, release, search, serve, viz
 from deepmetric.cli.common import Parser
 
 #: The command groups, in the order `deepmetric --help` lists their commands.
-GROUPS = (serve, search, embed, gallery, release)
+GROUPS = (serve, search, embed, gallery, release, viz)
 
 __all__ = ["GROUPS", "build_parser", "cli", "main"]
 

@@ -1,6 +1,6 @@
 """What `fit` does around its epochs and steps, one callback each (pytorch-metric-learning's trainer hooks are the
 model): the learning-rate schedule, the method's epoch hook, the progress bar, validation, the best epoch, the
-epoch's log line, checkpoints and resuming.
+epoch's log line, the DVCLive metrics and plots, checkpoints and resuming.
 
 Every callback sees the run through a `FitState` and may override any of the hooks of `Callback`; at each
 point of `fit` the callbacks are called in list order:
@@ -171,6 +171,56 @@ class EpochLog(Callback):
         if self.enabled:
             row = state.row
             log.info("epoch %d/%d %s", row["epoch"], state.cfg.epochs, {k: v for k, v in row.items() if k != "epoch"})
+
+
+class LiveLog(Callback):
+    """The per-epoch metrics of rank 0 through DVCLive (DVC's own logger) into ``directory``: one
+    ``plots/metrics/<name>.tsv`` per column of the epoch's row (step = the epoch, 1-based), and ``metrics.json``
+    with the latest epoch's values, written after every epoch — what `dvc plots show` draws and what `dvc exp show`
+    shows of a running experiment. The folder starts fresh with every run; a resumed run writes the checkpoint's
+    epochs first, so it holds every epoch of the model. Its timings differ on every run: it is not a DVC output."""
+
+    SKIP = ("epoch", "best_epoch")  # the step itself; the best epoch is the model's (metrics.json of evaluate)
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self.live: Any = None
+
+    def on_fit_start(self, state: FitState) -> None:
+        state.strategy.main_only(lambda: self._open(state.log))
+
+    def on_epoch_end(self, state: FitState) -> None:
+        state.strategy.main_only(lambda: self._write(state.row))
+
+    def on_fit_end(self, state: FitState) -> None:
+        if self.live is not None:
+            self.live.end()
+            self.live = None
+
+    def _open(self, done: list[dict[str, Any]]) -> None:
+        from dvclive import Live
+
+        class _Live(Live):
+            def _init_dvc(self) -> None:
+                # DVCLive 3.49 reads the git revision of the repository it runs in, and fails on a repository
+                # without a commit (scmrepo's "Empty git repo"): the files it writes do not need it.
+                try:
+                    super()._init_dvc()
+                except Exception as e:  # scmrepo.exceptions.SCMError, not one of DVC's own
+                    log.debug("DVCLive without DVC's repository information: %s", e)
+
+        # dvcyaml=None: dvc.yaml declares the plots (the project's file is never rewritten); save_dvc_exp=False:
+        # `dvc exp run` makes the experiments, a plain run makes none.
+        self.live = _Live(str(self.directory), resume=False, report=None, dvcyaml=None, save_dvc_exp=False)
+        for row in done:
+            self._write(row)
+
+    def _write(self, row: dict[str, Any]) -> None:
+        self.live.step = int(row["epoch"])
+        for name, value in row.items():
+            if name not in self.SKIP:
+                self.live.log_metric(name, float(value))
+        self.live.next_step()
 
 
 # --- validation and the best epoch ------------------------------------------------------------------------------

@@ -50,8 +50,8 @@ class DistributedRunError(RuntimeError):
 
 @dataclass
 class RunSpec:
-    """What every rank needs to train: the validated blocks, the data root, the image limits, where checkpoints and
-    the image cache go."""
+    """What every rank needs to train: the validated blocks, the data root, the image limits, where checkpoints,
+    the image cache and the DVCLive log (rank 0) go."""
 
     train: dict[str, Any]
     model: dict[str, Any]
@@ -59,6 +59,7 @@ class RunSpec:
     checkpoint_dir: str | None
     cache_dir: str | None = None
     limits: ImageLimits | None = None  # None: `fit`'s default
+    live_dir: str | None = None  # the DVCLive folder (`deepmetric.training.callbacks.LiveLog`); None: none
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -139,16 +140,18 @@ def launch(
     limits: ImageLimits | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     keep_run_dir: bool = False,
+    live_dir: str | os.PathLike[str] | None = None,
 ) -> FitResult:
     """Train under torchrun with ``cfg.distributed``; rank 0's result (its ``extra`` holds ``world_size`` and
-    ``kedro_loaded``, whether a rank had imported Kedro). The arguments are `deepmetric.training.loop.fit`'s."""
+    ``kedro_loaded``, whether a rank had imported Kedro). The arguments are `deepmetric.training.loop.fit`'s;
+    ``live_dir``: rank 0 logs the epochs there with DVCLive (`deepmetric.training.callbacks.LiveLog`)."""
     refuse_nested_launch()
     d = cfg.distributed
     ckpt = str(Path(checkpoint_dir).resolve()) if checkpoint_dir else None
     run_spec = RunSpec(train=cfg.model_dump(mode="json"), model=spec.model_dump(mode="json"),
                        root=str(Path(root).resolve()), checkpoint_dir=ckpt,
                        cache_dir=str(Path(cache_dir).resolve()) if cache_dir else None,
-                       limits=limits)
+                       limits=limits, live_dir=str(Path(live_dir).resolve()) if live_dir else None)
     run_dir = Path(tempfile.mkdtemp(prefix="deepmetric-torchrun-"))
     try:
         write_run_dir(run_dir, run_spec, manifest)

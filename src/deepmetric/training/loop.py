@@ -51,6 +51,10 @@ from deepmetric.training.precision import Precision
 
 log = logging.getLogger(__name__)
 
+# The columns of an epoch's row that measure the run, not the model: they differ on every run, so they stay out of
+# the model file (a DVC output, a function of its inputs) and go to the training log and timings.
+TIMING_COLUMNS = ("seconds", "images_per_s")
+
 
 def make_optimizer(method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
     """The optimiser over the method's named groups (``train.optimizer``, absolute rates from ``group_lr``)."""
@@ -83,6 +87,11 @@ class FitResult:
         buf = io.StringIO()
         pd.DataFrame(self.log).to_csv(buf, index=False)
         return buf.getvalue()
+
+    def timings(self) -> dict[str, float]:
+        """How long the epochs' training loops took (validation passes excluded), over every epoch of the log (a
+        resumed run's earlier epochs included)."""
+        return {"train_seconds": round(sum(float(row.get("seconds", 0.0)) for row in self.log), 1)}
 
 
 def fit(
@@ -229,9 +238,11 @@ def _train_steps(state: FitState, batches: list[list[int]], callbacks: Callback)
 
 
 def _best_model(state: FitState, spec: InputSpec, classes: np.ndarray) -> dict[str, Any]:
-    """The model file's payload with the best epoch's weights."""
+    """The model file's payload with the best epoch's weights, and the log without its timings (`TIMING_COLUMNS`):
+    the same inputs give the same file, byte for byte."""
     method, best = state.ctx.method, state.best
     if best["state"] is not None:
         method.load_state_dict(best["state"])
+    log_rows = [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in state.log]
     return make_payload(method, state.cfg, spec, len(classes), best_epoch=best["epoch"], val=best["val"],
-                        train_classes=[int(c) for c in classes], log=state.log)
+                        train_classes=[int(c) for c in classes], log=log_rows)

@@ -7,6 +7,7 @@ needed to rebuild the method without the parameter files.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -25,14 +26,27 @@ def build_method(cfg: TrainConfig, params: MethodParams, num_classes: int) -> Me
 def make_payload(
     method: Method, cfg: TrainConfig, input_cfg: InputConfig, num_classes: int, **extra: Any
 ) -> dict[str, Any]:
+    """The model file's dict. Everything but the weights passes through one JSON round trip: pickle (inside
+    ``torch.save``) writes a string once per *object*, so the same values held by other objects (the log of a run
+    against the log of a resumed one, read back from its checkpoint) would give other bytes; after the round trip
+    equal payloads give equal files, byte for byte (the file is a DVC output: a function of its inputs)."""
+    fields = json.loads(json.dumps({"train": cfg.model_dump(mode="json"), "model": input_cfg.model_dump(mode="json"),
+                                    "num_classes": num_classes, **extra}, default=_plain))
     return {
         "format": FORMAT,
-        "train": cfg.model_dump(mode="json"),
-        "model": input_cfg.model_dump(mode="json"),
-        "num_classes": num_classes,
+        "train": fields.pop("train"),
+        "model": fields.pop("model"),
+        "num_classes": fields.pop("num_classes"),
         "state_dict": {k: v.detach().cpu() for k, v in method.state_dict().items()},
-        **extra,
+        **fields,
     }
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (validation metrics) as Python numbers."""
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
 
 def load_model(payload: dict[str, Any]) -> tuple[Method, InputConfig]:

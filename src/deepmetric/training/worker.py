@@ -80,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
         if dist.is_main:
             log.info("%d ranks (%s, %s), global batch %d = %d per rank", dist.world_size, dist.backend,
                      dist.device, cfg.batch.size, cfg.batch.size // dist.world_size)
+        from deepmetric.training.callbacks import LiveLog
+
         result = fit(manifest, spec.root, cfg, params, model, checkpoint_dir=spec.checkpoint_dir,
-                     limits=spec.limits, cache_dir=spec.cache_dir, strategy=dist)
+                     limits=spec.limits, cache_dir=spec.cache_dir, strategy=dist,
+                     callbacks=[LiveLog(spec.live_dir)] if spec.live_dir else ())
         out = None
         if dist.is_main:
             out = {"payload": result.payload, "log": result.log, "resumed_from": result.resumed_from,

@@ -28,7 +28,7 @@ import pandas as pd
 
 from deepmetric.data.contract import DATASETS, MANIFEST_COLUMNS, ROLES, SPLITS
 from deepmetric.data.images import ImageLimits
-from deepmetric.reproducible import source_date
+from deepmetric.runtime import source_date
 from deepmetric.validation.computed import computed_columns
 from deepmetric.validation.params import ValidateParams
 from deepmetric.validation.profile import class_size_note, format_note, image_size_note, profile
@@ -222,7 +222,7 @@ def validate_manifest(
     """Run the suite; returns the JSON-able report (``success``, per-check results with unexpected counts and
     example rows). When ``docs_dir`` is given, GX's HTML data docs are built there. ``limits``: the per-image
     bounds the file check decodes under. ``run_time``: the validation run's time (default: the source date,
-    :func:`deepmetric.reproducible.source_date`, not the clock). Never raises for bad data (see
+    :func:`deepmetric.runtime.source_date`, not the clock). Never raises for bad data (see
     :class:`ValidationFailed` / :func:`failure_summary` for the gate)."""
     if not isinstance(params, ValidateParams):
         params = ValidateParams.model_validate(dict(params or {}))
