@@ -14,8 +14,6 @@ TESTS = REPO / "tests"
 # mirror lands, never add one.
 PENDING = {
     "cli/__main__.py",  # `python -m deepmetric.cli`: run by tests/cli/test_main.py
-    "data/readers/base.py", "data/readers/cars196.py", "data/readers/common.py", "data/readers/cub.py",
-    "data/readers/glyphs.py", "data/readers/inshop.py", "data/readers/sop.py",  # tests/data/test_readers.py
 }
 
 

@@ -1,5 +1,5 @@
 """`deepmetric publish | pull | releases`: the refusals that need no repository (names, missing --repo, no DVC).
-Publishing and pulling through a real DVC remote and git origin: tests/release/test_publish_pull.py."""
+Publishing and pulling through a real DVC remote and git origin: tests/release/test_publish.py and test_fetch.py."""
 
 from __future__ import annotations
 

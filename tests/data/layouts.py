@@ -190,3 +190,8 @@ def make_boxed(root: Path, num_classes: int = 4, per_class: int = 4, size=(64, 4
                          "x_1": float(x1), "y_1": float(y1), "x_2": float(x2), "y_2": float(y2)})
     boxed = pd.DataFrame(rows)
     return boxed, boxed.drop(columns=["x_1", "y_1", "x_2", "y_2"])
+
+
+def split_summary(df) -> dict[str, tuple[int, int]]:
+    """``{split: (images, classes)}`` of a manifest, for the readers' split tests."""
+    return {s: (int((df.split == s).sum()), int(df.loc[df.split == s, "label"].nunique())) for s in ("train", "val", "test")}
