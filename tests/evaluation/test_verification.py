@@ -10,12 +10,14 @@ import pytest
 
 from deepmetric.evaluation.verification import (
     calibrate_thresholds,
+    check_calibration,
     clopper_pearson,
     min_negative_pairs,
     negative_similarities,
     pair_counts,
     positive_similarities,
     threshold_at_fmr,
+    thresholds_document,
     verification_rates,
     verification_report,
 )
@@ -150,3 +152,40 @@ def test_memory_is_bounded(traced_peak):
                                fmr=[0.01, 0.001], max_negatives=200_000)
     assert report["test"]["negative_pairs"]["used"] == 200_000
     assert peak < 32 * 2**20, f"peak {peak / 2**20:.0f} MB"
+
+
+def test_thresholds_document_is_the_contract_and_applies_as_score_ge_threshold():
+    """The file a bundle carries (format deepmetric.thresholds/1): operating points by decreasing fmr, each a
+    threshold that, applied as the server does (score >= threshold) to every test pair, gives its FNMR."""
+    rng = np.random.default_rng(5)
+    val, test = _tied_set(rng, 80, 8), _tied_set(rng, 60, 6)
+    report = verification_report(val, test, fmr=[0.05, 0.2], max_negatives=10**6)
+    doc = thresholds_document(report)
+    assert doc["format"] == "deepmetric.thresholds/1" and doc["score"] == "cosine"
+    assert doc["calibrated_on"] == "val" and doc["default_fmr"] == 0.2
+    assert [p["fmr"] for p in doc["operating_points"]] == [0.2, 0.05]
+    pos, _ = _all_pairs(*test)
+    _, val_neg = _all_pairs(*val)
+    for p in doc["operating_points"]:
+        assert set(p) == {"fmr", "threshold", "negative_pairs", "fmr_ci95", "fnmr_test", "fnmr_ci95",
+                          "positive_pairs_test"}
+        assert p["threshold"] == float(_brute_force_threshold(val_neg, p["fmr"]))
+        assert p["fnmr_test"] == pytest.approx(np.mean(pos < np.float32(p["threshold"])))
+        assert p["positive_pairs_test"] == len(pos) and p["negative_pairs"] == len(val_neg)
+        assert p["fnmr_ci95"][0] <= p["fnmr_test"] <= p["fnmr_ci95"][1]
+        assert p["fmr_ci95"][0] <= np.mean(val_neg >= p["threshold"]) <= p["fmr_ci95"][1]
+    assert thresholds_document(report, default_fmr=0.05)["default_fmr"] == 0.05
+    with pytest.raises(ValueError, match=r"default_fmr=0.01 is not one of the calibrated fmr values \[0.2, 0.05\]"):
+        thresholds_document(report, default_fmr=0.01)
+
+
+def test_the_calibration_check_needs_only_labels_and_names_the_parameters():
+    y = np.repeat(np.arange(5), 4)  # 20 images: 160 negative pairs
+    assert check_calibration(y, [0.1, 0.2]) == [0.1, 0.2]
+    with pytest.raises(ValueError, match=r"evaluate.fmr=0.01: the validation split has 160 negative pairs \(20 "
+                                         r"images, 5 classes\) .* needs at least 1000"):
+        check_calibration(y, [0.2, 0.01], name="evaluate.fmr")
+    with pytest.raises(ValueError, match=r"evaluate.fmr=2 outside \(0, 1\)"):
+        check_calibration(y, [2], name="evaluate.fmr")
+    with pytest.raises(ValueError, match=r"evaluate.negative_pairs=50 is below the 100 negative pairs"):
+        check_calibration(y, [0.1], 50, name="evaluate.fmr", max_name="evaluate.negative_pairs")

@@ -131,25 +131,35 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
     return lo, hi
 
 
+def check_calibration(labels: np.ndarray, fmr: Sequence[float], max_negatives: int = DEFAULT_MAX_NEGATIVES,
+                      name: str = "fmr", max_name: str = "max_negatives") -> list[float]:
+    """The checked ``fmr`` list, or a ValueError when the validation split's labels (or ``max_negatives``) give
+    fewer negative pairs than ``min_negative_pairs`` of the smallest fmr. Needs only the labels, so a caller can
+    refuse before embedding anything. ``name``/``max_name``: the parameter names the messages use."""
+    fmr = check_fmr(fmr, name)
+    y = np.asarray(labels)
+    _, available = pair_counts(y)
+    f = min(fmr)
+    need = min_negative_pairs(f)
+    if available < need:
+        raise ValueError(
+            f"{name}={f}: the validation split has {available} negative pairs ({len(y)} images, "
+            f"{len(np.unique(y))} classes) and a threshold at fmr={f} needs at least {need} (10 / fmr, so that at "
+            f"least {MIN_FALSE_MATCHES} false matches set it): use a larger validation split or a larger fmr")
+    if max_negatives < need:
+        raise ValueError(f"{max_name}={max_negatives} is below the {need} negative pairs {name}={f} needs "
+                         "(10 / fmr)")
+    return fmr
+
+
 def calibrate_thresholds(embeddings: np.ndarray, labels: np.ndarray, fmr: Sequence[float] = (0.01, 0.001),
                          max_negatives: int = DEFAULT_MAX_NEGATIVES, seed: int = 0) -> dict[float, float]:
     """{fmr: threshold} on the validation classes' embeddings and labels. Refuses an ``fmr`` outside (0, 1) and a
     split (or ``max_negatives``) with fewer negative pairs than ``min_negative_pairs(fmr)``."""
-    fmr = check_fmr(fmr)
     y = np.asarray(labels)
     if len(y) != len(embeddings):
         raise ValueError(f"{len(y)} labels for {len(embeddings)} embeddings")
-    _, available = pair_counts(y)
-    for f in sorted(fmr):
-        need = min_negative_pairs(f)
-        if available < need:
-            raise ValueError(
-                f"the validation split has {available} negative pairs ({len(y)} images, {len(np.unique(y))} "
-                f"classes); fmr={f} needs at least {need} (10 / fmr, so that at least {MIN_FALSE_MATCHES} false "
-                "matches set the threshold): use a larger validation split or a larger fmr")
-        if max_negatives < need:
-            raise ValueError(f"max_negatives={max_negatives} is below the {need} negative pairs fmr={f} needs "
-                             f"(10 / fmr)")
+    fmr = check_calibration(y, fmr, max_negatives)
     scores, _ = negative_similarities(embeddings, y, max_negatives, seed)
     return {f: threshold_at_fmr(scores, f) for f in fmr}
 
@@ -201,3 +211,31 @@ def verification_report(validation: tuple[np.ndarray, np.ndarray], test: tuple[n
         "validation": verification_rates(*validation, thresholds, max_negatives, seed, confidence),
         "test": verification_rates(*test, thresholds, max_negatives, seed, confidence),
     }
+
+
+THRESHOLDS_FORMAT = "deepmetric.thresholds/1"
+
+
+def thresholds_document(report: dict, default_fmr: float | None = None) -> dict:
+    """The thresholds file the evaluate stage writes and a bundle carries (``format: deepmetric.thresholds/1``):
+    one operating point per fmr, sorted by decreasing fmr — its threshold, the validation pairs it was set on
+    with the 95 % interval of its realised FMR there, and the test classes' FNMR with its 95 % interval.
+    ``default_fmr``: one of the report's fmr values (None: the largest). ``report``: `verification_report`'s,
+    at confidence 0.95."""
+    if report["protocol"]["confidence"] != 0.95:
+        raise ValueError(f"the thresholds file states 95 % intervals; the report has confidence "
+                         f"{report['protocol']['confidence']}")
+    val, test = report["validation"], report["test"]
+    fmrs = sorted((float(f) for f in report["thresholds"]), reverse=True)
+    if default_fmr is None:
+        default_fmr = fmrs[0]
+    if default_fmr not in fmrs:
+        raise ValueError(f"default_fmr={default_fmr} is not one of the calibrated fmr values {fmrs}")
+    points = []
+    for f in fmrs:
+        v, t = val["operating_points"][str(f)], test["operating_points"][str(f)]
+        points.append({"fmr": f, "threshold": t["threshold"], "negative_pairs": val["negative_pairs"]["used"],
+                       "fmr_ci95": v["fmr_ci"], "fnmr_test": t["fnmr"], "fnmr_ci95": t["fnmr_ci"],
+                       "positive_pairs_test": test["positive_pairs"]})
+    return {"format": THRESHOLDS_FORMAT, "score": "cosine", "calibrated_on": "val", "default_fmr": float(default_fmr),
+            "operating_points": points}
