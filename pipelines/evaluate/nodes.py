@@ -1,4 +1,5 @@
-"""Thin nodes: the trained model file → metrics.json, baselines.json and the retrieval grid PNG."""
+"""Thin nodes: the trained model file → metrics.json, baselines.json, the retrieval grid PNG, the match thresholds
+(thresholds.json) and the failure report (failures.json, per_class.csv, worst_queries.png)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,18 @@ from typing import Any
 import pandas as pd
 
 from deepmetric.data.config import DataParams, parse_params
-from deepmetric.evaluation.protocol import EvaluateConfig, evaluate_model, retrieval_grid_png
+from deepmetric.evaluation import reports
+from deepmetric.evaluation.protocol import EvaluateConfig, embed_validation, evaluate_model, retrieval_grid_png
 from deepmetric.runtime import init_seed, seed_everything
 from deepmetric.training.model_io import build_method, load_model, weights_sha256
 
 
 def evaluate(
     trained_model: dict[str, Any], manifest: pd.DataFrame, data: dict[str, Any], evaluate: dict[str, Any]
-) -> tuple[dict[str, float], dict[str, dict[str, float]], bytes]:
+) -> tuple[dict[str, float], dict[str, dict[str, float]], bytes, dict[str, Any], dict[str, Any], str, bytes]:
     data_cfg = parse_params(DataParams, data, "data")
     cfg = parse_params(EvaluateConfig, evaluate, "evaluate")
+    reports.check_validation_split(manifest, cfg)  # before anything is embedded
     method, spec = load_model(trained_model)
     untrained, name = None, "untrained"
     if cfg.baselines:
@@ -34,4 +37,12 @@ def evaluate(
     # Which weights these figures belong to: the bundle stage ships them only with a model exported from them.
     metrics["model_weights_sha256"] = weights_sha256(trained_model["state_dict"])
     png = retrieval_grid_png(grid, data_cfg.root, spec, cfg.grid, data_cfg.limits)
-    return metrics, baselines, png
+    # Match thresholds on the validation classes, judged on the test classes; where the model fails.
+    validation = embed_validation(method, manifest, data_cfg.root, spec, cfg, data_cfg.limits)
+    verification, thresholds = reports.thresholds(
+        validation, reports.pooled_test_images(grid["split"], grid["query"], grid["gallery"]), cfg)
+    failures, per_class = reports.failures(grid["ranking"], grid["split"], cfg)
+    failures["verification"] = verification
+    metrics.update(reports.decision_metrics(verification, failures))
+    worst = reports.worst_queries_png(failures, grid["split"], data_cfg.root, spec, data_cfg.limits)
+    return metrics, baselines, png, thresholds, failures, per_class, worst

@@ -9,7 +9,8 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 evaluate,
                 inputs=["trained_model", "validated_manifest", "params:data", "params:evaluate"],
-                outputs=["metrics", "baseline_metrics", "retrieval_grid"],
+                outputs=["metrics", "baseline_metrics", "retrieval_grid", "thresholds", "failure_report",
+                         "per_class_table", "worst_queries_grid"],
                 name="evaluate",
             )
         ]

@@ -32,6 +32,8 @@ def test_every_stage_writes_its_outputs(project):
         "data/02_intermediate/manifest_validated.parquet", "data/08_reporting/validation.json",
         "data/06_models/model.pt", "data/06_models/checkpoints/last.pt", "data/08_reporting/train/metrics.json",
         "data/08_reporting/metrics.json", "data/08_reporting/baselines.json", "data/08_reporting/retrieval_grid.png",
+        "data/08_reporting/thresholds.json", "data/08_reporting/failures.json", "data/08_reporting/per_class.csv",
+        "data/08_reporting/worst_queries.png",
         "data/06_models/model.onnx", "data/08_reporting/export.json", "data/07_model_output/index.faiss",
         "data/07_model_output/ids.parquet", "data/08_reporting/index.json", "data/09_deploy/bundle/manifest.json",
     ]

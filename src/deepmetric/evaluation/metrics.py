@@ -95,16 +95,34 @@ def evaluate_embeddings(
     queries searched against the gallery only; NMI then clusters query+gallery together. Ks beyond the gallery
     are left out. ``chunk``: rows per block of the ranking (memory ~ ``chunk``² × 4 bytes).
     """
+    return rank_and_evaluate(query, query_labels, gallery, gallery_labels, ks, nmi_seed, with_nmi, chunk)[0]
+
+
+def rank_and_evaluate(
+    query: np.ndarray,
+    query_labels: np.ndarray,
+    gallery: np.ndarray | None = None,
+    gallery_labels: np.ndarray | None = None,
+    ks: Sequence[int] = (1, 2, 4, 8),
+    nmi_seed: int = 0,
+    with_nmi: bool = True,
+    chunk: int = 4096,
+    width: int | None = None,
+) -> tuple[dict[str, float], GalleryRanking]:
+    """`evaluate_embeddings` and the ranking it read them from (each query's top max(``width``, R), at most the
+    gallery), for the failure report without ranking twice."""
     query_labels = np.asarray(query_labels)
     same = gallery is None
     g, gl = (query, query_labels) if same else (gallery, np.asarray(gallery_labels))
-    ranking = rank_gallery(query, query_labels, None if same else g, None if same else gl, chunk=chunk)
-    out = evaluate_ranking(ranking, [k for k in ks if k <= len(g) - (1 if same else 0)])
+    available = len(g) - (1 if same else 0)
+    ranking = rank_gallery(query, query_labels, None if same else g, None if same else gl,
+                           width=None if width is None else min(width, available), chunk=chunk)
+    out = evaluate_ranking(ranking, [k for k in ks if k <= available])
     if with_nmi:
         emb = query if same else np.concatenate([query, g])
         lab = query_labels if same else np.concatenate([query_labels, gl])
         out["nmi"] = nmi(emb, lab, seed=nmi_seed)
-    return out
+    return out, ranking
 
 
 def evaluate_ranking(ranking: GalleryRanking, ks: Sequence[int]) -> dict[str, float]:

@@ -10,14 +10,15 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from deepmetric.data.contract import boxes_of, dataset_info
 from deepmetric.data.dataset import ManifestImages
 from deepmetric.data.images import ImageLimits
 from deepmetric.data.transforms import InputSpec
 from deepmetric.evaluation.embed import embed_dataset, method_embedder, pixel_embedder
-from deepmetric.evaluation.metrics import evaluate_embeddings
+from deepmetric.evaluation.metrics import evaluate_embeddings, rank_and_evaluate
+from deepmetric.evaluation.verification import DEFAULT_MAX_NEGATIVES, check_fmr
 
 
 class GridConfig(BaseModel):
@@ -26,6 +27,17 @@ class GridConfig(BaseModel):
     queries: int = Field(8, ge=1, le=64)
     neighbours: int = Field(6, ge=1, le=32)
     seed: int = 0
+
+
+class FailuresConfig(BaseModel):
+    """``evaluate.failures``: the failure report (failures.json, per_class.csv, worst_queries.png)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: int = Field(5, ge=1, le=32, description="neighbours shown per worst query and counted for confused pairs")
+    worst: int = Field(8, ge=1, le=64, description="worst queries in the report and the grid")
+    pairs: int = Field(20, ge=1, description="most confused class pairs in the report")
+    classes: int = Field(50, ge=1, description="worst classes listed in failures.json (per_class.csv has all)")
 
 
 class EvaluateConfig(BaseModel):
@@ -43,6 +55,24 @@ class EvaluateConfig(BaseModel):
     num_workers: int | Literal["auto"] = Field("auto", description="DataLoader decode workers (auto: one per core)")
     progress: bool = True
     grid: GridConfig = Field(default_factory=GridConfig)
+    fmr: list[float] = Field([0.01, 0.001], description="target false-match rates of the match thresholds")
+    default_fmr: float | None = Field(None, description="the bundle's default operating point (null: first fmr)")
+    negative_pairs: int = Field(DEFAULT_MAX_NEGATIVES, ge=1, description="most negative pairs sampled per split")
+    pairs_seed: int = 0
+    failures: FailuresConfig = Field(default_factory=FailuresConfig)
+
+    @field_validator("fmr")
+    @classmethod
+    def _fmr(cls, v: list[float]) -> list[float]:
+        return check_fmr(v, "fmr")
+
+    @model_validator(mode="after")
+    def _default_fmr(self) -> EvaluateConfig:
+        if self.default_fmr is None:
+            self.default_fmr = self.fmr[0]
+        elif self.default_fmr not in self.fmr:
+            raise ValueError(f"default_fmr={self.default_fmr} is not one of fmr {self.fmr}")
+        return self
 
 
 @dataclass
@@ -116,7 +146,9 @@ def evaluate_model(
     method = method.to(device)
     q, g = embed_split(method_embedder(method, spec.mean, spec.std), split, root, spec, cfg.batch_size, device,
                        cfg.progress, "trained", cfg.processes, limits, workers)
-    metrics = score(q, g, split, cfg.nmi_seed)
+    metrics, ranking = rank_and_evaluate(
+        q, split.query["label"].to_numpy(), g, None if split.gallery is None else split.gallery["label"].to_numpy(),
+        ks=split.ks, nmi_seed=cfg.nmi_seed, width=cfg.failures.k)
     metrics["num_queries"] = int(len(split.query))
     metrics["num_gallery"] = int(len(split.gallery) if split.gallery is not None else len(split.query))
     baselines: dict[str, dict[str, float]] = {}
@@ -130,7 +162,20 @@ def evaluate_model(
                                  cfg.batch_size, device, cfg.progress, untrained_name, cfg.processes, limits, workers)
             baselines[untrained_name] = score(uq, ug, split, cfg.nmi_seed)
         baselines["trained"] = {k: v for k, v in metrics.items() if not k.startswith("num_")}
-    return metrics, baselines, {"split": split, "query": q, "gallery": g}
+    return metrics, baselines, {"split": split, "query": q, "gallery": g, "ranking": ranking}
+
+
+def embed_validation(method: torch.nn.Module, manifest: pd.DataFrame, root: str, spec: InputSpec,
+                     cfg: EvaluateConfig, limits: ImageLimits = ImageLimits()) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings, labels) of the validation classes, where the match thresholds are calibrated."""
+    from deepmetric.evaluation.reports import validation_rows
+    from deepmetric.runtime import resolve_device, resolve_workers
+
+    device = resolve_device(cfg.device, "evaluate.device")
+    val = TestSplit(validation_rows(manifest), None, ())
+    x, _ = embed_split(method_embedder(method.to(device), spec.mean, spec.std), val, root, spec, cfg.batch_size,
+                       device, cfg.progress, "validation", cfg.processes, limits, resolve_workers(cfg.num_workers))
+    return x, val.query["label"].to_numpy()
 
 
 def retrieval_grid_png(grid_input: dict[str, Any], root: str, spec: InputSpec, cfg: GridConfig,

@@ -1,0 +1,97 @@
+"""What the evaluate stage writes beside the headline metrics, from the embeddings it already has:
+
+- the match thresholds (``thresholds.json``, format ``deepmetric.thresholds/1``): calibrated on the
+  **validation** classes (the manifest's ``split == "val"`` rows, embedded here), judged on the test classes;
+- the failure report (``failures.json``: per-class table, most confused class pairs, worst queries, per-category
+  table), the per-class table as CSV for `dvc plots`, the worst-queries grid PNG;
+- their flat figures for ``metrics.json`` (``dvc metrics diff``): FNMR and threshold per fmr, the failure summary,
+  per-category Recall@1 / MAP@R when the manifest has a ``category`` column.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from deepmetric.evaluation.failures import failure_report, per_class_table, worst_queries_grid
+from deepmetric.evaluation.knn import GalleryRanking
+from deepmetric.evaluation.verification import check_calibration, thresholds_document, verification_report
+
+if TYPE_CHECKING:
+    from deepmetric.evaluation.protocol import EvaluateConfig, TestSplit
+
+
+def validation_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The validation classes' rows: never trained on, never tested on."""
+    return manifest[manifest["split"] == "val"].reset_index(drop=True)
+
+
+def check_validation_split(manifest: pd.DataFrame, cfg: EvaluateConfig) -> None:
+    """Refuse, before anything is embedded, a validation split with too few negative pairs for ``evaluate.fmr``."""
+    try:
+        check_calibration(validation_rows(manifest)["label"].to_numpy(), cfg.fmr, cfg.negative_pairs,
+                          name="evaluate.fmr", max_name="evaluate.negative_pairs")
+    except ValueError as e:
+        raise ValueError(f"{e} (the validation split is the data.val_classes slice of the training classes)") from None
+
+
+def pooled_test_images(split: TestSplit, query: np.ndarray, gallery: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """Every test image once, with its label: the queries, plus the gallery rows that are not also queries."""
+    if gallery is None:
+        return query, split.query["label"].to_numpy()
+    extra = ~split.gallery["path"].isin(set(split.query["path"])).to_numpy()
+    return (np.concatenate([query, gallery[extra]]),
+            np.concatenate([split.query["label"].to_numpy(), split.gallery["label"].to_numpy()[extra]]))
+
+
+def thresholds(validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
+               cfg: EvaluateConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the verification report, the thresholds file) for ``evaluate.fmr`` at 95 % confidence."""
+    report = verification_report(validation, test, fmr=cfg.fmr, max_negatives=cfg.negative_pairs,
+                                 seed=cfg.pairs_seed, confidence=0.95)
+    return report, thresholds_document(report, cfg.default_fmr)
+
+
+def failures(ranking: GalleryRanking, split: TestSplit, cfg: EvaluateConfig) -> tuple[dict[str, Any], str]:
+    """(failures.json's report, per_class.csv's text: every test class, worst MAP@R first)."""
+    ql = split.query["label"].to_numpy()
+    gl = ql if split.gallery is None else split.gallery["label"].to_numpy()
+    names = dict(zip(split.query["label"].tolist(), split.query["class_name"].astype(str).tolist(), strict=True))
+    categories = split.query["category"].astype(str).to_numpy() if "category" in split.query else None
+    f = cfg.failures
+    k = min(f.k, ranking.width)
+    report = failure_report(ranking, ql, gl, query_categories=categories, class_names=names, k=k, worst=f.worst,
+                            pairs=f.pairs, classes=f.classes)
+    return report, per_class_table(ranking, ql, names).to_csv(index=False, float_format="%.6g")
+
+
+def decision_metrics(verification: dict[str, Any], report: dict[str, Any]) -> dict[str, float]:
+    """Flat keys for metrics.json: ``fnmr@fmr=F`` and ``threshold@fmr=F`` (test classes), the failure summary
+    and ``category/C/map@r`` / ``category/C/recall@1``."""
+    out: dict[str, float] = {}
+    for f, point in verification["test"]["operating_points"].items():
+        out[f"fnmr@fmr={f}"] = point["fnmr"]
+        out[f"threshold@fmr={f}"] = point["threshold"]
+    out.update(report["summary"])
+    for row in report.get("per_category", []):
+        out[f"category/{row['category']}/recall@1"] = row["recall@1"]
+    return out
+
+
+def worst_queries_png(report: dict[str, Any], split: TestSplit, root: str, spec, limits) -> bytes:
+    """The worst queries' grid, its images decoded as the evaluation decodes them (under the data limits)."""
+    from deepmetric.data.images import safe_join
+    from deepmetric.data.transforms import load_eval_image
+
+    def loader(df: pd.DataFrame):
+        return lambda i: load_eval_image(safe_join(root, df["path"].iloc[i]), spec, limits=limits)
+
+    gallery = split.query if split.gallery is None else split.gallery
+    names = dict(zip(split.query["label"].tolist(), split.query["class_name"].astype(str).tolist(), strict=True))
+    names.update(zip(gallery["label"].tolist(), gallery["class_name"].astype(str).tolist(), strict=True))
+    worst = [{**w, "label": names.get(w["label"], w["label"]),
+              "neighbours": [{**nb, "label": names.get(nb["label"], nb["label"])} for nb in w["neighbours"]]}
+             for w in report["worst_queries"]]
+    return worst_queries_grid(worst, loader(split.query), loader(gallery))

@@ -1,0 +1,63 @@
+"""The evaluate stage's extra reports from embeddings: the test pool, the thresholds file, the flat figures."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deepmetric.evaluation.knn import rank_gallery
+from deepmetric.evaluation.protocol import EvaluateConfig, TestSplit
+from deepmetric.evaluation.reports import (
+    check_validation_split,
+    decision_metrics,
+    failures,
+    pooled_test_images,
+    thresholds,
+)
+
+
+def _rows(split, role, labels):
+    return pd.DataFrame({"path": [f"{split}/{role}/{i}.png" for i in range(len(labels))], "label": labels,
+                         "class_name": [f"c{label}" for label in labels], "split": split, "role": role})
+
+
+def test_the_test_pool_holds_every_image_once():
+    q = _rows("test", "query", [1, 2, 3])
+    g = pd.concat([_rows("test", "gallery", [1, 2]), q.iloc[[2]].assign(role="both")], ignore_index=True)
+    split = TestSplit(q, g, (1,))
+    qx, gx = np.eye(3, 4, dtype=np.float32), np.eye(3, 4, k=1, dtype=np.float32)
+    x, y = pooled_test_images(split, qx, gx)
+    assert len(x) == 5 and list(y) == [1, 2, 3, 1, 2]  # the query also in the gallery counted once
+    np.testing.assert_array_equal(x[3:], gx[:2])
+    same, labels = pooled_test_images(TestSplit(q, None, (1,)), qx, None)
+    assert same is qx and list(labels) == [1, 2, 3]
+
+
+def test_thresholds_and_flat_figures_agree():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(12, 8))
+
+    def split(classes):
+        y = np.repeat(classes, 5)
+        x = centres[y] + 0.6 * rng.normal(size=(len(y), 8))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
+    cfg = EvaluateConfig(fmr=[0.1, 0.05], failures={"k": 3, "worst": 2})
+    (vx, vy), (tx, ty) = split(np.arange(6)), split(np.arange(6, 12))
+    report, doc = thresholds((vx, vy), (tx, ty), cfg)
+    assert doc["default_fmr"] == 0.1 and [p["fmr"] for p in doc["operating_points"]] == [0.1, 0.05]
+    test = _rows("test", "both", ty)
+    fail, csv = failures(rank_gallery(tx, ty, width=3), TestSplit(test, None, (1,)), cfg)
+    flat = decision_metrics(report, fail)
+    for p in doc["operating_points"]:
+        assert flat[f"fnmr@fmr={p['fmr']}"] == p["fnmr_test"] and flat[f"threshold@fmr={p['fmr']}"] == p["threshold"]
+    assert csv.splitlines()[0] == "label,class_name,queries,map@r,recall@1" and len(csv.splitlines()) == 7
+    assert len(fail["worst_queries"]) == 2 and flat["classes"] == 6
+
+
+def test_a_manifest_without_validation_classes_is_refused_with_the_minimum():
+    manifest = pd.concat([_rows("train", "both", [0, 0, 1]), _rows("test", "both", [2, 2, 3])])
+    with pytest.raises(ValueError, match=r"evaluate.fmr=0.001: the validation split has 0 negative pairs \(0 images, "
+                                         r"0 classes\) .* at least 10000 .*data.val_classes"):
+        check_validation_split(manifest, EvaluateConfig())
