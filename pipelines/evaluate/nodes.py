@@ -44,5 +44,6 @@ def evaluate(
     failures, per_class = reports.failures(grid["ranking"], grid["split"], cfg)
     failures["verification"] = verification
     metrics.update(reports.decision_metrics(verification, failures))
+    metrics.update(reports.reranked_metrics(grid["split"], grid["query"], grid["gallery"], cfg.rerank))
     worst = reports.worst_queries_png(failures, grid["split"], data_cfg.root, spec, data_cfg.limits)
     return metrics, baselines, png, thresholds, failures, per_class, worst

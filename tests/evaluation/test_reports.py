@@ -61,3 +61,41 @@ def test_a_manifest_without_validation_classes_is_refused_with_the_minimum():
     with pytest.raises(ValueError, match=r"evaluate.fmr=0.001: the validation split has 0 negative pairs \(0 images, "
                                          r"0 classes\) .* at least 10000 .*data.val_classes"):
         check_validation_split(manifest, EvaluateConfig())
+
+
+def _brute_metrics(q, g, ql, gl, same):
+    """MAP@R and Recall@1 from a full numpy sort of every similarity (own row removed in leave-one-out)."""
+    s = q @ g.T
+    if same:
+        np.fill_diagonal(s, -np.inf)
+    order = np.argsort(-s, axis=1, kind="stable")
+    aps, top1 = [], []
+    for i in range(len(q)):
+        r = int((gl == ql[i]).sum()) - (1 if same else 0)
+        hits = gl[order[i, :r]] == ql[i]
+        aps.append(float((np.cumsum(hits) / np.arange(1, r + 1) * hits).sum() / r))
+        top1.append(bool(hits[0]))
+    return float(np.mean(aps)), float(np.mean(top1))
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_reranked_metrics_against_a_full_sort_after_dba(same):
+    from deepmetric.evaluation.rerank import database_augmentation
+    from deepmetric.evaluation.reports import reranked_metrics
+
+    rng = np.random.default_rng(1)
+    y = np.repeat(np.arange(10), 6)
+    x = rng.normal(size=(10, 16))[y] + 0.9 * rng.normal(size=(60, 16))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    rows = _rows("test", "both", y)
+    if same:
+        q, g, ql, gl, split = x, None, y, y, TestSplit(rows, None, (1,))
+    else:
+        q, g, ql, gl = x[::2], x[1::2], y[::2], y[1::2]
+        split = TestSplit(rows.iloc[::2].reset_index(drop=True), rows.iloc[1::2].reset_index(drop=True), (1,))
+    out = reranked_metrics(split, q, g, "dba")
+    want = _brute_metrics(q, database_augmentation(q if same else g, n=2, alpha=3.0), ql, gl, same)
+    assert out["rerank/map@r"] == pytest.approx(want[0], abs=1e-6) and out["rerank/recall@1"] == want[1]
+    assert reranked_metrics(split, q, g, "none") == {}
+    plain = _brute_metrics(q, q if same else g, ql, gl, same)
+    assert out["rerank/map@r"] != pytest.approx(plain[0])  # the re-ranking did change the lists

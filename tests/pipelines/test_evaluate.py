@@ -90,6 +90,17 @@ def test_evaluate_stage_writes_thresholds_and_the_failure_report(work):
     assert (out / "worst_queries.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_rerank_adds_its_metrics_beside_the_plain_ones(work):
+    tmp, root, _ = work
+    run_stage("evaluate", tmp, _params(root))
+    plain = json.loads((tmp / "data/08_reporting/metrics.json").read_text())
+    assert not any(key.startswith("rerank/") for key in plain)
+    run_stage("evaluate", tmp, _params(root, {"rerank": "qe"}))
+    reranked = json.loads((tmp / "data/08_reporting/metrics.json").read_text())
+    assert {"rerank/map@r", "rerank/recall@1"} <= set(reranked) and 0 <= reranked["rerank/map@r"] <= 1
+    assert {k: v for k, v in reranked.items() if not k.startswith("rerank/")} == plain
+
+
 def test_per_category_metrics_when_the_manifest_has_categories(work):
     from deepmetric.io.datasets import ParquetDataset
 
@@ -112,6 +123,7 @@ def test_per_category_metrics_when_the_manifest_has_categories(work):
                            r".* needs at least 1000 .*data.val_classes"),
     ({"fmr": [0.1, 1.5]}, r"evaluate.fmr = \[0.1, 1.5\]: .*fmr=1.5 outside \(0, 1\)"),
     ({"fmr": [0.2], "default_fmr": 0.1}, r"evaluate.*default_fmr=0.1 is not one of fmr \[0.2\]"),
+    ({"rerank": "qe2"}, r"evaluate.rerank = 'qe2': Input should be 'none', 'qe', 'dba' or 'kreciprocal'"),
     ({"negative_pairs": 50}, r"evaluate.negative_pairs=50 is below the 100 negative pairs evaluate.fmr=0.1 needs"),
 ])
 def test_refusals_name_the_parameter_and_write_nothing(work, evaluate, words):

@@ -18,6 +18,7 @@ from deepmetric.data.images import ImageLimits
 from deepmetric.data.transforms import InputSpec
 from deepmetric.evaluation.embed import embed_dataset, method_embedder, pixel_embedder
 from deepmetric.evaluation.metrics import evaluate_embeddings, rank_and_evaluate
+from deepmetric.evaluation.rerank import RERANKINGS
 from deepmetric.evaluation.verification import DEFAULT_MAX_NEGATIVES, check_fmr
 
 
@@ -60,6 +61,9 @@ class EvaluateConfig(BaseModel):
     negative_pairs: int = Field(DEFAULT_MAX_NEGATIVES, ge=1, description="most negative pairs sampled per split")
     pairs_seed: int = 0
     failures: FailuresConfig = Field(default_factory=FailuresConfig)
+    rerank: Literal[RERANKINGS] = Field("none", description="also report MAP@R / Recall@1 after this re-ranking "
+                                                            "(rerank/... keys; benchmarks/evaluation: none helps "
+                                                            "Recall@1 on the built-in set)")
 
     @field_validator("fmr")
     @classmethod

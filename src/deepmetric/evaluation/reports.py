@@ -4,6 +4,7 @@
   **validation** classes (the manifest's ``split == "val"`` rows, embedded here), judged on the test classes;
 - the failure report (``failures.json``: per-class table, most confused class pairs, worst queries, per-category
   table), the per-class table as CSV for `dvc plots`, the worst-queries grid PNG;
+- with ``evaluate.rerank``, MAP@R and Recall@1 after that re-ranking (extra keys; the headline stays plain);
 - their flat figures for ``metrics.json`` (``dvc metrics diff``): FNMR and threshold per fmr, the failure summary,
   per-category Recall@1 / MAP@R when the manifest has a ``category`` column.
 """
@@ -16,7 +17,9 @@ import numpy as np
 import pandas as pd
 
 from deepmetric.evaluation.failures import failure_report, per_class_table, worst_queries_grid
-from deepmetric.evaluation.knn import GalleryRanking
+from deepmetric.evaluation.knn import GalleryRanking, relevant_counts
+from deepmetric.evaluation.metrics import map_at_r
+from deepmetric.evaluation.rerank import rerank_search
 from deepmetric.evaluation.verification import check_calibration, thresholds_document, verification_report
 
 if TYPE_CHECKING:
@@ -95,3 +98,20 @@ def worst_queries_png(report: dict[str, Any], split: TestSplit, root: str, spec,
               "neighbours": [{**nb, "label": names.get(nb["label"], nb["label"])} for nb in w["neighbours"]]}
              for w in report["worst_queries"]]
     return worst_queries_grid(worst, loader(split.query), loader(gallery))
+
+
+def reranked_metrics(split: TestSplit, query: np.ndarray, gallery: np.ndarray | None, method: str) -> dict[str, float]:
+    """``rerank/map@r`` and ``rerank/recall@1`` of the test split after ``method`` (`rerank.RERANKINGS`), from
+    each query's re-ranked top max(R, 21) (21: k-reciprocal's neighbourhood k1 = 20 plus one); {} for none."""
+    if method == "none":
+        return {}
+    ql = split.query["label"].to_numpy()
+    gl = ql if gallery is None else split.gallery["label"].to_numpy()
+    r = relevant_counts(ql, gl, gallery is None)
+    available = len(gl) - (1 if gallery is None else 0)
+    k = min(available, max(int(r.max(initial=0)), 21))
+    _, ids = rerank_search(query, gallery, k, method)
+    labels = gl[ids]
+    valid = r > 0
+    return {"rerank/map@r": map_at_r(labels[valid], ql[valid], r[valid]),
+            "rerank/recall@1": float((labels[valid, 0] == ql[valid]).mean())}

@@ -196,3 +196,25 @@ def _neighbourhood_vectors(pool: np.ndarray, k1: int, k2: int, chunk: int):
                                   shape=(p, p))
         v = local @ v
     return v.tocsr()
+
+
+# --- one entry point, for the evaluate stage's `evaluate.rerank` ------------------------------------------------
+RERANKINGS = ("none", "qe", "dba", "kreciprocal")
+"""The re-rankings `evaluate.rerank` names, at the settings `benchmarks/evaluation` measured: α-QE and DBA with
+n = 2, α = 3; k-reciprocal with k1 = 20, k2 = 6, λ = 0.3."""
+
+
+def rerank_search(query: np.ndarray, gallery: np.ndarray | None, k: int, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, ids)`` of the top ``k`` after ``method`` (one of `RERANKINGS`; leave-one-out over ``query``
+    when ``gallery`` is None; DBA then augments the queries as the gallery they are)."""
+    if method not in RERANKINGS:
+        raise ValueError(f"rerank={method!r}: one of {', '.join(RERANKINGS)}")
+    same = gallery is None
+    g = query if same else gallery
+    if method == "kreciprocal":
+        return k_reciprocal(query, gallery, k, k1=20, k2=6, lambda_value=0.3)
+    if method == "qe":
+        return query_expansion(query, g, k, n=2, alpha=3.0, exclude_self=same)
+    if method == "dba":
+        return knn(query, database_augmentation(g, n=2, alpha=3.0), k, exclude_self=same)
+    return knn(query, g, k, exclude_self=same)
