@@ -83,6 +83,10 @@ def test_evaluate_stage_writes_thresholds_and_the_failure_report(work):
     failures = json.loads((out / "failures.json").read_text())
     assert len(failures["worst_queries"]) == 3 and all(len(w["neighbours"]) == 2 for w in failures["worst_queries"])
     assert failures["verification"]["validation"]["images"] == len(val)
+    names = dict(zip(manifest["label"], manifest["class_name"]))
+    assert all(w["class_name"] == names[w["label"]] for w in failures["worst_queries"])
+    assert all(p["class_a_name"] == names[p["class_a"]] and p["class_b_name"] == names[p["class_b"]]
+               for p in failures["confused_pairs"]) and failures["confused_pairs"]
     per_class = pd.read_csv(out / "per_class.csv")
     assert sorted(per_class["label"]) == sorted(test["label"].unique())
     assert list(per_class["map@r"]) == sorted(per_class["map@r"])  # worst first

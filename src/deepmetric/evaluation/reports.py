@@ -67,6 +67,13 @@ def failures(ranking: GalleryRanking, split: TestSplit, cfg: EvaluateConfig) -> 
     k = min(f.k, ranking.width)
     report = failure_report(ranking, ql, gl, query_categories=categories, class_names=names, k=k, worst=f.worst,
                             pairs=f.pairs, classes=f.classes)
+    if split.gallery is not None:
+        names.update(zip(split.gallery["label"].tolist(), split.gallery["class_name"].astype(str).tolist(),
+                         strict=True))
+    for pair in report["confused_pairs"]:  # names beside labels: what an operator reads
+        pair["class_a_name"], pair["class_b_name"] = names.get(pair["class_a"]), names.get(pair["class_b"])
+    for w in report["worst_queries"]:
+        w["class_name"] = names.get(w["label"])
     return report, per_class_table(ranking, ql, names).to_csv(index=False, float_format="%.6g")
 
 
