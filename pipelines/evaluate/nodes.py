@@ -9,7 +9,13 @@ import pandas as pd
 
 from deepmetric.data.config import DataParams, parse_params
 from deepmetric.evaluation import reports
-from deepmetric.evaluation.protocol import EvaluateConfig, embed_validation, evaluate_model, retrieval_grid_png
+from deepmetric.evaluation.protocol import (
+    EvaluateConfig,
+    embed_validation,
+    evaluate_model,
+    retrieval_grid_png,
+    zero_shot_split,
+)
 from deepmetric.runtime import init_seed, seed_everything
 from deepmetric.training.model_io import build_method, load_model, weights_sha256
 
@@ -20,6 +26,7 @@ def evaluate(
     data_cfg = parse_params(DataParams, data, "data")
     cfg = parse_params(EvaluateConfig, evaluate, "evaluate")
     reports.check_validation_split(manifest, cfg)  # before anything is embedded
+    reports.check_rerank(zero_shot_split(manifest, data_cfg.dataset), cfg.rerank)
     method, spec = load_model(trained_model)
     untrained, name = None, "untrained"
     if cfg.baselines:

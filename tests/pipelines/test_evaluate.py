@@ -128,6 +128,8 @@ def test_per_category_metrics_when_the_manifest_has_categories(work):
     ({"fmr": [0.1, 1.5]}, r"evaluate.fmr = \[0.1, 1.5\]: .*fmr=1.5 outside \(0, 1\)"),
     ({"fmr": [0.2], "default_fmr": 0.1}, r"evaluate.*default_fmr=0.1 is not one of fmr \[0.2\]"),
     ({"rerank": "qe2"}, r"evaluate.rerank = 'qe2': Input should be 'none', 'qe', 'dba' or 'kreciprocal'"),
+    ({"rerank": "kreciprocal"}, r"evaluate.rerank=kreciprocal re-ranks among 21 neighbours per query, but the "
+                                r"test split gives each query 17"),
     ({"negative_pairs": 50}, r"evaluate.negative_pairs=50 is below the 100 negative pairs evaluate.fmr=0.1 needs"),
 ])
 def test_refusals_name_the_parameter_and_write_nothing(work, evaluate, words):

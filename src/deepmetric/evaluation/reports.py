@@ -107,6 +107,19 @@ def worst_queries_png(report: dict[str, Any], split: TestSplit, root: str, spec,
     return worst_queries_grid(worst, loader(split.query), loader(gallery))
 
 
+RERANK_NEIGHBOURHOOD = {"none": 0, "qe": 2, "dba": 2, "kreciprocal": 21}
+"""Gallery items each re-ranking needs per query at its `rerank_search` setting (k-reciprocal: k1 = 20, plus one)."""
+
+
+def check_rerank(split: TestSplit, method: str) -> None:
+    """Refuse, before anything is embedded, a test split whose gallery is smaller than ``method``'s neighbourhood."""
+    available = len(split.query) - 1 if split.gallery is None else len(split.gallery)
+    need = RERANK_NEIGHBOURHOOD[method]
+    if available < need:
+        raise ValueError(f"evaluate.rerank={method} re-ranks among {need} neighbours per query, but the test split "
+                         f"gives each query {available}: use a larger test split or another evaluate.rerank")
+
+
 def reranked_metrics(split: TestSplit, query: np.ndarray, gallery: np.ndarray | None, method: str) -> dict[str, float]:
     """``rerank/map@r`` and ``rerank/recall@1`` of the test split after ``method`` (`rerank.RERANKINGS`), from
     each query's re-ranked top max(R, 21) (21: k-reciprocal's neighbourhood k1 = 20 plus one); {} for none."""
@@ -116,7 +129,7 @@ def reranked_metrics(split: TestSplit, query: np.ndarray, gallery: np.ndarray | 
     gl = ql if gallery is None else split.gallery["label"].to_numpy()
     r = relevant_counts(ql, gl, gallery is None)
     available = len(gl) - (1 if gallery is None else 0)
-    k = min(available, max(int(r.max(initial=0)), 21))
+    k = min(available, max(int(r.max(initial=0)), RERANK_NEIGHBOURHOOD["kreciprocal"]))
     _, ids = rerank_search(query, gallery, k, method)
     labels = gl[ids]
     valid = r > 0
