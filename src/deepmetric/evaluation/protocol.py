@@ -169,10 +169,14 @@ def evaluate_model(
     return metrics, baselines, {"split": split, "query": q, "gallery": g, "ranking": ranking}
 
 
+def validation_rows(manifest: pd.DataFrame) -> pd.DataFrame:
+    """The validation classes' rows (split ``val``): never trained on, never tested on."""
+    return manifest[manifest["split"] == "val"].reset_index(drop=True)
+
+
 def embed_validation(method: torch.nn.Module, manifest: pd.DataFrame, root: str, spec: InputSpec,
                      cfg: EvaluateConfig, limits: ImageLimits = ImageLimits()) -> tuple[np.ndarray, np.ndarray]:
     """(embeddings, labels) of the validation classes, where the match thresholds are calibrated."""
-    from deepmetric.evaluation.reports import validation_rows
     from deepmetric.runtime import resolve_device, resolve_workers
 
     device = resolve_device(cfg.device, "evaluate.device")

@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -19,16 +19,9 @@ import pandas as pd
 from deepmetric.evaluation.failures import failure_report, per_class_table, worst_queries_grid
 from deepmetric.evaluation.knn import GalleryRanking, relevant_counts
 from deepmetric.evaluation.metrics import map_at_r
+from deepmetric.evaluation.protocol import EvaluateConfig, TestSplit, validation_rows
 from deepmetric.evaluation.rerank import rerank_search
 from deepmetric.evaluation.verification import check_calibration, thresholds_document, verification_report
-
-if TYPE_CHECKING:
-    from deepmetric.evaluation.protocol import EvaluateConfig, TestSplit
-
-
-def validation_rows(manifest: pd.DataFrame) -> pd.DataFrame:
-    """The validation classes' rows: never trained on, never tested on."""
-    return manifest[manifest["split"] == "val"].reset_index(drop=True)
 
 
 def check_validation_split(manifest: pd.DataFrame, cfg: EvaluateConfig) -> None:
