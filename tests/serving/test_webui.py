@@ -40,6 +40,19 @@ def results(page, count):
         "#grid li", "els => els.map(e => ({id: +e.dataset.id, label: +e.dataset.label, text: e.innerText}))")
 
 
+def thumbnails_loaded(page, timeout_s: float = 20.0) -> list[bool]:
+    """Whether each result's thumbnail has loaded, polled until all have or ``timeout_s`` passes (the images load
+    after the result list appears; a loaded machine can take seconds)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        loaded = page.eval_on_selector_all("#grid img", "els => els.map(e => e.complete && e.naturalWidth > 0)")
+        if (loaded and all(loaded)) or time.monotonic() > deadline:
+            return loaded
+        page.wait_for_timeout(100)
+
+
 def test_upload_a_gallery_image_finds_it_and_its_class_first(ctx, page_server, tmp_path):
     base, bundle, root, manifest = page_server
     import pandas as pd
@@ -53,8 +66,8 @@ def test_upload_a_gallery_image_finds_it_and_its_class_first(ctx, page_server, t
     assert hits[0]["id"] == int(row["id"]) and hits[0]["label"] == int(row["label"])
     assert row["class_name"].replace("_", " ") in hits[0]["text"] and f"id {row['id']}" in hits[0]["text"] and "1.000" in hits[0]["text"]
     assert page.is_visible("#query-preview img") and page.is_hidden("#error")
-    loaded = page.eval_on_selector_all("#grid img", "els => els.map(e => e.complete && e.naturalWidth > 0)")
-    assert len(loaded) == 10 and all(loaded)
+    loaded = thumbnails_loaded(page)
+    assert len(loaded) == 10 and all(loaded), loaded
     # k is adjustable: a new value re-runs the same query
     page.fill("#k", "4")
     page.press("#k", "Enter")
