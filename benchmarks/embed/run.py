@@ -156,7 +156,7 @@ def main() -> None:
     ips = {name: r["images_per_s"] for name, r in rows.items()}
     result = {
         "images": args.images,
-        "bundle": args.bundle,
+        "bundle": Path(args.bundle).name,  # the folder name only: no path of the machine it ran on
         "rounds": args.rounds,
         "results": rows,
         "embed_1_process_vs_offline": round(ips["embed, 1 process (ORT all cores)"] / ips[PEER], 3) if PEER in ips
