@@ -12,8 +12,8 @@ import json
 import sys
 from pathlib import Path
 
-from tests.deploy_fixtures import (data_params, draw_image, evaluated, make_dataset, make_model_payload, model_params,
-                                   onnx_model)
+from tests.deploy_fixtures import (THRESHOLDS, data_params, draw_image, evaluated, make_dataset, make_model_payload,
+                                   model_params, onnx_model)
 from tests.fixtures import png_bytes
 from tests.pipelines.kedro_helpers import load_params, run_stage
 from tests.project_fixtures import build_repo, run
@@ -44,6 +44,11 @@ def build_outputs(project: Path, version: int) -> None:
     BytesDataset(str(data / "06_models/model.onnx")).save(onnx)
     JSONDataset(str(data / "08_reporting/metrics.json")).save(evaluated(onnx, METRICS[version]))
     JSONDataset(str(data / "08_reporting/export.json")).save({"max_abs_diff": 0.0})
+    # the evaluate stage's other outs (dvc commit needs every declared out)
+    JSONDataset(str(data / "08_reporting/thresholds.json")).save(THRESHOLDS)
+    JSONDataset(str(data / "08_reporting/failures.json")).save({"summary": {"classes": 0}})
+    (data / "08_reporting/per_class.csv").write_text("label,class_name,queries,map@r,recall@1\n")
+    BytesDataset(str(data / "08_reporting/worst_queries.png")).save(png_bytes(draw_image(1, 1)))
     params = {"data": data_params(root), "model": model_params(), "index": load_params("index")["index"],
               "bundle": load_params("bundle")["bundle"]}
     run_stage("index", project, params)
