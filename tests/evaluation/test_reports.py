@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from deepmetric.evaluation.knn import rank_gallery
-from deepmetric.evaluation.protocol import EvaluateConfig, TestSplit
+from deepmetric.evaluation.protocol import EvaluateConfig
+from deepmetric.evaluation.protocol import TestSplit as Split  # not "Test*" in the module: pytest would collect it
 from deepmetric.evaluation.reports import (
     check_validation_split,
     decision_metrics,
@@ -25,12 +26,12 @@ def _rows(split, role, labels):
 def test_the_test_pool_holds_every_image_once():
     q = _rows("test", "query", [1, 2, 3])
     g = pd.concat([_rows("test", "gallery", [1, 2]), q.iloc[[2]].assign(role="both")], ignore_index=True)
-    split = TestSplit(q, g, (1,))
+    split = Split(q, g, (1,))
     qx, gx = np.eye(3, 4, dtype=np.float32), np.eye(3, 4, k=1, dtype=np.float32)
     x, y = pooled_test_images(split, qx, gx)
     assert len(x) == 5 and list(y) == [1, 2, 3, 1, 2]  # the query also in the gallery counted once
     np.testing.assert_array_equal(x[3:], gx[:2])
-    same, labels = pooled_test_images(TestSplit(q, None, (1,)), qx, None)
+    same, labels = pooled_test_images(Split(q, None, (1,)), qx, None)
     assert same is qx and list(labels) == [1, 2, 3]
 
 
@@ -48,7 +49,7 @@ def test_thresholds_and_flat_figures_agree():
     report, doc = thresholds((vx, vy), (tx, ty), cfg)
     assert doc["default_fmr"] == 0.1 and [p["fmr"] for p in doc["operating_points"]] == [0.1, 0.05]
     test = _rows("test", "both", ty)
-    fail, csv = failures(rank_gallery(tx, ty, width=3), TestSplit(test, None, (1,)), cfg)
+    fail, csv = failures(rank_gallery(tx, ty, width=3), Split(test, None, (1,)), cfg)
     flat = decision_metrics(report, fail)
     for p in doc["operating_points"]:
         assert flat[f"fnmr@fmr={p['fmr']}"] == p["fnmr_test"] and flat[f"threshold@fmr={p['fmr']}"] == p["threshold"]
@@ -89,10 +90,10 @@ def test_reranked_metrics_against_a_full_sort_after_dba(same):
     x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
     rows = _rows("test", "both", y)
     if same:
-        q, g, ql, gl, split = x, None, y, y, TestSplit(rows, None, (1,))
+        q, g, ql, gl, split = x, None, y, y, Split(rows, None, (1,))
     else:
         q, g, ql, gl = x[::2], x[1::2], y[::2], y[1::2]
-        split = TestSplit(rows.iloc[::2].reset_index(drop=True), rows.iloc[1::2].reset_index(drop=True), (1,))
+        split = Split(rows.iloc[::2].reset_index(drop=True), rows.iloc[1::2].reset_index(drop=True), (1,))
     out = reranked_metrics(split, q, g, "dba")
     want = _brute_metrics(q, database_augmentation(q if same else g, n=2, alpha=3.0), ql, gl, same)
     assert out["rerank/map@r"] == pytest.approx(want[0], abs=1e-6) and out["rerank/recall@1"] == want[1]
