@@ -176,3 +176,20 @@ def file_tree(*paths: str | os.PathLike[str]) -> dict[str, bytes]:
             if p.is_file():
                 out[str(p)] = p.read_bytes()
     return out
+
+
+def clustered_embeddings(num_classes: int, dim: int, per_class: int, noise: float, seed: int):
+    """A ``split(classes) -> (unit vectors float32 [n, dim], labels)`` drawing ``per_class`` points around each class
+    centre (centres and noise from one seeded generator, in call order): labelled embeddings for the verification and
+    evaluation-report tests."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(num_classes, dim))
+
+    def split(classes):
+        y = np.repeat(classes, per_class)
+        x = centres[y] + noise * rng.normal(size=(len(y), dim))
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+
+    return split

@@ -16,6 +16,7 @@ from deepmetric.evaluation.reports import (
     pooled_test_images,
     thresholds,
 )
+from tests.fixtures import clustered_embeddings
 
 
 def _rows(split, role, labels):
@@ -36,14 +37,7 @@ def test_the_test_pool_holds_every_image_once():
 
 
 def test_thresholds_and_flat_figures_agree():
-    rng = np.random.default_rng(0)
-    centres = rng.normal(size=(12, 8))
-
-    def split(classes):
-        y = np.repeat(classes, 5)
-        x = centres[y] + 0.6 * rng.normal(size=(len(y), 8))
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
-
+    split = clustered_embeddings(num_classes=12, dim=8, per_class=5, noise=0.6, seed=0)
     cfg = EvaluateConfig(fmr=[0.1, 0.05], failures={"k": 3, "worst": 2})
     (vx, vy), (tx, ty) = split(np.arange(6)), split(np.arange(6, 12))
     report, doc = thresholds((vx, vy), (tx, ty), cfg)

@@ -21,6 +21,7 @@ from deepmetric.evaluation.verification import (
     verification_rates,
     verification_report,
 )
+from tests.fixtures import clustered_embeddings
 
 
 def _tied_set(rng, n: int, classes: int, dim: int = 4):
@@ -125,12 +126,7 @@ def test_clopper_pearson_known_values():
 
 
 def test_report_calibrates_on_validation_and_judges_test():
-    rng = np.random.default_rng(3)
-    centres = rng.normal(size=(60, 16))
-    def split(classes):
-        y = np.repeat(classes, 6)
-        x = centres[y] + 0.7 * rng.normal(size=(len(y), 16))
-        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), y
+    split = clustered_embeddings(num_classes=60, dim=16, per_class=6, noise=0.7, seed=3)
     val, test = split(np.arange(30)), split(np.arange(30, 60))
     report = verification_report(val, test, fmr=[0.05, 0.01], max_negatives=50_000)
     assert set(report["thresholds"]) == {"0.05", "0.01"}
