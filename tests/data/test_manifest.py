@@ -56,6 +56,25 @@ def test_bad_files_drop_warns_and_counts(tmp_path):
     assert report["dropped"] == 4 and {d["path"] for d in report["dropped_files"]} == set(bad)
 
 
+def test_bad_files_of_a_table_are_named_with_their_table_row(tmp_path):
+    from tests.data.layouts import make_folder, write_table
+
+    root = tmp_path / "shop"
+    paths = make_folder(root, classes=["a", "b", "c"], per_class=2)
+    (root / paths[4]).write_bytes(b"not an image at all")
+    table = write_table(root / "items.csv", [{"path": p, "label": p.split("/")[0]} for p in paths]
+                        + [{"path": "a/gone.jpg", "label": "a"}])
+    df = read_dataset("shop", root, {"layout": "table", "table": str(table), "val_classes": 0})
+    with pytest.raises(BadFilesError) as e:
+        build_manifest(df, root, bad_files="fail", progress=False)
+    msg = str(e.value)
+    assert f"row 5: {paths[4]}: not an image" in msg and "row 7: a/gone.jpg: file not found" in msg
+    assert f"listed by {table}" in msg
+    with pytest.warns(UserWarning, match="row 7: a/gone.jpg: file not found"):
+        _, report = build_manifest(df, root, bad_files="drop", progress=False)
+    assert {d["path"]: d["row"] for d in report["dropped_files"]} == {paths[4]: 5, "a/gone.jpg": 7}
+
+
 def test_bomb_and_escape(tmp_path):
     root = make_cub(tmp_path / "cub")
     df = read_dataset("cub", root)

@@ -121,7 +121,7 @@ def test_a_bad_table_stops_ingest_naming_row_and_column_and_writes_nothing(tmp_p
     assert not (tmp_path / "data/02_intermediate/manifest.parquet").exists()
 
 
-def test_a_table_row_whose_file_is_missing_stops_ingest_naming_the_file(tmp_path):
+def test_a_table_row_whose_file_is_missing_stops_ingest_naming_the_row_and_the_file(tmp_path):
     from tests.data.layouts import make_folder, write_table
 
     root = tmp_path / "shop"
@@ -130,5 +130,7 @@ def test_a_table_row_whose_file_is_missing_stops_ingest_naming_the_file(tmp_path
                 + [{"path": "a/gone.jpg", "label": "a"}])
     with pytest.raises(Exception) as e:
         run_stage("ingest", tmp_path, _data(root, layout="table", table="items.csv", dataset="shop"))
-    assert "a/gone.jpg: file not found" in str(e.value) and "data.bad_files: drop" in str(e.value)
+    message = str(e.value)
+    assert "row 7: a/gone.jpg: file not found" in message and "data.bad_files: drop" in message
+    assert f"listed by {root / 'items.csv'}" in message
     assert not (tmp_path / "data/02_intermediate/manifest.parquet").exists()

@@ -39,11 +39,32 @@ _MAX_LISTED = 50
 class BadFilesError(ValueError):
     """Files that cannot be used; ``bad`` is a list of ``(path, reason)``."""
 
-    def __init__(self, bad: list[tuple[str, str]], root: str | os.PathLike[str], hint: str = "") -> None:
+    def __init__(self, bad: list[tuple[str, str]], root: str | os.PathLike[str], hint: str = "",
+                 table: str | None = None, rows: dict[str, int] | None = None) -> None:
         self.bad = bad
-        listed = "\n".join(f"  {p}: {r}" for p, r in bad[:_MAX_LISTED])
+        listed = "\n".join(f"  {_where(p, rows)}: {r}" for p, r in bad[:_MAX_LISTED])
         more = f"\n  ... and {len(bad) - _MAX_LISTED} more" if len(bad) > _MAX_LISTED else ""
-        super().__init__(f"{len(bad)} bad image file(s) under {root}:\n{listed}{more}{hint}")
+        source = f" (listed by {table})" if table else ""
+        super().__init__(f"{len(bad)} bad image file(s) under {root}{source}:\n{listed}{more}{hint}")
+
+
+def _where(path: str, rows: dict[str, int] | None) -> str:
+    """A bad file as a message names it: its path, after its table row when a table lists it."""
+    return f"row {rows[path]}: {path}" if rows and path in rows else path
+
+
+def _table_rows(records: pd.DataFrame, root: str | os.PathLike[str], paths: list[str]) -> dict[str, int] | None:
+    """The table rows of ``paths`` when a table layout listed ``records`` (None otherwise, or when the table cannot
+    be read again)."""
+    table = records.attrs.get("table")
+    if not table or not paths:
+        return None
+    from deepmetric.data.readers.table import TableError, table_rows
+
+    try:
+        return table_rows(table, root, paths)
+    except (OSError, TableError):
+        return None
 
 
 class Probe(NamedTuple):
@@ -145,20 +166,23 @@ def build_manifest(
     results = probe_files(root, paths, limits, workers=workers, progress=progress)
     escapes = [(p, r.error[len("ESCAPE:"):]) for p, r in zip(paths, results)
                if r.error and r.error.startswith("ESCAPE:")]
+    table = records.attrs.get("table")
     if escapes:
-        raise BadFilesError(escapes, root, "\nrefusing to read outside the dataset root (data.root)")
+        raise BadFilesError(escapes, root, "\nrefusing to read outside the dataset root (data.root)", table,
+                            _table_rows(records, root, [p for p, _ in escapes[:_MAX_LISTED]]))
     bad = [(p, r.error) for p, r in zip(paths, results) if r.error]
+    rows = _table_rows(records, root, [p for p, _ in bad]) if bad else None
     if bad and bad_files == "fail":
         raise BadFilesError(
-            bad, root, "\nfix or remove these files, or set data.bad_files: drop to leave them out with a warning"
-        )
+            bad, root, "\nfix or remove these files, or set data.bad_files: drop to leave them out with a warning",
+            table, rows)
     df = records.copy().reset_index(drop=True)
     df["width"] = pd.array([r.width for r in results], dtype="int64")
     df["height"] = pd.array([r.height for r in results], dtype="int64")
     df["sha256"] = [r.sha256 for r in results]
     keep = [r.error is None for r in results]
     if bad:
-        preview = "; ".join(f"{p}: {r}" for p, r in bad[:5])
+        preview = "; ".join(f"{_where(p, rows)}: {r}" for p, r in bad[:5])
         msg = (f"dropping {len(bad)} bad image file(s) under {root} (data.bad_files: drop): {preview}"
                + (" ..." if len(bad) > 5 else ""))
         warnings.warn(msg, stacklevel=2)
@@ -176,7 +200,8 @@ def build_manifest(
         "classes": int(df["label"].nunique()),
         "bad_files_policy": bad_files,
         "dropped": len(bad),
-        "dropped_files": [{"path": p, "reason": r} for p, r in bad],
+        "dropped_files": [{"path": p, "reason": r, **({"row": rows[p]} if rows and p in rows else {})}
+                          for p, r in bad],
         "per_split": {
             s: {"images": int((df["split"] == s).sum()), "classes": int(df.loc[df["split"] == s, "label"].nunique())}
             for s in ("train", "val", "test")

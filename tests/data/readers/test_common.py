@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from deepmetric.data.readers import read_dataset
-from deepmetric.data.readers.common import DatasetLayoutError, class_hash, hash_split, is_appledouble, require_file
+from deepmetric.data.readers.common import (DatasetLayoutError, class_hash, hash_split, is_appledouble, require_file,
+                                          zero_shot_split)
 from tests.data.layouts import make_cub, split_summary
 
 
@@ -47,3 +48,17 @@ def test_a_missing_listing_file_names_what_was_expected_and_where(tmp_path):
     with pytest.raises(DatasetLayoutError, match=r"listing: expected a.txt or c.txt under .* \(is data.root"):
         require_file(tmp_path, "a.txt", "c.txt", what="listing")
     assert is_appledouble("x/._img.jpg") and is_appledouble("__MACOSX/x/img.jpg") and not is_appledouble("x/img.jpg")
+
+
+def test_the_zero_shot_split_trains_on_the_first_half_of_the_labels_and_validates_on_its_last_classes():
+    import pandas as pd
+
+    rows = pd.DataFrame({"path": [f"{c}/{i}.png" for c in (5, 1, 9, 3, 7) for i in range(2)],
+                         "label": [c for c in (5, 1, 9, 3, 7) for _ in range(2)]})
+    rows["class_name"] = rows["label"].astype(str)
+    df = zero_shot_split(rows, 1, "demo")
+    splits = df.groupby("label")["split"].first().to_dict()
+    # 5 classes: ceil(5/2) = 3 train by label order (1, 3, 5), the last of them validates; 7 and 9 test
+    assert splits == {1: "train", 3: "train", 5: "val", 7: "test", 9: "test"}
+    assert (df["role"] == "both").all() and (df["dataset"] == "demo").all()
+    assert df["split"].tolist() == sorted(df["split"].tolist(), key=["train", "val", "test"].index)

@@ -167,3 +167,13 @@ def test_absolute_paths_inside_the_root_and_windows_separators_become_relative_p
     rows[2]["path"] = "images/./" + paths[2].removeprefix("images/")  # not normalised
     df = _read(root, rows)
     assert sorted(df.path) == sorted(paths)
+
+
+def test_table_rows_are_one_based_after_the_header_and_follow_the_layout_s_paths(catalogue):
+    from deepmetric.data.readers.table import table_rows
+
+    root, paths = catalogue
+    table = write_table(root / "items.csv", [{"path": str(root / p), "label": 1} for p in paths[:3]]
+                        + [{"path": paths[0], "label": 1}])
+    # absolute paths are read relative to the root, as the layout lists them; a path listed twice: its first row
+    assert table_rows(table, root, [paths[2], paths[0], "nowhere.jpg"]) == {paths[2]: 3, paths[0]: 1}

@@ -23,11 +23,9 @@ from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo, ReadOpt
 from deepmetric.data.readers.common import (
     BBOX_COLUMNS,
     DatasetLayoutError,
-    assign_val,
-    finish,
-    first_half_train,
     is_appledouble,
     require_file,
+    zero_shot_split,
 )
 
 
@@ -108,10 +106,7 @@ def read(root: str | os.PathLike[str], options: ReadOptions = ReadOptions(), dat
     if bad:
         raise DatasetLayoutError(f"{root}: class ids {bad[:5]} have no entry in class_names ({len(names)} names)")
     df["class_name"] = [names[lab - 1] for lab in df["label"]]
-    train = first_half_train(df["label"])
-    df["split"] = ["train" if lab in train else "test" for lab in df["label"]]
-    df["role"] = "both"
-    return finish(assign_val(df, options.val_classes), dataset)
+    return zero_shot_split(df, options.val_classes, dataset)
 
 
 DATASETS.add(

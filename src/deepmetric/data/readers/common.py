@@ -43,6 +43,16 @@ def first_half_train(labels: Iterable[int]) -> set[int]:
     return set(ordered[: math.ceil(len(ordered) / 2)])
 
 
+def zero_shot_split(df: pd.DataFrame, val_classes: float, dataset: str) -> pd.DataFrame:
+    """The benchmarks' zero-shot protocol on a reader's rows (CUB, Cars196): the first half of the classes train
+    (the last ``val_classes`` of them validate), the second half test, every image both query and gallery;
+    the rows finished in contract order."""
+    train = first_half_train(df["label"])
+    df["split"] = ["train" if lab in train else "test" for lab in df["label"]]
+    df["role"] = "both"
+    return finish(assign_val(df, val_classes), dataset)
+
+
 def num_val_classes(val_classes: float, num_train: int) -> int:
     if val_classes < 1:
         n = int(round(val_classes * num_train))

@@ -19,11 +19,9 @@ from deepmetric.data.readers.base import DATASETS, LAYOUTS, DatasetInfo, ReadOpt
 from deepmetric.data.readers.common import (
     BBOX_COLUMNS,
     DatasetLayoutError,
-    assign_val,
-    finish,
-    first_half_train,
     is_appledouble,
     require_file,
+    zero_shot_split,
 )
 
 
@@ -98,10 +96,7 @@ def read(root: str | os.PathLike[str], options: ReadOptions = ReadOptions(), dat
             raise DatasetLayoutError(f"{boxes_txt}: no box for image(s) {missing[:5]} listed in images.txt")
         df[list(BBOX_COLUMNS)] = [boxes[i] for i in df["image_id"]]
     df = df.drop(columns="image_id")
-    train = first_half_train(df["label"])
-    df["split"] = ["train" if lab in train else "test" for lab in df["label"]]
-    df["role"] = "both"
-    return finish(assign_val(df, options.val_classes), dataset)
+    return zero_shot_split(df, options.val_classes, dataset)
 
 
 DATASETS.add(

@@ -277,6 +277,18 @@ def read(root: str | os.PathLike[str], options: ReadOptions = ReadOptions(), dat
     return out
 
 
+def table_rows(table: str | os.PathLike[str], root: str | os.PathLike[str], paths: Sequence[str]) -> dict[str, int]:
+    """The 1-based row (as a spreadsheet shows it after the header) of each of ``paths`` in ``table``, as the layout
+    reads them (relative to ``root``); the first row where a path is listed twice. For messages about files
+    that rows list (a missing or unreadable image), found by reading the table again — only when there is one."""
+    listed = list_table(table, root, bbox=False)["path"].tolist()
+    want, rows = set(paths), {}
+    for i, p in enumerate(listed):
+        if p in want and p not in rows:
+            rows[p] = i + 1
+    return rows
+
+
 def list_table(path: str | os.PathLike[str], root: str | os.PathLike[str], bbox: bool = True) -> pd.DataFrame:
     """The images a table lists, for embedding and searching them (``deepmetric embed`` / ``search``): ``path``
     (relative to ``root``), ``label`` (as written, text; None without the column), ``class_name`` when given, and
