@@ -4,6 +4,7 @@ source date."""
 from __future__ import annotations
 
 import datetime as dt
+import math
 import os
 import random
 import subprocess
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from deepmetric.runtime import (MAX_AUTO_WORKERS, SOURCE_DATE_ENV, Purpose, available_cores, batches_seed,
+from deepmetric.runtime import (MAX_AUTO_WORKERS, SOURCE_DATE_ENV, Purpose, available_cores, batches_seed, cgroup_cpu_limit,
                                 derive_seed, epoch_seed, eval_loader_workers, gather_seed, init_seed, load_seed,
                                 mix_seed, resolve_device, resolve_processes, resolve_workers, sample_seed,
                                 seed_everything, seed_torch, source_date, source_timestamp, step_seed,
@@ -110,9 +111,29 @@ def test_seed_everything_and_seed_torch_reproduce_draws():
 # --- worker counts ----------------------------------------------------------------------------------------------
 def test_auto_workers_is_one_per_core_capped():
     n = resolve_workers("auto")
-    assert 1 <= n <= 16 and n == min(16, len(os.sched_getaffinity(0)))
+    assert 1 <= n <= 16 and n == min(16, available_cores()) and available_cores() <= len(os.sched_getaffinity(0))
     assert resolve_workers(3) == 3
     assert resolve_workers("auto", shared_by=64) == 1
+
+
+def test_a_container_s_cpu_quota_caps_the_cores(tmp_path):
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(v2) == 1.5
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(v2) is None
+    v1 = tmp_path / "v1" / "cpu,cpuacct"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("200000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_cpu_limit(tmp_path / "v1") == 2.0
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_cpu_limit(tmp_path / "v1") is None
+    assert cgroup_cpu_limit(tmp_path / "nothing") is None
+    # this machine: the affinity, no more than its own quota allows
+    quota = cgroup_cpu_limit()
+    assert available_cores() == min(len(os.sched_getaffinity(0)), math.ceil(quota) if quota else 10**9)
 
 
 def test_zero_workers_means_none_and_bad_counts_are_refused():

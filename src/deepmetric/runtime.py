@@ -16,7 +16,7 @@ epoch, step, slot), so they depend on those alone, never on the number of proces
 no two purposes share a stream.
 
 **Workers.** One meaning for a worker count: an integer is that many worker processes (0: none, the work runs
-in this process) and ``auto`` one per available core. `resolve_workers` applies it; `resolve_processes` maps the
+in this process) and ``auto`` one per available core (`available_cores`: the CPU affinity, capped by a container's CPU quota). `resolve_workers` applies it; `resolve_processes` maps the
 ``processes`` parameters (``evaluate.processes``, ``index.processes``: processes sharing the work, this one
 included, 0 for one per core) onto it.
 
@@ -156,12 +156,41 @@ def load_seed(seed: int, step: int, slot: int) -> int:
 
 
 # --- worker counts ----------------------------------------------------------------------------------------------
-def available_cores() -> int:
-    """The cores this process may run on (its CPU affinity where the platform has one)."""
+def cgroup_cpu_limit(root: str | os.PathLike[str] = "/sys/fs/cgroup") -> float | None:
+    """The CPUs a container's CPU quota allows (``quota / period``), from cgroup v2's ``cpu.max`` or cgroup v1's
+    ``cpu/cpu.cfs_quota_us`` and ``cpu.cfs_period_us`` under ``root``; None without a quota (``max``, -1, no such
+    files). A process may be allowed every core of the host by its affinity and yet get the time of two."""
+    root = os.fspath(root)
     try:
-        return len(os.sched_getaffinity(0))
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = (f.read().split() + ["100000"])[:2]
+        if quota == "max":
+            return None
+        return int(quota) / int(period) if int(quota) > 0 and int(period) > 0 else None
+    except (OSError, ValueError):
+        pass
+    for folder in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
+        try:
+            with open(os.path.join(root, folder, "cpu.cfs_quota_us")) as f:
+                quota_us = int(f.read())
+            with open(os.path.join(root, folder, "cpu.cfs_period_us")) as f:
+                period_us = int(f.read())
+        except (OSError, ValueError):
+            continue
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    return None
+
+
+def available_cores() -> int:
+    """The cores this process may use: its CPU affinity (where the platform has one), no more than its container's
+    CPU quota allows (rounded up; `cgroup_cpu_limit`). Every worker and thread count of the project derives from
+    it: counting the host's cores inside a 2-CPU container starts tens of threads that then wait for each other."""
+    try:
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit()
+    return max(1, min(cores, math.ceil(limit))) if limit else max(1, cores)
 
 
 def resolve_workers(workers: int | Literal["auto"], *, shared_by: int = 1,

@@ -4,6 +4,7 @@ joined by static rendezvous on localhost — and its model evaluates and exports
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,8 +30,9 @@ from tests.fixtures import free_port, make_bars
 from tests.pipelines.kedro_helpers import load_params, run_stage
 
 SPEC = InputConfig(resize=32, crop=32)
+# num_workers pinned: `auto` would scale the loader workers with the machine running the tests
 TRAIN = {"epochs": 2, "steps_per_epoch": 2, "embedding_dim": 16, "progress": False, "eval_batch_size": 64,
-         "batch": {"classes_per_batch": 4, "samples_per_class": 2},
+         "num_workers": 1, "batch": {"classes_per_batch": 4, "samples_per_class": 2},
          "distributed": {"nproc_per_node": 2}}
 
 
@@ -110,6 +112,12 @@ def test_kill_a_rank_then_resume_through_the_train_stage_then_evaluate_and_expor
     deadline = time.monotonic() + 240
     while not (ckpt / CHECKPOINT).exists() and thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.05)
+    if not (ckpt / CHECKPOINT).exists():
+        # where each rank waits: the worker prints every thread's stack on SIGUSR1 (into this test's stderr)
+        for rank in (0, 1):
+            with contextlib.suppress(AssertionError, ProcessLookupError):
+                os.kill(_rank_pid(rank, timeout=1), signal.SIGUSR1)
+        time.sleep(3)
     assert (ckpt / CHECKPOINT).exists(), box
     os.kill(victim, signal.SIGKILL)
     thread.join(timeout=120)

@@ -50,3 +50,40 @@ def test_a_run_folder_and_join_together_or_neither_is_a_usage_error(tmp_path):
     for args in ((), (str(tmp_path), "--join")):
         proc = _worker(*args, cwd=tmp_path)
         assert proc.returncode == 2 and "give either RUN_DIR or --join" in proc.stderr, proc.stderr
+
+
+def test_sigusr1_prints_where_each_thread_of_a_rank_is_and_the_rank_goes_on(tmp_path):
+    import signal
+    import threading
+    import time
+
+    root = tmp_path / "data"
+    manifest = make_bars(root, lambda c: "train" if c < 6 else "test", num_classes=8, per_class=4, size=24)
+    cfg, _ = parse_train({"method": "margin", "epochs": 10_000, "steps_per_epoch": 2, "embedding_dim": 8,
+                          "progress": False, "num_workers": 0,
+                          "batch": {"classes_per_batch": 3, "samples_per_class": 2}})
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    write_run_dir(run_dir, RunSpec(train=cfg.model_dump(mode="json"),
+                                   model=InputConfig(resize=24, crop=24).model_dump(mode="json"),
+                                   root=str(root), checkpoint_dir=None), manifest)
+    proc = subprocess.Popen([*WORKER, str(run_dir)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("global batch" in ln for ln in lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert any("global batch" in ln for ln in lines), "".join(lines)
+        time.sleep(1)  # into the epochs
+        proc.send_signal(signal.SIGUSR1)
+        while not any("most recent call first" in ln for ln in lines) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        assert proc.poll() is None, "the rank stopped on SIGUSR1"
+        dump = "".join(lines)
+        assert "Current thread 0x" in dump and "most recent call first" in dump and '  File "' in dump, dump
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)

@@ -120,8 +120,9 @@ def serve(args: argparse.Namespace) -> int:
     limits = image_limits(args)
     if limits is None:
         return EXIT_BAD_INPUT
-    cores = os.cpu_count() or 1
-    share = max(1, cores // args.workers)  # the cores, divided among the workers
+    from deepmetric.runtime import threads_per_worker
+
+    share = threads_per_worker(args.workers)  # the cores this process may use, divided among the workers
     try:
         settings = ServerSettings(max_upload_bytes=args.max_upload_bytes, max_pixels=limits.max_pixels,
                                   max_aspect_ratio=limits.max_aspect_ratio, max_images=args.max_images,

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from deepmetric.bundle import Bundle, BundleError, load_bundle
+from deepmetric.runtime import available_cores
 from deepmetric.serving.batching import DynamicBatcher
 from deepmetric.serving.config import ServerSettings
 from deepmetric.store.milvus import GalleryStore, StoreError
@@ -98,7 +99,7 @@ class ServingState:
         self.store = store  # checked against the bundle by the caller (and again on every reload)
         self._lock = threading.Lock()
         self._reload_lock = threading.Lock()
-        self.prep_pool = ThreadPoolExecutor(max_workers=settings.prep_threads or os.cpu_count() or 1,
+        self.prep_pool = ThreadPoolExecutor(max_workers=settings.prep_threads or available_cores(),
                                             thread_name_prefix="deepmetric-decode")
         self._current = self._serve(bundle)
         self.reloads = 0

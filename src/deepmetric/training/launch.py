@@ -31,6 +31,7 @@ import torch
 
 from deepmetric.data.images import ImageLimits
 from deepmetric.io.atomic import atomic_path
+from deepmetric.runtime import threads_per_worker
 from deepmetric.training.callbacks import CHECKPOINT
 from deepmetric.training.config import DistributedConfig, InputConfig, TrainConfig
 from deepmetric.training.distributed import under_torchrun
@@ -110,8 +111,9 @@ def join_command(cfg: TrainConfig, node_rank: int = 1) -> str:
 
 def worker_env(d: DistributedConfig) -> dict[str, str]:
     env = dict(os.environ)
-    # torchrun sets OMP_NUM_THREADS=1 when unset; on CPU give each process its share of the cores instead.
-    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // d.nproc_per_node)))
+    # torchrun sets OMP_NUM_THREADS=1 when unset; on CPU give each process its share of the cores this process may
+    # use (not the host's: tens of spinning OpenMP threads per rank in a 2-CPU container stall every step)
+    env.setdefault("OMP_NUM_THREADS", str(threads_per_worker(d.nproc_per_node)))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
 

@@ -5,11 +5,15 @@ Started by `deepmetric.training.launch.launch` (the train stage) on the launchin
 starts a Kedro session. The ranks that have ``RUN_DIR`` (the launching machine's) send the validated
 configuration and the manifest to the others; every rank trains its share of each global batch; rank 0 writes
 the checkpoints and ``RUN_DIR/result.pt`` (the trained model payload and the log), which the train stage returns.
+
+A rank that seems stuck prints the stack of every one of its threads to its stderr (the train stage's log) on
+SIGUSR1 (``kill -USR1 <pid>``) and goes on.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import io
 import logging
 import signal
@@ -56,6 +60,7 @@ def _exchange_spec(dist, local: tuple[str, bytes] | None) -> tuple[int, str, byt
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     signal.signal(signal.SIGTERM, _on_sigterm)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # where a stuck rank waits, without stopping it
     from deepmetric.training.distributed import Distributed
 
     dist = Distributed.from_env(backend=args.backend, device=args.device, timeout_s=args.timeout_s)
