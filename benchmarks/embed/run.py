@@ -1,6 +1,7 @@
 """`deepmetric embed` throughput against an offline onnxruntime loop over the same files, in one run.
 
     nice -n 10 .venv/bin/python benchmarks/embed/run.py [--bundle DIR | --make-untrained DIR] [--images 8000]
+        [--scaling-only [--control]]
 
 Generates (once) ``--images`` distinct JPEGs (160x120, in 50 class folders) under ``--workdir``. The peer is the
 plainest offline loop over the same files in this process: ``load_eval_image`` (decode + the evaluation transform)
@@ -11,6 +12,8 @@ core, and on 1 thread) and with 2 processes (1 thread each). The configurations 
 shuffled order, so a change of machine load falls on all of them; each figure is the median of its rounds. The CPU
 seconds of each run (this process for the loop; the command and its worker processes for embed) are recorded too:
 on a machine other work shares, CPU work per image shows what parallelism costs when wall time cannot.
+``--control`` measures the same for the offline loop itself (1 process vs 2 processes each on half the files, 1
+onnxruntime thread each): what the machine lets any 2-process split keep, the bound for `embed`'s.
 Without a bundle, ``--make-untrained DIR`` builds one as benchmarks/serving does (an untrained ResNet-18 at the
 project's `model` params: the compute of a trained one). Prints and writes ``--out`` (JSON).
 """
@@ -63,8 +66,10 @@ def _cpu(who: int) -> float:
     return r.ru_utime + r.ru_stime
 
 
-def offline_loop(bundle_dir: str, folder: Path, batch: int = 32) -> tuple[float, float, np.ndarray]:
-    """(seconds, CPU seconds, embeddings) of the plain loop over every image file of ``folder``, sorted by path."""
+def offline_loop(bundle_dir: str, folder: Path, batch: int = 32, threads: int = 0, part: tuple[int, int] = (0, 1)
+                 ) -> tuple[float, float, np.ndarray]:
+    """(seconds, CPU seconds, embeddings) of the plain loop over every image file of ``folder``, sorted by path
+    (``part`` (i, n): only every n-th file from the i-th); ``threads``: onnxruntime's intra-op threads (0: all)."""
     import onnxruntime as ort
 
     from deepmetric.bundle import load_bundle
@@ -74,15 +79,22 @@ def offline_loop(bundle_dir: str, folder: Path, batch: int = 32) -> tuple[float,
     spec = load_bundle(bundle_dir).spec
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.intra_op_num_threads = threads
     session = ort.InferenceSession(str(Path(bundle_dir) / "model.onnx"), sess_options=opts,
                                    providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    files = sorted(p for p in folder.rglob("*.jpg"))
+    files = sorted(p for p in folder.rglob("*.jpg"))[part[0]::part[1]]
     out = []
+    global LOOP_CPU_S
+    c1 = _cpu(resource.RUSAGE_SELF)
     for start in range(0, len(files), batch):
         x = np.stack([load_eval_image(f, spec) for f in files[start:start + batch]])
         out.append(session.run(None, {name: x})[0])
+    LOOP_CPU_S = _cpu(resource.RUSAGE_SELF) - c1  # the loop alone, without loading the model
     return time.perf_counter() - t0, _cpu(resource.RUSAGE_SELF) - c0, np.concatenate(out)
+
+
+LOOP_CPU_S = 0.0
 
 
 def run_embed(bundle_dir: str, folder: Path, out: Path, flags: list[str]) -> tuple[float, float]:
@@ -96,6 +108,27 @@ def run_embed(bundle_dir: str, folder: Path, out: Path, flags: list[str]) -> tup
     if proc.returncode != 0:
         raise SystemExit(f"deepmetric embed failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return seconds, _cpu(resource.RUSAGE_CHILDREN) - c0
+
+
+def control(bundle_dir: str, folder: Path) -> dict[str, float]:
+    """The machine's own 2-process efficiency, without deepmetric's command: the offline loop at 1 onnxruntime
+    thread over every file in one process, then over half the files in each of two processes started together.
+    Images per CPU second of the two against the one: what any 2-process split of this work keeps here."""
+    def loop(part: tuple[int, int]) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, __file__, "--loop-part", f"{part[0]}/{part[1]}", "--bundle",
+                                 bundle_dir, "--workdir", str(folder.parent)], stdout=subprocess.PIPE, text=True)
+
+    def cpu_of(procs: list[subprocess.Popen]) -> tuple[float, float]:
+        t0 = time.perf_counter()
+        outs = [json.loads(p.communicate()[0]) for p in procs]
+        return time.perf_counter() - t0, sum(o["loop_cpu_s"] for o in outs)
+
+    one_s, one_cpu = cpu_of([loop((0, 1))])
+    two_s, two_cpu = cpu_of([loop((0, 2)), loop((1, 2))])
+    # CPU seconds of the loops alone (decode, transform, inference), not the interpreter or model start-up
+    return {"one_process_s": round(one_s, 2), "one_process_loop_cpu_s": round(one_cpu, 2),
+            "two_processes_s": round(two_s, 2), "two_processes_loop_cpu_s": round(two_cpu, 2),
+            "cpu_efficiency_2_processes_vs_1": round(one_cpu / two_cpu, 3)}
 
 
 def make_untrained(dest: Path) -> Path:
@@ -115,9 +148,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scaling-only", action="store_true",
                     help="only 1 process vs 2 processes at 1 ORT thread each (no offline loop)")
+    ap.add_argument("--control", action="store_true",
+                    help="with --scaling-only: also the offline loop in 1 process vs 2 (the machine's own efficiency)")
+    ap.add_argument("--loop-part", default=None, help=argparse.SUPPRESS)  # i/n: one process of --control
     ap.add_argument("--out", default=str(Path(__file__).with_name("results.json")))
     args = ap.parse_args()
     work = Path(args.workdir)
+    if args.loop_part:
+        i, n = map(int, args.loop_part.split("/"))
+        s, c, _ = offline_loop(args.bundle, work / "photos", threads=1, part=(i, n))
+        print(json.dumps({"seconds": s, "cpu_s": c, "loop_cpu_s": LOOP_CPU_S}))
+        return
     if args.make_untrained:
         dest = Path(args.make_untrained)
         args.bundle = str(dest if (dest / "manifest.json").is_file() else make_untrained(dest))
@@ -171,6 +212,7 @@ def main() -> None:
             rows["embed, 2 processes, 1 ORT thread each"]["images_per_cpu_s"]
             / rows["embed, 1 process, 1 ORT thread"]["images_per_cpu_s"], 3),
         "max_abs_difference_vs_offline": max_diff if ref is not None else None,
+        "control_offline_loop_2_processes_vs_1": control(args.bundle, folder) if args.control else None,
         "cpus": os.cpu_count(),
         "load_average_before_after": [round(load_before, 1), round(os.getloadavg()[0], 1)],
         "niceness": os.nice(0),
