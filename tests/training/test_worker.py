@@ -21,10 +21,11 @@ def _worker(*args, cwd) -> subprocess.CompletedProcess:
     return subprocess.run([*WORKER, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
-def test_one_process_trains_from_the_run_folder_and_writes_the_result_there(tmp_path):
+def _run_folder(tmp_path, epochs: int):
+    """A run folder for one process: a margin run of ``epochs`` × 2 steps on a small bars dataset."""
     root = tmp_path / "data"
     manifest = make_bars(root, lambda c: "train" if c < 6 else "test", num_classes=8, per_class=4, size=24)
-    cfg, _ = parse_train({"method": "margin", "epochs": 1, "steps_per_epoch": 2, "embedding_dim": 8,
+    cfg, _ = parse_train({"method": "margin", "epochs": epochs, "steps_per_epoch": 2, "embedding_dim": 8,
                           "progress": False, "num_workers": 0,
                           "batch": {"classes_per_batch": 3, "samples_per_class": 2}})
     run_dir = tmp_path / "run"
@@ -32,6 +33,11 @@ def test_one_process_trains_from_the_run_folder_and_writes_the_result_there(tmp_
     write_run_dir(run_dir, RunSpec(train=cfg.model_dump(mode="json"),
                                    model=InputConfig(resize=24, crop=24).model_dump(mode="json"),
                                    root=str(root), checkpoint_dir=None), manifest)
+    return run_dir
+
+
+def test_one_process_trains_from_the_run_folder_and_writes_the_result_there(tmp_path):
+    run_dir = _run_folder(tmp_path, epochs=1)
     proc = _worker(str(run_dir), cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     result = torch.load(run_dir / RESULT_FILE, weights_only=False)
@@ -57,16 +63,7 @@ def test_sigusr1_prints_where_each_thread_of_a_rank_is_and_the_rank_goes_on(tmp_
     import threading
     import time
 
-    root = tmp_path / "data"
-    manifest = make_bars(root, lambda c: "train" if c < 6 else "test", num_classes=8, per_class=4, size=24)
-    cfg, _ = parse_train({"method": "margin", "epochs": 10_000, "steps_per_epoch": 2, "embedding_dim": 8,
-                          "progress": False, "num_workers": 0,
-                          "batch": {"classes_per_batch": 3, "samples_per_class": 2}})
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    write_run_dir(run_dir, RunSpec(train=cfg.model_dump(mode="json"),
-                                   model=InputConfig(resize=24, crop=24).model_dump(mode="json"),
-                                   root=str(root), checkpoint_dir=None), manifest)
+    run_dir = _run_folder(tmp_path, epochs=10_000)
     proc = subprocess.Popen([*WORKER, str(run_dir)], cwd=tmp_path, stderr=subprocess.PIPE, text=True)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
