@@ -499,6 +499,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", help="where galleries and indexes go (default: a temporary folder, removed)")
     ap.add_argument("--out", help="results JSON (default: results.json here; --quick: none, the table only)")
     ap.add_argument("--resume", action="store_true", help="keep the rows already in --out, run the rest")
+    ap.add_argument("--rerun-skipped", action="store_true",
+                    help="with --resume: run again the selected (--sizes, --dims, --kinds) rows that were skipped")
     ap.add_argument("--report", action="store_true",
                     help="print the tables of --out (slopes and winners recomputed and saved in it)")
     ap.add_argument("--evidence", action="store_true",
@@ -524,7 +526,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.workdir) if a.workdir else Path(tempfile.mkdtemp(prefix="deepmetric-index-bench-"))
     out = Path(a.out) if a.out else work / "results.json" if a.quick else Path(__file__).with_name("results.json")
     result = json.loads(out.read_text()) if a.resume and out.exists() else {"rows": [], "data": []}
-    result["setup"] = setup(a)
+    if a.rerun_skipped:  # those rows get measured now; the run keeps the setup it had, each new row its own date
+        chosen = {int(s) for s in a.sizes}
+        result["rows"] = [r for r in result["rows"]
+                          if not ("skipped" in r and r["kind"] in a.kinds and r["dim"] in a.dims and r["n"] in chosen)]
+    else:
+        result["setup"] = setup(a)
     rows: list[dict] = result["rows"]
     try:
         for n in sizes:
@@ -561,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
                         result.setdefault("coarse", []).append({"n": n, "dim": dim, **coarse})
                     log(f"  {k}")
                     row = measure(k, n, dim, d, a, coarse, nice)
+                    if a.rerun_skipped:
+                        row["date"] = dt.date.today().isoformat()
                     rows.append(row)
                     log(f"    {brief(row)}")
                     save(out, result)

@@ -157,7 +157,7 @@ class Evidence:
 EVIDENCE: tuple[Evidence, ...] = (
     Evidence(128, 10_000, 'ivf_flat', {'nprobe': 11}, 0.9552, 43672.0),
     Evidence(128, 100_000, 'hnsw', {'efSearch': 14}, 0.9589, 11581.8),
-    Evidence(128, 1_000_000, 'ivf_sq8', {'nprobe': 256}, 0.9584, 311.6),
+    Evidence(128, 1_000_000, 'hnsw', {'efSearch': 80}, 0.9535, 1727.5),
     Evidence(512, 10_000, 'hnsw', {'efSearch': 10}, 0.9768, 20805.7),
     Evidence(512, 100_000, 'ivf_sq8', {'nprobe': 11}, 0.9678, 4262.6),
 )
