@@ -7,49 +7,13 @@ still a cycle in the design (it only moves the failure from import time to call 
 
 from __future__ import annotations
 
-import ast
 import re
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-SRC = REPO / "src"
-PACKAGE = "deepmetric"
+from tests.code_fixtures import REPO, module_graph
+
 # Small modules every layer may use; the picture draws them as one node.
 FOUNDATION = {"deepmetric", "deepmetric.errors", "deepmetric.io", "deepmetric.parallel", "deepmetric.runtime",
               "deepmetric.registry"}
-
-
-def module_graph() -> dict[str, set[str]]:
-    """``{module: modules of the package it imports}``."""
-    files = {}
-    for f in (SRC / PACKAGE).rglob("*.py"):
-        parts = list(f.relative_to(SRC).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        files[".".join(parts)] = f
-    graph: dict[str, set[str]] = {}
-    for name, f in files.items():
-        here = name if f.name == "__init__.py" else name.rpartition(".")[0]
-        deps: set[str] = set()
-        for node in ast.walk(ast.parse(f.read_text(), str(f))):
-            if isinstance(node, ast.Import):
-                targets = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    up = here.split(".")[: len(here.split(".")) - node.level + 1]
-                    base = ".".join(up + ([base] if base else []))
-                targets = [base] + [f"{base}.{a.name}" for a in node.names]
-            else:
-                continue
-            for t in targets:
-                # the deepest module of the package that the import names
-                while t and t not in files:
-                    t = t.rpartition(".")[0]
-                if t and t != name:
-                    deps.add(t)
-        graph[name] = deps
-    return graph
 
 
 def package_of(module: str) -> str:

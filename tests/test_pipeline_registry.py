@@ -40,3 +40,25 @@ def test_the_default_chain_is_every_stage_but_the_glyph_render():
     default = _names(pipelines["__default__"])
     assert default == set().union(*(_names(pipelines[s]) for s in STAGES if s != "glyphs"))
     assert not _names(pipelines["glyphs"]) & default
+
+
+def test_every_stage_depends_on_the_code_its_nodes_reach():
+    """A code change reruns every stage whose nodes can run that code: each package module the stage's nodes
+    import, directly or through other modules (lazy imports too), lies under one of the stage's DVC deps. Package
+    ``__init__`` files are left out (they only re-export). Without this, editing e.g. the seed derivation in
+    `deepmetric.runtime` left `dvc repro` calling the trained model current."""
+    from tests.code_fixtures import module_files, module_graph, reachable
+
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    files, graph = module_files(), module_graph()
+    gaps = {}
+    for name, stage in stages.items():
+        deps = [d.rstrip("/") for d in stage.get("deps", []) if isinstance(d, str)]
+        used = reachable(sorted((ROOT / "pipelines" / name).glob("*.py")), graph)
+        assert used, f"stage {name}: its nodes import nothing of the package"
+        missing = sorted(
+            m for m in used if files[m].name != "__init__.py"
+            and not any((rel := str(files[m].relative_to(ROOT))) == d or rel.startswith(d + "/") for d in deps))
+        if missing:
+            gaps[name] = missing
+    assert not gaps, f"dvc.yaml: stages whose deps miss code their nodes reach: {gaps}"
