@@ -12,9 +12,11 @@ from pathlib import Path
 
 import yaml
 
+from deepmetric.pipeline_registry import STAGES as PIPELINE_STAGES
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-STAGES = ["glyphs", "ingest", "validate", "train", "evaluate", "export", "index", "bundle"]  # dvc.yaml's, in order
+STAGES = list(PIPELINE_STAGES)  # dvc.yaml's, in order (tests/test_pipeline_registry.py checks they agree)
 
 TINY = {
     "parameters_glyphs.yml": {"glyphs": {"num_classes": 16, "min_fonts": 6, "image_size": 32}},
