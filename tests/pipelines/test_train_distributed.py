@@ -105,6 +105,9 @@ def test_kill_a_rank_then_resume_through_the_train_stage_then_evaluate_and_expor
        the launcher prints) and writes model.pt and the log like a one-process stage;
     3. evaluate and export run on that model as on a one-process model."""
     tmp, root, manifest = work
+    # one OpenMP thread per rank, as the other multi-process tests and the joiner below: the launcher's default
+    # (the cores this process may use / ranks) differs between machines, and this test is about failures
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
     ckpt = tmp / "data/06_models/checkpoints"
     cfg, _ = parse_train({**TRAIN, "epochs": 200})
     thread, box = _in_thread(launch, manifest, str(root), cfg, SPEC, checkpoint_dir=ckpt)

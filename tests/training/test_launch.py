@@ -74,3 +74,16 @@ def test_the_run_spec_carries_the_image_limits_to_every_rank():
     assert RunSpec.from_json(text).limits == ImageLimits(1000, 3.0)
     default = RunSpec(train={}, model={}, root="data", checkpoint_dir="ckpt")
     assert RunSpec.from_json(default.to_json()) == default and default.limits is None  # fit's default applies
+
+
+def test_each_rank_gets_its_share_of_the_cores_this_process_may_use_unless_omp_num_threads_is_set(monkeypatch):
+    from deepmetric.runtime import available_cores
+    from deepmetric.training.launch import worker_env
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    d = parse_train({"distributed": {"nproc_per_node": 2}})[0].distributed
+    assert worker_env(d)["OMP_NUM_THREADS"] == str(max(1, available_cores() // 2))
+    many = parse_train({"distributed": {"nproc_per_node": 64}})[0].distributed
+    assert worker_env(many)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_env(d)["OMP_NUM_THREADS"] == "3"
