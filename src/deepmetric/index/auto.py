@@ -160,6 +160,7 @@ EVIDENCE: tuple[Evidence, ...] = (
     Evidence(128, 1_000_000, 'hnsw', {'efSearch': 80}, 0.9535, 1727.5),
     Evidence(512, 10_000, 'hnsw', {'efSearch': 10}, 0.9768, 20805.7),
     Evidence(512, 100_000, 'ivf_sq8', {'nprobe': 11}, 0.9678, 4262.6),
+    Evidence(512, 1_000_000, 'hnsw', {'efSearch': 80}, 0.9572, 1180.2),
 )
 """Filled from the benchmark's ``winners`` (tests/index/test_auto.py checks the two agree)."""
 FLAT_SMALLEST: dict[int, float] = {128: 4888.3, 512: 1228.9}
