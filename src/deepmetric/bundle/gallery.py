@@ -346,10 +346,11 @@ def _digest(content: Any, manifest: dict[str, Any], name: str) -> str:
     return sha256(content) if isinstance(content, bytes) else manifest["files"][name]
 
 
-def _write_version(src: Path, dest: Path, link: Path | None, bundle: Bundle, version: _Version,
+def _write_version(dest: Path, link: Path | None, manifest: dict[str, Any], live: int, version: _Version,
                    update: dict[str, Any], next_id: int, created: str | None) -> dict[str, Any]:
-    """Seal the new version's manifest, write it (verified before it takes its name), repoint ``link``."""
-    manifest = bundle.manifest
+    """Seal the new version's manifest (``manifest``: the parent's; ``live``: the new gallery's size), write it
+    (verified before it takes its name), repoint ``link``. The caller has let go of the parent bundle, so the
+    verification's load of the new version does not hold a second model and id table beside it."""
     lineage = dict(manifest.get("lineage") or {})
     new_manifest = json.loads(json.dumps(manifest))
     for key, value in version.entries.items():
@@ -357,7 +358,6 @@ def _write_version(src: Path, dest: Path, link: Path | None, bundle: Bundle, ver
             new_manifest[key] = value
         else:
             new_manifest.pop(key, None)
-    live = len(bundle.ids) - len(update.get("removed_ids", ())) + len(update.get("added_ids", ()))
     segments = new_manifest.get("segments", [])
     new_manifest.update({
         "created": created or timestamp(),
@@ -460,7 +460,8 @@ def update_gallery(
         version = _compacted(src, bundle, new_vectors, added, thumbs, removed)
     else:
         version = _appended(src, bundle, number, new_vectors, added, thumbs, removed)
-    summary = _write_version(src, dest, link, bundle, version,
+    del bundle  # the parent's model session and id table: the new version is loaded to be verified
+    summary = _write_version(dest, link, manifest, live, version,
                              {"added": len(add), "removed": len(gone), "added_ids": added_ids, "removed_ids": gone,
                               "compacted": compact}, next_id, created)
     return {**summary, "added_ids": added_ids, "removed_ids": gone, "duplicates": duplicates, "compacted": compact}
@@ -479,8 +480,9 @@ def compact_gallery(src: str | os.PathLike[str], dest: str | os.PathLike[str] | 
     if not bundle.segments and not len(bundle.removed):
         raise GalleryError(f"{src} has no segments and no removed items: nothing to compact")
     version = _compacted(src, bundle, None, None, None, bundle.removed)
-    lineage = bundle.manifest.get("lineage") or {}
-    next_id = int(lineage.get("next_id", int(bundle.rows["id"].max()) + 1))
-    summary = _write_version(src, dest, link, bundle, version, {"added": 0, "removed": 0, "compacted": True},
+    manifest, live = bundle.manifest, bundle.gallery_size
+    next_id = int((manifest.get("lineage") or {}).get("next_id", int(bundle.rows["id"].max()) + 1))
+    del bundle
+    summary = _write_version(dest, link, manifest, live, version, {"added": 0, "removed": 0, "compacted": True},
                              next_id, created)
     return {**summary, "added_ids": [], "removed_ids": [], "duplicates": [], "compacted": True}
