@@ -1,9 +1,15 @@
 """Read and verify a bundle (the server, the CLI, gallery updates, `deepmetric pull`): :func:`load_bundle`.
 
 Nothing is trusted before it is checked: the manifest's own hash, every file's sha256, the model runs, model
-output dimension = index dimension = manifest dimension, the ids match the index, and the lineage (the index was
-built by this model, ``accepted_on`` holds this model's metrics). Any failure is a
-:class:`~deepmetric.bundle.format.BundleError` naming the file. Imports neither torch nor Kedro.
+output dimension = index dimension = manifest dimension, the ids match the index (each segment's ids its index, the
+tombstones name gallery rows), and the lineage (the index was built by this model, ``accepted_on`` holds this
+model's metrics). Any failure is a :class:`~deepmetric.bundle.format.BundleError` naming the file. Imports neither
+torch nor Kedro.
+
+A gallery changed by updates is the base index, its append-only segments and the tombstones of removed items
+(:mod:`deepmetric.bundle.gallery`); :class:`Bundle` searches it as one gallery (:meth:`Bundle.knn`: each part
+searched, removed items dropped, results merged by score — for exact indexes, the ids and scores of one index of
+the live items).
 """
 
 from __future__ import annotations

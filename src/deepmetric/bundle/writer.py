@@ -3,8 +3,8 @@
 Every bundle comes from here — the `bundle` stage (:func:`deepmetric.bundle.build.build_bundle`, whose
 ``{name: bytes}`` the catalog's ``FileTreeDataset`` writes), gallery updates
 (:func:`deepmetric.bundle.gallery.update_gallery`, which hard-links the files it does not change) and release
-stamping (`deepmetric publish`) — so the manifest's ``files`` / ``sizes`` / ``manifest_sha256`` are computed in one place and a new kind of bundle file
-is added in one place.
+stamping (`deepmetric publish`) — so the manifest's ``files`` / ``sizes`` / ``manifest_sha256`` are computed in
+one place and a new kind of bundle file is added in one place.
 """
 
 from __future__ import annotations
