@@ -421,7 +421,7 @@ def update_gallery(
     lineage = dict(manifest.get("lineage") or {})
 
     gone = sorted(set(int(i) for i in remove))
-    unknown = sorted(set(gone) - set(int(i) for i in live_ids))
+    unknown = sorted(set(gone) - set(live_ids[np.isin(live_ids, gone)].tolist()))
     if unknown:
         twice = sorted(set(unknown) & set(int(i) for i in bundle.removed))
         raise GalleryError(f"no gallery item has id {unknown[:20]} (" + (
@@ -440,7 +440,8 @@ def update_gallery(
     added_ids: list[int] = []
     added = None
     if add:
-        known = dict(zip(bundle.rows["label"].astype(int), bundle.rows["class_name"].astype(str)))
+        first = bundle.rows.drop_duplicates("label")  # a known label keeps its class name
+        known = dict(zip(first["label"].astype(int), first["class_name"].astype(str)))
         added_ids = list(range(next_id, next_id + len(add)))
         next_id += len(add)
         added = pd.DataFrame({

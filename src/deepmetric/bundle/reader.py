@@ -157,7 +157,9 @@ class Bundle:
             while True:
                 scores, rows = index.search(q, kk)
                 live = (rows >= 0) & ~dead[np.maximum(rows, 0)]
-                if kk == n or bool((live.sum(axis=1) >= k).all()):
+                # deeper only for a query short of k live rows that got all kk it asked for (an inverted file
+                # that ran out of probed lists returns fewer, padded with -1: a deeper search finds no more)
+                if kk == n or not bool(((live.sum(axis=1) < k) & (rows[:, -1] >= 0)).any()):
                     break
                 kk = min(n, 2 * kk)
             got_s.append(np.where(live, scores, -np.inf).astype(np.float32))
