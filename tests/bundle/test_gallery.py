@@ -279,3 +279,35 @@ def test_a_segment_or_tombstone_file_altered_or_missing_is_refused_naming_it(env
         (copy / name).unlink()
         with pytest.raises(BundleError, match=f"{name}: missing in"):
             load_bundle(copy)
+
+
+def test_the_duplicate_check_of_a_flat_gallery_finds_what_a_search_finds(env, tmp_path):
+    """The windowed comparison of an exact gallery (no full search) against the search path, on a gallery with a
+    segment and a removed item: gallery vectors (themselves duplicates), vectors a hair away (still the same
+    image) and farther (not), random ones."""
+    from deepmetric.bundle.gallery import _duplicates
+
+    tmp, root, src, new = env
+    update_gallery(src, tmp_path / "v", add=[NewItem(str(new / "n0.png"), 7), NewItem(str(new / "n1.png"), 7)],
+                   remove=[4])
+    b = load_bundle(tmp_path / "v")
+    own = b.vectors(np.arange(len(b.rows)))
+    rng = np.random.default_rng(0)
+
+    def unit(x):
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+    near = unit(own + 2e-4 * rng.normal(size=own.shape))  # cosine ~1 - 3e-7: the same image
+    far = unit(own + 1e-2 * rng.normal(size=own.shape))
+    vectors = np.concatenate([own, near, far, unit(rng.normal(size=(10, b.dim)))])
+    items = [NewItem(f"q{i}.png", 0) for i in range(len(vectors))]
+    fast = _duplicates(b, items, vectors, {7})
+    b.manifest["normalized"] = False  # the search path
+    slow = _duplicates(b, items, vectors, {7})
+    assert fast == slow
+    got = {d["image"]: d.get("same_as_id") for d in fast}
+    n = len(own)
+    assert {f"q{i}.png" for i in range(n) if b.rows["id"].iat[i] not in (4, 7)} <= set(got)
+    assert not any(got.get(f"q{i}.png") in (4, 7) for i in range(len(vectors)))
+    assert all(got.get(f"q{n + i}.png") == b.rows["id"].iat[i] for i in range(n) if b.rows["id"].iat[i] not in (4, 7))
+    assert not {f"q{i}.png" for i in range(2 * n, 3 * n + 10)} & set(got)  # cosine ~1 - 1e-3 and below: new

@@ -174,6 +174,48 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / max(float(np.linalg.norm(a) * np.linalg.norm(b)), 1e-12))
 
 
+def _same_in_flat(bundle: Bundle, vectors: np.ndarray, removed: set[int]) -> dict[int, int] | None:
+    """For a gallery of exact (Flat) parts and unit vectors, per added vector the gallery row of the most similar
+    live item with a cosine of at least :data:`SAME_IMAGE` — without searching the whole gallery: two unit vectors
+    that close differ by at most √(2·(1 − SAME_IMAGE)) in every coordinate, so only the items inside that window
+    of the first coordinate (sorted once), then of the second, are compared. None where this does not apply
+    (another index type, or vectors that are not unit length): the caller searches."""
+    import faiss
+
+    flats = [faiss.downcast_index(index) for index, _, _ in bundle.parts]
+    norms = np.linalg.norm(vectors, axis=1)
+    if (not bundle.manifest.get("normalized") or not all(isinstance(f, faiss.IndexFlat) for f in flats)
+            or np.abs(norms - 1).max(initial=0) > 1e-3 or vectors.shape[1] < 2):
+        return None
+    r = float(np.sqrt(2 * (1 - SAME_IMAGE))) * 1.01 + 1e-6  # the window, with room for float rounding
+    best: dict[int, tuple[float, int]] = {}
+    live = bundle.live
+    for flat, (_, start, n) in zip(flats, bundle.parts):
+        if n == 0:
+            continue
+        xb = faiss.rev_swig_ptr(flat.get_xb(), n * flat.d).reshape(n, flat.d)  # the stored vectors, not copied
+        first = np.ascontiguousarray(xb[:, 0])
+        order = np.argsort(first, kind="stable")
+        first = first[order]
+        lo = np.searchsorted(first, vectors[:, 0] - r, "left")
+        hi = np.searchsorted(first, vectors[:, 0] + r, "right")
+        for i in np.flatnonzero(hi > lo):
+            cand = order[lo[i]:hi[i]]
+            cand = cand[np.abs(xb[cand, 1] - vectors[i, 1]) <= r]
+            if not len(cand):
+                continue
+            cos = xb[cand] @ vectors[i] / np.maximum(np.linalg.norm(xb[cand], axis=1) * norms[i], 1e-12)
+            for j in np.argsort(-cos, kind="stable"):
+                row = start + int(cand[j])
+                if cos[j] < SAME_IMAGE:
+                    break
+                if live[row] and int(bundle.rows["id"].iat[row]) not in removed:
+                    if i not in best or cos[j] > best[i][0]:
+                        best[i] = (float(cos[j]), row)
+                    break
+    return {int(i): row for i, (_, row) in best.items()}
+
+
 def _duplicates(bundle: Bundle, items: Sequence[NewItem], vectors: np.ndarray,
                 removed: set[int]) -> list[dict[str, Any]]:
     """Added images that are the same picture as a gallery item (kept, not removed now) or as an earlier added
@@ -184,16 +226,19 @@ def _duplicates(bundle: Bundle, items: Sequence[NewItem], vectors: np.ndarray,
 
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     found: dict[int, dict[str, Any]] = {}
-    k = min(bundle.gallery_size, len(removed) + 1)
-    if k:
-        scores, rows = bundle.knn(vectors, k)
-        for i, (srow, rrow) in enumerate(zip(scores, rows)):
+    same = _same_in_flat(bundle, vectors, removed)
+    if same is None:
+        same = {}
+        k = min(bundle.gallery_size, len(removed) + 1)
+        scores, rows = bundle.knn(vectors, k) if k else (np.zeros((len(vectors), 0)), np.zeros((len(vectors), 0)))
+        for i, rrow in enumerate(rows):
             hits = [r for r in rrow if r >= 0 and bundle.rows["id"].iat[r] not in removed]
             # the cosine with the stored vector, not the search's score (approximate for SQ/PQ codes: it can
             # exceed the true cosine)
             if hits and _cosine(vectors[i], bundle.vectors(np.array(hits[:1]))[0]) >= SAME_IMAGE:
-                found[i] = {"image": items[i].path or str(items[i].file),
-                            "same_as_id": int(bundle.rows["id"].iat[hits[0]])}
+                same[i] = int(hits[0])
+    for i, row in sorted(same.items()):
+        found[i] = {"image": items[i].path or str(items[i].file), "same_as_id": int(bundle.rows["id"].iat[row])}
     among = faiss.IndexFlatIP(vectors.shape[1])
     among.add(vectors)
     lims, _, pairs = among.range_search(vectors, SAME_IMAGE - 1e-9)  # every pair with a similarity above it

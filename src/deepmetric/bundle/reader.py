@@ -112,6 +112,16 @@ class Bundle:
         self._needs_direct_map = _is_ivf(self.index)
 
     @property
+    def parts(self) -> list[tuple[Any, int, int]]:
+        """The base index and each segment's: (faiss index, its first gallery row, its rows)."""
+        return list(self._parts)
+
+    @property
+    def live(self) -> np.ndarray:
+        """Per gallery row, whether its item is in the gallery (not removed)."""
+        return ~self._dead
+
+    @property
     def spec(self):
         return self.embedder.spec
 
