@@ -7,7 +7,9 @@ A gallery changed by ``deepmetric gallery add|remove`` (:mod:`deepmetric.bundle.
 unchanged base ``index.faiss`` + ``ids.parquet``, append-only segments — ``segment-NNNNN.faiss`` (an exact index of
 the added vectors) with its id rows ``segment-NNNNN.parquet``, declared by the manifest's ``segments`` list
 (``[{"index": …, "ids": …, "items": n}]``, in gallery row order) — and ``tombstones.parquet`` (the removed ids, one
-``id`` column), declared by ``{"tombstones": {"file": "tombstones.parquet", "items": n}}``.
+``id`` column), declared by ``{"tombstones": {"file": "tombstones.parquet", "items": n}}``. The format stays
+``deepmetric-bundle/1``: a bundle without them is what it was, and a reader from before segments refuses one with
+them (its ``files`` list names files that reader does not expect) rather than serve a partial gallery.
 The manifest lists the sha256 (``files``) and size (``sizes``) of every other file and carries ``manifest_sha256``: the sha256 of its own canonical JSON
 (sorted keys, no whitespace, ASCII) without that key, so a changed byte in any file, the manifest included, is
 caught. :mod:`deepmetric.bundle.writer` is the one place that writes a bundle, :mod:`deepmetric.bundle.reader`
@@ -121,18 +123,19 @@ def declared_segments(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     """The manifest's gallery segments (``[]`` for a bundle without any), each ``{"index", "ids", "items"}`` with
     the names of :func:`segment_names` and increasing segment numbers; otherwise ``BundleError``."""
     segments = manifest.get("segments", [])
-    why = "'segments' must be a list of {\"index\": \"segment-NNNNN.faiss\", \"ids\": \"segment-NNNNN.parquet\", " \
-          "\"items\": n} with increasing numbers"
+    why = ("'segments' must be a list of {\"index\": \"segment-NNNNN.faiss\", \"ids\": \"segment-NNNNN.parquet\", "
+           "\"items\": n} with increasing numbers")
     if not isinstance(segments, list):
         raise BundleError(MANIFEST_FILE, why)
     last = -1
     for seg in segments:
-        m = SEGMENT_PATTERN.match(seg.get("index", "")) if isinstance(seg, dict) and isinstance(seg.get("index"), str) \
-            else None
-        if m is None or set(seg) != {"index", "ids", "items"} or not _count(seg["items"]) \
-                or (seg["index"], seg["ids"]) != segment_names(int(m.group(1))) or int(m.group(1)) <= last:
+        name = seg.get("index") if isinstance(seg, dict) else None
+        m = SEGMENT_PATTERN.match(name) if isinstance(name, str) else None
+        number = int(m.group(1)) if m else -1
+        if (m is None or set(seg) != {"index", "ids", "items"} or not _count(seg["items"])
+                or (seg["index"], seg["ids"]) != segment_names(number) or number <= last):
             raise BundleError(MANIFEST_FILE, why)
-        last = int(m.group(1))
+        last = number
     return [dict(s) for s in segments]
 
 

@@ -47,8 +47,8 @@ from deepmetric.bundle.format import (
 from deepmetric.bundle.thresholds import NO_THRESHOLDS, Thresholds, mark_matches, parse_thresholds
 from deepmetric.bundle.thumbnails import ThumbnailError, Thumbnails
 
-__all__ = ["OVERFETCH_MAX", "QE_ALPHA", "QE_N", "RERANKINGS", "Bundle", "load_bundle", "read_manifest", "verify_file",
-           "verify_lineage"]
+__all__ = ["OVERFETCH_MAX", "QE_ALPHA", "QE_N", "RERANKINGS", "Bundle", "load_bundle", "read_manifest",
+           "verify_file", "verify_lineage"]
 
 #: The serving-time re-rankings (`/v1/search?rerank=`, `deepmetric search --rerank`; none by default).
 RERANKINGS = ("qe",)
@@ -68,7 +68,8 @@ def _is_ivf(index) -> bool:
 
 
 #: Over-fetch bound of a merged search: a part holding tombstoned items is first searched for ``k`` + its tombstones
-#: (at most this many more), then twice as deep where a query still lacks ``k`` live neighbours.
+#: (at most this many more), then twice as deep while a query lacks ``k`` live neighbours and the part gave it all
+#: the rows it asked for.
 OVERFETCH_MAX = 1024
 
 
