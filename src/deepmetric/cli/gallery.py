@@ -33,7 +33,8 @@ from deepmetric.cli.common import EXIT_BAD_BUNDLE, EXIT_BAD_INPUT, add_limit_fla
 
 
 def register(sub) -> None:
-    gallery = sub.add_parser("gallery", help="add images to a bundle's gallery or remove items: a new bundle version")
+    gallery = sub.add_parser("gallery", help="add images to a bundle's gallery, remove items or compact it (a new "
+                             "bundle version), or export it to Milvus")
     gallery.set_defaults(handler=run, hard_exit=True)
     gsub = gallery.add_subparsers(dest="gallery_command", required=True)
     add = gsub.add_parser("add", help="embed images with the bundle's model and add them to its gallery")
