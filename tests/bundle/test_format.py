@@ -15,6 +15,7 @@ from deepmetric.bundle.format import (
     declared_files,
     manifest_bytes,
     manifest_sha256,
+    segment_names,
     sha256,
     shard_name,
     short,
@@ -72,3 +73,24 @@ def test_declared_files_include_thresholds_when_the_manifest_declares_them():
     for bad in ({"file": "../thresholds.json"}, "thresholds.json", {}):
         with pytest.raises(BundleError, match="manifest.json: 'thresholds' must be"):
             declared_files({"thresholds": bad})
+
+
+def test_declared_files_include_the_segments_and_the_tombstones():
+    seg = {"index": "segment-00001.faiss", "ids": "segment-00001.parquet", "items": 3}
+    seg3 = {"index": "segment-00003.faiss", "ids": "segment-00003.parquet", "items": 1}
+    manifest = {"segments": [seg, seg3], "tombstones": {"file": "tombstones.parquet", "items": 2},
+                "thumbnails": {"files": ["thumbnails-00000.parquet"]}}
+    assert declared_files(manifest) == [*PAYLOAD_FILES, "segment-00001.faiss", "segment-00001.parquet",
+                                        "segment-00003.faiss", "segment-00003.parquet", "tombstones.parquet",
+                                        "thumbnails-00000.parquet"]
+    assert segment_names(12) == ("segment-00012.faiss", "segment-00012.parquet")
+    bad_segments = [{"segments": {}}, {"segments": [seg3, seg]},  # numbers must increase
+                    {"segments": [{**seg, "ids": "segment-00002.parquet"}]},  # one number for both files
+                    {"segments": [{**seg, "index": "../x.faiss"}]}, {"segments": [{**seg, "items": -1}]},
+                    {"segments": [{**seg, "extra": 1}]}, {"segments": ["segment-00001.faiss"]}]
+    for bad in bad_segments:
+        with pytest.raises(BundleError, match="'segments' must be a list of"):
+            declared_files(bad)
+    for bad in ({"file": "x.parquet", "items": 1}, {"file": "tombstones.parquet"}, []):
+        with pytest.raises(BundleError, match="'tombstones' must be"):
+            declared_files({"tombstones": bad})

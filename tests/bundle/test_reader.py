@@ -291,3 +291,33 @@ def test_a_file_missing_on_reload_is_refused_naming_it(built, tmp_path):
     (copy / "ids.parquet").unlink()
     with pytest.raises(BundleError, match=r"ids.parquet: missing in"):
         load_bundle(copy)
+
+
+@pytest.mark.parametrize("factory", ["Flat", "IVF4,Flat"])
+def test_a_merged_search_deepens_past_the_overfetch_bound_only_where_it_finds_more(built, tmp_path, monkeypatch,
+                                                                                    factory):
+    """Tombstones beyond OVERFETCH_MAX: a query whose nearest items were removed still gets k live neighbours — the
+    exact ones for Flat —; an inverted file that runs out of probed lists (nprobe 1) gives what they hold, never a
+    removed item."""
+    import numpy as np
+
+    import deepmetric.bundle.reader as reader
+    from deepmetric.bundle.gallery import update_gallery
+    from tests.deploy_fixtures import make_bundle
+
+    tmp, root, manifest, onnx, bundle_dir = built
+    src = bundle_dir if factory == "Flat" else make_bundle(tmp_path / "b", root, manifest, onnx,
+                                                           index={"factory": factory, "search": {"nprobe": 1}})
+    gone = list(range(0, 24, 2))
+    update_gallery(src, tmp_path / "v", remove=gone)
+    monkeypatch.setattr(reader, "OVERFETCH_MAX", 1)
+    b = load_bundle(tmp_path / "v")
+    q = b.vectors(np.arange(len(b.rows)))  # every row's vector, the removed ones too
+    scores, rows = b.knn(q, 5)
+    assert not set(b.rows["id"].to_numpy()[rows[rows >= 0]]) & set(gone)
+    if factory == "Flat":
+        live = b.vectors(np.flatnonzero(~b.rows["id"].isin(gone).to_numpy()))
+        want = np.sort(q @ live.T, axis=1)[:, ::-1][:, :5]
+        np.testing.assert_allclose(scores, want, rtol=1e-5, atol=1e-6)
+    else:  # one list probed: what it holds
+        assert (rows >= 0).sum() > 0 and ((rows >= 0).sum(axis=1) <= 5).all()

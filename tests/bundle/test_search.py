@@ -51,3 +51,20 @@ def test_the_model_is_checked_when_it_is_read_again(deploy_bundle, tmp_path):
     (folder / "model.onnx").write_bytes(b"other")
     with pytest.raises(BundleError, match="changed on disk since the bundle was loaded"):
         model_bytes(bundle)
+
+
+def test_the_page_shows_each_neighbours_own_thumbnail_after_items_were_removed(queries, tmp_path):
+    """The page took a thumbnail by id as if it were the gallery row: after a removal and a compaction (rows shift
+    below the removed id) it showed the next item's picture, or none for the last."""
+    from deepmetric.bundle.gallery import compact_gallery, update_gallery
+    from deepmetric.bundle.search import _data_uri
+
+    bundle, items, root = queries
+    update_gallery(bundle.root, tmp_path / "v1", remove=[0])
+    compact_gallery(tmp_path / "v1", tmp_path / "v2")
+    b = load_bundle(tmp_path / "v2")
+    assert b.row_of(5) == 4
+    res = search_items(b, items, root, tmp_path / "r.csv", k=3, progress=False)
+    page = results_page(b, res, items, root)
+    for item in res["id"]:
+        assert _data_uri(b.thumbnails.get(b.row_of(int(item))), b.thumbnails.media_type) in page

@@ -128,3 +128,23 @@ def test_point_link_swaps_a_link_and_never_replaces_a_folder_or_file(tmp_path):
             point_link(tmp_path / name, "v1")
     assert (tmp_path / "folder" / "keep.txt").read_text() == "keep" and (tmp_path / "file").read_text() == "keep"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "file", "folder", "v1", "v2"], "no link left"
+
+
+def test_link_shares_a_file_and_copies_it_across_file_systems(tmp_path):
+    """``link=True``: a payload path becomes a hard link (same inode) on the same file system, a copy where a link
+    cannot be made (the tmpfs of /dev/shm is another file system than the test's folder, where there is one)."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(b"x" * 1000)
+    manifest = seal({"format": "t"}, {"a.bin": b"x" * 1000})
+    out = write_bundle(tmp_path / "b", manifest, {"a.bin": src}, link=True)
+    assert (out / "a.bin").stat().st_ino == src.stat().st_ino and src.stat().st_nlink == 2
+    assert write_bundle(tmp_path / "c", manifest, {"a.bin": src}).joinpath("a.bin").stat().st_ino != src.stat().st_ino
+    shm = "/dev/shm"
+    if not os.path.isdir(shm) or os.stat(shm).st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second file system to link across")
+    other = tmp_path.name + "-" + str(os.getpid())
+    try:
+        out = write_bundle(os.path.join(shm, other), manifest, {"a.bin": src}, link=True)
+        assert (out / "a.bin").read_bytes() == src.read_bytes() and (out / "a.bin").stat().st_nlink == 1
+    finally:
+        shutil.rmtree(os.path.join(shm, other), ignore_errors=True)

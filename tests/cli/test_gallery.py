@@ -208,3 +208,73 @@ def test_gallery_export_to_an_unreachable_store_exits_5(env):
     proc = deepmetric_here("gallery", "export", "--bundle", str(src), "--to", f"http://127.0.0.1:{free_port()}")
     assert proc.returncode == 5 and "cannot reach Milvus at http://127.0.0.1:" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+_KILLED_UPDATE = r"""
+import os, signal, sys
+import deepmetric.bundle.gallery as gallery
+import deepmetric.bundle.writer as writer
+from deepmetric.cli import main
+
+where, calls = sys.argv[1], []
+def killer(real, after):
+    def wrapped(*a, **kw):
+        calls.append(1)
+        if len(calls) == after:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(*a, **kw)
+    return wrapped
+if where == "linking":  # some of the parent's files linked into the new folder, not all
+    writer._place = killer(writer._place, 3)
+else:  # the new folder complete, being verified before it takes the name
+    gallery.load_bundle = killer(gallery.load_bundle, 2)
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.parametrize("where", ["linking", "verifying"])
+def test_an_update_killed_mid_way_leaves_the_old_version_serving(env, new, tmp_path, where):
+    """SIGKILL in the middle of `deepmetric gallery add` (in place): the bundle is the old version, byte for byte,
+    loads and answers searches; the next update clears the killed one's temporary and succeeds."""
+    import signal
+    import subprocess
+    import sys
+
+    _, _, _, src = env
+    dest = tmp_path / "b"
+    shutil.copytree(src, dest)
+    before = file_tree(dest)
+    proc = subprocess.run([sys.executable, "-c", _KILLED_UPDATE, where, "gallery", "add", "--bundle", str(dest),
+                           "--label", "7", str(new / "n0.png")], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".b.")], "the killed update's temporary"
+    assert file_tree(dest) == before
+    old = load_bundle(dest)
+    q = old.vectors(np.array([[3]]))[0]
+    assert old.search(q, 1)[0][0]["id"] == 3 and old.gallery_size == 36
+    proc = deepmetric("gallery", "add", "--bundle", str(dest), "--label", "7", str(new / "n0.png"))
+    assert proc.returncode == 0, proc.stderr
+    assert load_bundle(dest).gallery_size == 37 and load_bundle(dest).segments
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b"], "the killed update's temporary is cleared"
+
+
+def test_gallery_compact_and_the_compaction_flags(env, new, tmp_path):
+    _, _, _, src = env
+    dest = tmp_path / "b"
+    proc = deepmetric_here("gallery", "add", "--bundle", str(src), "--out", str(dest), "--label", "7",
+                           str(new / "n0.png"), "--max-segments", "0")
+    assert proc.returncode == 0 and json.loads(proc.stdout)["compacted"] is True, proc.stderr
+    proc = deepmetric_here("gallery", "compact", "--bundle", str(dest))
+    assert proc.returncode == 3 and "nothing to compact" in proc.stderr
+    proc = deepmetric_here("gallery", "remove", "--bundle", str(dest), "--id", "1", "--compact-share", "0.001",
+                           "--no-compact")
+    out = json.loads(proc.stdout)
+    assert proc.returncode == 0 and out["compacted"] is False and out["tombstones"] == 1, proc.stderr
+    proc = deepmetric_here("gallery", "remove", "--bundle", str(dest), "--id", "2", "--compact-share", "0")
+    assert proc.returncode == 3 and "share must be > 0" in proc.stderr
+    proc = deepmetric_here("gallery", "compact", "--bundle", str(dest), "--out", str(tmp_path / "c"))
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["compacted"] and out["segments"] == 0 and out["tombstones"] == 0 and out["gallery_size"] == 36
+    c = load_bundle(tmp_path / "c")
+    assert c.manifest["lineage"]["gallery_version"] == 3 and 1 not in set(c.ids["id"]) and 36 in set(c.ids["id"])

@@ -5,6 +5,7 @@ refused one with its reason. (Over HTTP and in a real server process: tests/serv
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 import shutil
@@ -140,5 +141,38 @@ def test_with_a_gallery_store_a_reload_to_another_bundle_is_refused_and_the_stor
                    [[h["id"] for h in r] for r in bundle.search(q, 3)]
         _point(current, "a")
         assert state.reload()["status"] == "unchanged"
+    finally:
+        state.close()
+
+
+def test_a_reload_picks_up_a_new_segment_version_without_hashing_the_shared_files(versions, tmp_path):
+    """`gallery add` through the served symlink writes a version that links the base files and adds a segment: the
+    reload serves it (the added image finds itself) and hashes only the new files."""
+    from deepmetric.bundle.reader import read_manifest, verify_file
+    from deepmetric.data.transforms import load_eval_image
+    from tests.deploy_fixtures import draw_image
+    from tests.fixtures import png_bytes
+    from tests.server_fixtures import deepmetric
+
+    current, a, _ = versions
+    for p in a.iterdir():  # files as they sit on a host, not just written (a racy-new file is not remembered)
+        os.utime(p, (time.time() - 60, time.time() - 60))
+    state = ServingState(current, ServerSettings(batching=False), load_bundle(current))
+    try:
+        image = tmp_path / "n.png"
+        image.write_bytes(png_bytes(draw_image(7, 50, (44, 40))))
+        proc = deepmetric("gallery", "add", "--bundle", str(current), "--label", "7", str(image))  # another process
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["segments"] == 1 and os.readlink(current) == "a-g1"
+        new = current.resolve()
+        assert (new / "index.faiss").stat().st_ino == (a / "index.faiss").stat().st_ino
+        files = read_manifest(a)["files"]
+        assert not verify_file(new, "index.faiss", files["index.faiss"])  # remembered across the hard link
+        assert not verify_file(new, "model.onnx", files["model.onnx"])
+        assert state.reload()["status"] == "reloaded"
+        bundle = state.current.bundle
+        assert bundle.gallery_size == 37 and len(bundle.segments) == 1
+        _, scores, rows = state.current.run(load_eval_image(image, bundle.spec)[None], 1)
+        assert bundle.neighbours(scores, rows)[0][0]["id"] == 36
     finally:
         state.close()

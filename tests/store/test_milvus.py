@@ -189,3 +189,30 @@ def test_a_local_db_folder_holds_the_gallery_across_processes(bundles, tmp_path)
         assert [[h["id"] for h in r] for r in store.search(q, 4)] == [[h["id"] for h in r] for r in bundle.search(q, 4)]
     finally:
         store.close()
+
+
+def test_an_export_holds_the_live_items_of_every_segment(bundles, milvus, tmp_path):
+    """A bundle with a segment and tombstones: the collection holds base + segment items less the removed ones,
+    and answers like the bundle's merged search."""
+    from deepmetric.bundle.gallery import NewItem, update_gallery
+    from tests.deploy_fixtures import draw_image
+    from tests.fixtures import png_bytes
+
+    image = tmp_path / "n.png"
+    image.write_bytes(png_bytes(draw_image(7, 50, (44, 40))))
+    v1, v2 = tmp_path / "v1", tmp_path / "v2"
+    update_gallery(bundles["flat"].root, v1, add=[NewItem(str(image), 7)])
+    update_gallery(v1, v2, remove=[0, 4])
+    bundle = load_bundle(v2)
+    assert bundle.segments and len(bundle.removed) == 2 and bundle.gallery_size == 35
+    summary = export_gallery(bundle, milvus.uri, "g_segments")
+    assert summary["items"] == 35
+    store = GalleryStore(milvus.uri, "g_segments")
+    try:
+        assert store.count() == 35
+        q = np.concatenate([bundle.vectors(np.arange(len(bundle.rows))), _queries(bundle, 4)[-4:]])
+        got, want = store.search(q, 5), bundle.search(q, 5)
+        assert [[h["id"] for h in row] for row in got] == [[h["id"] for h in row] for row in want]
+        assert not {0, 4} & {h["id"] for row in got for h in row}
+    finally:
+        store.close()

@@ -6,7 +6,8 @@ checksummed manifest, which the server, the CLI and releases use. One serializat
   atomically (used by the `bundle` stage, gallery updates and release stamping).
 - :mod:`~deepmetric.bundle.reader` — reads and verifies a bundle (:func:`load_bundle`), the :class:`Bundle` served.
 - :mod:`~deepmetric.bundle.build` — the `bundle` stage's checks (lineage, the ``bundle.require`` gate) and files.
-- :mod:`~deepmetric.bundle.gallery` — a new version with images added or items removed, without retraining.
+- :mod:`~deepmetric.bundle.gallery` — a new version with images added (a segment) or items removed (tombstones),
+  without retraining, sharing the unchanged files by hard link; compaction back into one index.
 - :mod:`~deepmetric.bundle.thumbnails` — the gallery thumbnail shards; :mod:`~deepmetric.bundle.config` — the
   `bundle:` parameters.
 

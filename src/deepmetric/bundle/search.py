@@ -142,7 +142,9 @@ def results_page(bundle: Bundle, results: pd.DataFrame, items: pd.DataFrame, roo
         cells = [f"<th><figure>{qcell}<figcaption>{html.escape(q)}"
                  + (f"<br>class {html.escape(label)}" if label else "") + "</figcaption></figure></th>"]
         for r in group.itertuples():
-            data = thumbs.get(int(r.id)) if thumbs is not None else None
+            # by gallery row, not id: they differ once items were removed
+            row = bundle.row_of(int(r.id)) if thumbs is not None else None
+            data = thumbs.get(row) if row is not None else None
             pic = (f"<img src='{_data_uri(data, thumbs.media_type)}' alt='{html.escape(str(r.class_name))}'>"
                    if data else "")
             same = r.same_class

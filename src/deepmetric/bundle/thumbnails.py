@@ -3,12 +3,16 @@
 The `bundle` stage decodes every gallery image (`open_image`, the same decoder as everywhere else), shrinks it
 to fit ``size`` × ``size`` (aspect ratio kept) and encodes it as WebP or JPEG. The thumbnails go into parquet
 shards named ``thumbnails-00000.parquet``, ``thumbnails-00001.parquet``, …, each a table ``id`` (int64,
-consecutive) + ``image`` (binary), ``shard_items`` rows per shard; the manifest lists and checksums the shards
-like every other file (``manifest["thumbnails"]``). Reading needs pyarrow only (no torch, no dataset).
+consecutive) + ``image`` (binary), at most ``shard_items`` rows per shard; the manifest lists and checksums the shards
+like every other file (``manifest["thumbnails"]``). The ``id`` column is the gallery row (base rows, then each
+segment's rows: :mod:`deepmetric.bundle.gallery`): a gallery update appends shards for the added images only, so a
+shard before the last may be short (the last one of an earlier version). Reading needs pyarrow only (no torch, no
+dataset).
 """
 
 from __future__ import annotations
 
+import bisect
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -54,14 +58,17 @@ def build_thumbnail_shards(
     return write_thumbnail_shards(images, shard_items)
 
 
-def write_thumbnail_shards(images: Sequence[bytes], shard_items: int) -> dict[str, bytes]:
-    """``{shard name: parquet bytes}`` of encoded thumbnails in gallery row order (``id`` column: the row)."""
+def write_thumbnail_shards(images: Sequence[bytes], shard_items: int, first_row: int = 0,
+                           first_shard: int = 0) -> dict[str, bytes]:
+    """``{shard name: parquet bytes}`` of encoded thumbnails in gallery row order (``id`` column: the row), the
+    first one for row ``first_row`` in shard number ``first_shard`` (a gallery update appends shards)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     shards: dict[str, bytes] = {}
-    for s, start in enumerate(range(0, len(images), shard_items)):
+    for s, start in enumerate(range(0, len(images), shard_items), start=first_shard):
         chunk = list(images[start : start + shard_items])
+        start += first_row
         table = pa.table({"id": pa.array(np.arange(start, start + len(chunk), dtype=np.int64)),
                           "image": pa.array(chunk, type=pa.binary())})
         buf = io.BytesIO()
@@ -89,7 +96,8 @@ class Thumbnails:
         names = list(info.get("files", []))
         if self.shard_items <= 0 or names != [shard_name(i) for i in range(len(names))]:
             raise ThumbnailError(f"thumbnails.files {names} / shard_items {self.shard_items} are not a shard sequence")
-        self._shards = []
+        self._shards: list[Any] = []
+        self._starts: list[int] = []
         expected = 0
         for name in names:
             try:
@@ -101,16 +109,19 @@ class Thumbnails:
             ids = table.column("id").to_numpy()
             if not np.array_equal(ids, np.arange(expected, expected + len(ids))):
                 raise ThumbnailError(f"{name}: ids are not {expected}..{expected + len(ids) - 1} in order")
-            if len(ids) != self.shard_items and name != names[-1]:
+            if not 0 < len(ids) <= self.shard_items:
                 raise ThumbnailError(f"{name}: {len(ids)} rows, thumbnails.shard_items says {self.shard_items}")
             self._shards.append(table.column("image").combine_chunks())
+            self._starts.append(expected)
             expected += len(ids)
         if expected != gallery_size:
             raise ThumbnailError(f"{expected} thumbnails for a gallery of {gallery_size}")
         self.count = expected
 
-    def get(self, item: int) -> bytes | None:
-        """The encoded thumbnail of gallery id ``item``, or None when there is none."""
-        if not 0 <= item < self.count:
+    def get(self, row: int) -> bytes | None:
+        """The encoded thumbnail of gallery row ``row`` (:meth:`deepmetric.bundle.Bundle.row_of` of an id), or None
+        when there is none."""
+        if not 0 <= row < self.count:
             return None
-        return self._shards[item // self.shard_items][item % self.shard_items].as_py()
+        s = bisect.bisect_right(self._starts, row) - 1
+        return self._shards[s][row - self._starts[s]].as_py()

@@ -2,9 +2,9 @@
 
 Every bundle comes from here — the `bundle` stage (:func:`deepmetric.bundle.build.build_bundle`, whose
 ``{name: bytes}`` the catalog's ``FileTreeDataset`` writes), gallery updates
-(:func:`deepmetric.bundle.gallery.update_gallery`) and release stamping (`deepmetric publish`) — so the
-manifest's ``files`` / ``sizes`` / ``manifest_sha256`` are computed in one place and a new kind of bundle file
-is added in one place.
+(:func:`deepmetric.bundle.gallery.update_gallery`, which hard-links the files it does not change) and release
+stamping (`deepmetric publish`) — so the manifest's ``files`` / ``sizes`` / ``manifest_sha256`` are computed in
+one place and a new kind of bundle file is added in one place.
 """
 
 from __future__ import annotations
@@ -55,8 +55,11 @@ def bundle_files(manifest: Mapping[str, Any], payload: Mapping[str, Content]) ->
 
 
 def write_bundle(dest: str | os.PathLike[str], manifest: Mapping[str, Any], payload: Mapping[str, Content], *,
-                 verify: Callable[[Path], Any] | None = None) -> Path:
+                 verify: Callable[[Path], Any] | None = None, link: bool = False) -> Path:
     """Write the bundle (``payload`` + manifest.json) as the folder ``dest``, replacing what is there atomically.
+    ``link``: a payload given as a path is hard-linked, not copied (a gallery update shares the unchanged files of
+    the version it came from; bundle files are never written in place, so the versions stay independent), and
+    copied where the link fails (another file system, no link support).
     ``verify(folder)`` runs on the complete new folder before it takes the name: if it raises, ``dest`` is left
     exactly as it was and nothing else remains. ``dest`` must not be a symlink (the rename would replace the link
     by a folder): write the folder it points at, or a new one and :func:`point_link` (a caller's bug:
@@ -73,10 +76,20 @@ def write_bundle(dest: str | os.PathLike[str], manifest: Mapping[str, Any], payl
             if isinstance(content, bytes):
                 (tmp / name).write_bytes(content)
             else:
-                shutil.copyfile(content, tmp / name)
+                _place(Path(content), tmp / name, link)
         if verify is not None:
             verify(tmp)
     return dest
+
+
+def _place(src: Path, dst: Path, link: bool) -> None:
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:
+            pass  # another file system, or one without hard links: copy
+    shutil.copyfile(src, dst)
 
 
 def point_link(link: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:

@@ -4,7 +4,7 @@
     deepmetric search  --bundle DIR IMAGE... [-k 10]  |  deepmetric info --bundle DIR            (cli/search.py)
     deepmetric search  --bundle DIR <folder|table> --out results.csv [--html]                   (cli/search.py)
     deepmetric embed   --bundle DIR <folder|table> --out embeddings.parquet                     (cli/embed.py)
-    deepmetric gallery add|remove --bundle DIR …                                                 (cli/gallery.py)
+    deepmetric gallery add|remove|compact|export --bundle DIR …                                 (cli/gallery.py)
     deepmetric publish NAME  |  pull NAME --repo URL  |  releases --repo URL                     (cli/release.py)
     deepmetric viz [--port 4141] [--build-only]                                                  (cli/viz.py)
 

@@ -1,12 +1,19 @@
-"""`deepmetric gallery add|remove`: a new bundle version with images added to its gallery or items removed
-(:func:`deepmetric.bundle.gallery.update_gallery`), without retraining; `deepmetric gallery export`: the bundle's
-gallery into a Milvus collection, which `add|remove --store` then change in place (:mod:`deepmetric.store`).
+"""`deepmetric gallery add|remove`: a new bundle version with images added to its gallery (a new segment) or items
+removed (tombstones) (:func:`deepmetric.bundle.gallery.update_gallery`), without retraining; `deepmetric gallery
+compact`: the segments and tombstones folded into one base index (:func:`deepmetric.bundle.gallery.compact_gallery`);
+`deepmetric gallery export`: the bundle's live gallery into a Milvus collection, which `add|remove --store` then
+change in place (:mod:`deepmetric.store`).
 
-    deepmetric gallery add    --bundle DIR [--out DIR [--replace]] [--allow-duplicates]
-                              --label N [--class-name NAME] IMAGE...   (or --list FILE.csv)
-    deepmetric gallery remove --bundle DIR [--out DIR [--replace]] --id N [--id N ...]
-    deepmetric gallery export --bundle DIR --to URI [--collection NAME] [--replace]
+    deepmetric gallery add     --bundle DIR [--out DIR [--replace]] [--allow-duplicates] [COMPACTION]
+                               --label N [--class-name NAME] IMAGE...   (or --list FILE.csv)
+    deepmetric gallery remove  --bundle DIR [--out DIR [--replace]] [COMPACTION] --id N [--id N ...]
+    deepmetric gallery compact --bundle DIR [--out DIR [--replace]]
+    deepmetric gallery export  --bundle DIR --to URI [--collection NAME] [--replace]
     deepmetric gallery add|remove --bundle DIR --store URI [--collection NAME] …   (upserts / deletes in Milvus)
+
+COMPACTION: ``--compact-share F`` (default 0.2) and ``--max-segments N`` (default 16): an update compacts by itself
+when its segments' items and tombstones exceed F × the live gallery or it would hold more than N segments;
+``--no-compact`` never.
 
 URI: a milvus-lite folder ``x.db`` or ``http://host:19530`` (token in $DEEPMETRIC_MILVUS_TOKEN). Store exit
 statuses: 2 a collection of another bundle, 3 bad input (an existing collection without --replace, unknown or
@@ -26,7 +33,8 @@ from deepmetric.cli.common import EXIT_BAD_BUNDLE, EXIT_BAD_INPUT, add_limit_fla
 
 
 def register(sub) -> None:
-    gallery = sub.add_parser("gallery", help="add images to a bundle's gallery or remove items: a new bundle version")
+    gallery = sub.add_parser("gallery", help="add images to a bundle's gallery, remove items or compact it (a new "
+                             "bundle version), or export it to Milvus")
     gallery.set_defaults(handler=run, hard_exit=True)
     gsub = gallery.add_subparsers(dest="gallery_command", required=True)
     add = gsub.add_parser("add", help="embed images with the bundle's model and add them to its gallery")
@@ -49,7 +57,10 @@ def register(sub) -> None:
     _collection_flag(export)
     export.add_argument("--replace", action="store_true", help="replace an existing collection of that name "
                         "(switched atomically once the new one is complete)")
+    compact = gsub.add_parser("compact", help="fold the gallery's segments and removed items into one base index")
+    _destination_flags(compact)
     for p in (add, rm):
+        _compaction_flags(p)
         p.add_argument("--store", default=None, metavar="URI",
                        help="change the Milvus collection written by `gallery export` instead of the bundle")
         _collection_flag(p)
@@ -59,6 +70,18 @@ def _collection_flag(p) -> None:
     from deepmetric.store.milvus import DEFAULT_COLLECTION
 
     p.add_argument("--collection", default=DEFAULT_COLLECTION, help=f"collection name (default {DEFAULT_COLLECTION})")
+
+
+def _compaction_flags(p) -> None:
+    from deepmetric.bundle.gallery import CompactionPolicy
+
+    default = CompactionPolicy()
+    p.add_argument("--compact-share", type=float, default=default.share, metavar="F",
+                   help="compact when segments + removed items exceed F x the live gallery "
+                        f"(default {default.share})")
+    p.add_argument("--max-segments", type=int, default=default.max_segments, metavar="N",
+                   help=f"compact when the gallery would hold more than N segments (default {default.max_segments})")
+    p.add_argument("--no-compact", action="store_true", help="never compact in this update")
 
 
 def _destination_flags(p) -> None:
@@ -101,11 +124,17 @@ def _items(args: argparse.Namespace) -> list | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from deepmetric.bundle import BundleError
-    from deepmetric.bundle.gallery import GalleryError, describe, update_gallery
+    from deepmetric.bundle.gallery import CompactionPolicy, GalleryError, compact_gallery, update_gallery
 
-    if args.gallery_command == "export" or args.store:
+    if args.gallery_command == "export" or getattr(args, "store", None):
         return _run_store(args)
+    if args.gallery_command == "compact":
+        return _new_version(compact_gallery, args.bundle, args.out, replace=args.replace)
+    try:
+        policy = None if args.no_compact else CompactionPolicy(args.compact_share, args.max_segments)
+    except GalleryError as e:
+        say(f"gallery not changed: {e}")
+        return EXIT_BAD_INPUT
     if args.gallery_command == "add":
         items = _items(args)
         if items is None:
@@ -116,8 +145,16 @@ def run(args: argparse.Namespace) -> int:
         change: dict = {"add": items, "limits": limits, "allow_duplicates": args.allow_duplicates}
     else:
         change = {"remove": args.ids}
+    return _new_version(update_gallery, args.bundle, args.out, replace=args.replace, compaction=policy, **change)
+
+
+def _new_version(make, *args, **kwargs) -> int:
+    """Write a new bundle version with ``make`` (update_gallery / compact_gallery); say what happened."""
+    from deepmetric.bundle import BundleError
+    from deepmetric.bundle.gallery import GalleryError, describe
+
     try:
-        summary = update_gallery(args.bundle, args.out, replace=args.replace, **change)
+        summary = make(*args, **kwargs)
     except BundleError as e:
         say(str(e))
         return EXIT_BAD_BUNDLE

@@ -49,11 +49,12 @@ def bundle_summary(bundle: Bundle) -> dict[str, Any]:
 
 
 def run_bundle(bundle: Bundle, images: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """Embed ``images`` with ``bundle`` and, when ``k`` > 0, search its index (row numbers, not ids)."""
+    """Embed ``images`` with ``bundle`` and, when ``k`` > 0, search its gallery (base and segments, less the
+    removed items: :meth:`~deepmetric.bundle.Bundle.knn`; gallery row numbers, not ids)."""
     emb = bundle.embed(images)
     if k <= 0:
         return emb, None, None
-    scores, rows = bundle.index.search(np.ascontiguousarray(emb, dtype=np.float32), k)
+    scores, rows = bundle.knn(emb, k)
     return emb, scores, rows
 
 
@@ -70,7 +71,7 @@ class Served:
     retired: bool = False
 
     def run(self, images: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """Embed ``images`` and, when ``k`` > 0, search the index (row numbers, not ids)."""
+        """Embed ``images`` and, when ``k`` > 0, search the gallery (row numbers, not ids)."""
         return run_bundle(self.bundle, images, k)
 
     # The gallery searcher: the bundle's index (searched in the batch, with the embedding) or the store.

@@ -113,17 +113,9 @@ def bundle_properties(bundle: Any, index: MilvusIndex, next_id: int) -> dict[str
 
 
 def _chunks(bundle: Any, batch: int) -> Iterator[list[dict[str, Any]]]:
-    """The bundle's gallery as insert rows, ``batch`` at a time (vectors read back from the faiss index one batch
-    at a time: bounded memory for any gallery size)."""
-    from deepmetric.index.build import make_reconstructible
-
-    index = bundle.index
-    make_reconstructible(index)
-    ids = bundle.ids
-    for start in range(0, int(index.ntotal), batch):
-        n = min(batch, int(index.ntotal) - start)
-        vectors = np.asarray(index.reconstruct_n(start, n), dtype=np.float32)
-        part = ids.iloc[start : start + n]
+    """The bundle's live gallery items (base and segments, no removed ones) as insert rows, ``batch`` at a time
+    (vectors read back from the faiss indexes one batch at a time: bounded memory for any gallery size)."""
+    for part, vectors in bundle.live_items(batch):
         yield [{"id": int(i), "label": int(lab), "class_name": str(c), "path": str(p), "vector": v}
                for i, lab, c, p, v in zip(part["id"], part["label"], part["class_name"], part["path"], vectors)]
 
@@ -186,7 +178,7 @@ def _export(client: Any, bundle: Any, uri: str, collection: str, index: MilvusIn
                              f"{props.get(_P + 'model_version')}): give --replace to replace it")
     physical = f"{collection}__{sha[:12]}_{int(time.time() * 1000)}"
     lineage = bundle.manifest.get("lineage") or {}
-    ids = bundle.ids["id"]
+    ids = bundle.rows["id"]  # removed ids included: never given out again
     next_id = int(lineage.get("next_id", int(ids.max()) + 1 if len(ids) else 0))
     t0 = time.perf_counter()
     try:
