@@ -16,9 +16,10 @@ epoch, step, slot), so they depend on those alone, never on the number of proces
 no two purposes share a stream.
 
 **Workers.** One meaning for a worker count: an integer is that many worker processes (0: none, the work runs
-in this process) and ``auto`` one per available core (`available_cores`: the CPU affinity, capped by a container's CPU quota). `resolve_workers` applies it; `resolve_processes` maps the
-``processes`` parameters (``evaluate.processes``, ``index.processes``: processes sharing the work, this one
-included, 0 for one per core) onto it.
+in this process) and ``auto`` one per available core (`available_cores`: the CPU affinity, capped by a container's
+CPU quota). `resolve_workers` applies it; `resolve_processes` maps the ``processes`` parameters
+(``evaluate.processes``, ``index.processes``: processes sharing the work, this one included, 0 for one per core)
+onto it.
 
 **Dates.** DVC records every stage output's hash in dvc.lock: a date read from the clock would give a new hash on
 every run, so every downstream stage would rerun and every bundle and release hash would change although nothing

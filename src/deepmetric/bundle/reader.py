@@ -457,18 +457,12 @@ def load_bundle(root: str | Path, threads: int = 0, mmap: bool = True) -> Bundle
     except ValueError as e:
         raise BundleError(MODEL_FILE, str(e)) from None
     index = _read_index(root, INDEX_FILE, mmap)
-    try:
-        ids = pd.read_parquet(root / IDS_FILE)
-    except Exception as e:  # pyarrow raises several types
-        raise BundleError(IDS_FILE, f"not a readable parquet table ({e})") from None
+    ids = _read_ids(root, IDS_FILE)
     dim = manifest.get("embedding_dim")
     if embedder.dim != index.d:
         raise BundleError(MODEL_FILE, f"model output dimension {embedder.dim} != index dimension {index.d} ({INDEX_FILE})")
     if dim != index.d:
         raise BundleError(MANIFEST_FILE, f"embedding_dim {dim} != index dimension {index.d}")
-    missing = [c for c in ID_COLUMNS if c not in ids.columns]
-    if missing:
-        raise BundleError(IDS_FILE, f"lacks columns {missing}")
     segments, tables = _read_segments(root, manifest, dim, mmap)
     rows = pd.concat([ids[list(ID_COLUMNS)], *(t[list(ID_COLUMNS)] for t in tables)], ignore_index=True) \
         if tables else ids

@@ -53,10 +53,9 @@ def _where(path: str, rows: dict[str, int] | None) -> str:
     return f"row {rows[path]}: {path}" if rows and path in rows else path
 
 
-def _table_rows(records: pd.DataFrame, root: str | os.PathLike[str], paths: list[str]) -> dict[str, int] | None:
-    """The table rows of ``paths`` when a table layout listed ``records`` (None otherwise, or when the table cannot
-    be read again)."""
-    table = records.attrs.get("table")
+def _table_rows(table: str | None, root: str | os.PathLike[str], paths: list[str]) -> dict[str, int] | None:
+    """The rows of ``paths`` in ``table``, the file a table layout listed the records from (None without one, or
+    when the table cannot be read again)."""
     if not table or not paths:
         return None
     from deepmetric.data.readers.table import TableError, table_rows
@@ -169,9 +168,9 @@ def build_manifest(
     table = records.attrs.get("table")
     if escapes:
         raise BadFilesError(escapes, root, "\nrefusing to read outside the dataset root (data.root)", table,
-                            _table_rows(records, root, [p for p, _ in escapes[:_MAX_LISTED]]))
+                            _table_rows(table, root, [p for p, _ in escapes[:_MAX_LISTED]]))
     bad = [(p, r.error) for p, r in zip(paths, results) if r.error]
-    rows = _table_rows(records, root, [p for p, _ in bad]) if bad else None
+    rows = _table_rows(table, root, [p for p, _ in bad])
     if bad and bad_files == "fail":
         raise BadFilesError(
             bad, root, "\nfix or remove these files, or set data.bad_files: drop to leave them out with a warning",

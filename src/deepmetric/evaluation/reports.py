@@ -50,19 +50,26 @@ def thresholds(validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray
     return report, thresholds_document(report, cfg.default_fmr)
 
 
+def _class_names(split: TestSplit) -> dict[Any, str]:
+    """Every test class's name by label: the queries' classes and the gallery's (the per-class table looks up the
+    query classes only; a confused pair or a neighbour may be a gallery-only class)."""
+    names = dict(zip(split.query["label"].tolist(), split.query["class_name"].astype(str).tolist(), strict=True))
+    if split.gallery is not None:
+        names.update(zip(split.gallery["label"].tolist(), split.gallery["class_name"].astype(str).tolist(),
+                         strict=True))
+    return names
+
+
 def failures(ranking: GalleryRanking, split: TestSplit, cfg: EvaluateConfig) -> tuple[dict[str, Any], str]:
     """(failures.json's report, per_class.csv's text: every test class, worst MAP@R first)."""
     ql = split.query["label"].to_numpy()
     gl = ql if split.gallery is None else split.gallery["label"].to_numpy()
-    names = dict(zip(split.query["label"].tolist(), split.query["class_name"].astype(str).tolist(), strict=True))
+    names = _class_names(split)
     categories = split.query["category"].astype(str).to_numpy() if "category" in split.query else None
     f = cfg.failures
     k = min(f.k, ranking.width)
     report = failure_report(ranking, ql, gl, query_categories=categories, class_names=names, k=k, worst=f.worst,
                             pairs=f.pairs, classes=f.classes)
-    if split.gallery is not None:
-        names.update(zip(split.gallery["label"].tolist(), split.gallery["class_name"].astype(str).tolist(),
-                         strict=True))
     for pair in report["confused_pairs"]:  # names beside labels: what an operator reads
         pair["class_a_name"], pair["class_b_name"] = names.get(pair["class_a"]), names.get(pair["class_b"])
     for w in report["worst_queries"]:
@@ -92,8 +99,7 @@ def worst_queries_png(report: dict[str, Any], split: TestSplit, root: str, spec,
         return lambda i: load_eval_image(safe_join(root, df["path"].iloc[i]), spec, limits=limits)
 
     gallery = split.query if split.gallery is None else split.gallery
-    names = dict(zip(split.query["label"].tolist(), split.query["class_name"].astype(str).tolist(), strict=True))
-    names.update(zip(gallery["label"].tolist(), gallery["class_name"].astype(str).tolist(), strict=True))
+    names = _class_names(split)
     worst = [{**w, "label": names.get(w["label"], w["label"]),
               "neighbours": [{**nb, "label": names.get(nb["label"], nb["label"])} for nb in w["neighbours"]]}
              for w in report["worst_queries"]]
