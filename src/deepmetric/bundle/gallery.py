@@ -480,8 +480,7 @@ def update_gallery(
     if duplicates and not allow_duplicates:
         raise GalleryError(f"{describe(duplicates)}: nothing was added; pass --allow-duplicates "
                            "(allow_duplicates=True) to add them anyway")
-    all_ids = bundle.rows["id"].to_numpy()
-    next_id = int(lineage.get("next_id", int(all_ids.max()) + 1 if len(all_ids) else 0))
+    next_id = bundle.next_id
     added_ids: list[int] = []
     added = None
     if add:
@@ -527,7 +526,7 @@ def compact_gallery(src: str | os.PathLike[str], dest: str | os.PathLike[str] | 
         raise GalleryError(f"{src} has no segments and no removed items: nothing to compact")
     version = _compacted(src, bundle, None, None, None, bundle.removed)
     manifest, live = bundle.manifest, bundle.gallery_size
-    next_id = int((manifest.get("lineage") or {}).get("next_id", int(bundle.rows["id"].max()) + 1))
+    next_id = bundle.next_id
     del bundle
     summary = _write_version(dest, link, manifest, live, version, {"added": 0, "removed": 0, "compacted": True},
                              next_id, created)

@@ -146,6 +146,13 @@ class Bundle:
             first = first.iloc[np.unique(np.linspace(0, len(first) - 1, n).round().astype(int))]
         return [{"id": int(r.id), "label": int(r.label), "class_name": str(r.class_name)} for r in first.itertuples()]
 
+    @property
+    def next_id(self) -> int:
+        """The id the next added item gets: ``lineage.next_id``, else one past every id the gallery rows hold
+        (removed ones included: an id is never given out again)."""
+        lineage = self.manifest.get("lineage") or {}
+        return int(lineage.get("next_id", int(self._ids.max()) + 1 if len(self._ids) else 0))
+
     def row_of(self, item_id: int) -> int | None:
         """The gallery row of id ``item_id`` (None when no live item has it)."""
         row = int(np.searchsorted(self._ids, item_id))

@@ -177,9 +177,7 @@ def _export(client: Any, bundle: Any, uri: str, collection: str, index: MilvusIn
                              f"{str(props.get(_P + 'manifest_sha256'))[:12]}, model "
                              f"{props.get(_P + 'model_version')}): give --replace to replace it")
     physical = f"{collection}__{sha[:12]}_{int(time.time() * 1000)}"
-    lineage = bundle.manifest.get("lineage") or {}
-    ids = bundle.rows["id"]  # removed ids included: never given out again
-    next_id = int(lineage.get("next_id", int(ids.max()) + 1 if len(ids) else 0))
+    next_id = bundle.next_id
     t0 = time.perf_counter()
     try:
         index_params = client.prepare_index_params()
